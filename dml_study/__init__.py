@@ -1,0 +1,17 @@
+"""dml_study: a reproducible, notebook-driven study of proxy-based deep metric learning.
+
+Subpackages, one concept each (in the spirit of pytorch-metric-learning):
+
+- :mod:`dml_study.data` — the four DML benchmarks in their official layouts, the offline
+  embedded icon dataset, transforms and m-per-class samplers.
+- :mod:`dml_study.models` — ``create_embedder``: timm backbones (DeiT by default) with a
+  projection head.
+- :mod:`dml_study.losses` — Proxy Anchor, Soft Orthogonality, additive-margin and adaptive
+  additive-margin losses; ``create_loss``.
+- :mod:`dml_study.evaluation` — Recall@K, MAP@R, R-Precision and NMI with faiss.
+- :mod:`dml_study.training` — the training engine, checkpoints, DDP.
+- :mod:`dml_study.env` — the provenance record written with every run.
+"""
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

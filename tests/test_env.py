@@ -1,0 +1,53 @@
+import json
+import subprocess
+import sys
+
+import dml_study
+from dml_study.env import environment_report, git_commit, package_version
+
+
+def test_version_cli_prints_package_version():
+    out = subprocess.run(
+        [sys.executable, "-m", "dml_study", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == f"dml_study {dml_study.__version__}"
+
+
+def test_env_cli_prints_json_report():
+    out = subprocess.run(
+        [sys.executable, "-m", "dml_study", "env"], capture_output=True, text=True, check=True
+    )
+    report = json.loads(out.stdout)
+    assert report["packages"]["torch"] is not None
+    assert report["device"] in {"cpu", "cuda"}
+
+
+def test_environment_report_records_versions_device_threads_commit():
+    report = environment_report()
+    import faiss
+    import timm
+    import torch
+
+    assert report["packages"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert report["packages"]["timm"] == timm.__version__
+    assert report["packages"]["faiss-cpu"] == faiss.__version__
+    assert report["torch_threads"] == torch.get_num_threads() >= 1
+    assert "git_commit" in report
+    json.dumps(report)  # JSON-serialisable, as it is written with every run
+
+
+def test_package_version_of_missing_distribution_is_none():
+    assert package_version("surely-not-an-installed-distribution") is None
+
+
+def test_git_commit_outside_checkout_is_none(tmp_path):
+    assert git_commit(tmp_path) is None
+
+
+def test_core_stack_imports():
+    import faiss  # noqa: F401
+    import papermill  # noqa: F401
+    import seaborn  # noqa: F401
+    import sklearn  # noqa: F401
+    import timm  # noqa: F401
+    import torchvision  # noqa: F401
