@@ -1,0 +1,50 @@
+"""Datasets for deep metric learning: four benchmarks, the embedded icon dataset, samplers.
+
+- :func:`get_dataset` loads CUB-200-2011, Cars196, Stanford Online Products and In-Shop from
+  their official layouts under a data root, and the offline ``"icons"`` dataset (built from
+  Debian icon-theme packages into a local cache) — the default.
+- :func:`build_transforms` / :func:`transforms_for_model`: the literature's transforms.
+- :class:`MPerClassBatchSampler` / :class:`RandomBatchSampler`: seeded, DDP-sharded batches.
+- :func:`build_dataloader` and the :class:`DecodedImageCache` for decode-free epochs.
+"""
+
+from .base import DatasetLayoutError, DatasetSizeWarning, DMLDataset
+from .cache import DecodedImageCache
+from .images import CorruptImageError
+from .layout import DATA_ROOT_ENV, resolve_data_root
+from .loader import build_dataloader
+from .registry import (
+    DATASETS,
+    DEFAULT_DATASET,
+    DatasetInfo,
+    dataset_info,
+    dataset_protocol,
+    default_recall_ks,
+    get_dataset,
+)
+from .samplers import MPerClassBatchSampler, RandomBatchSampler
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, transforms_for_model
+
+__all__ = [
+    "DATASETS",
+    "DATA_ROOT_ENV",
+    "DEFAULT_DATASET",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CorruptImageError",
+    "DMLDataset",
+    "DatasetInfo",
+    "DatasetLayoutError",
+    "DatasetSizeWarning",
+    "DecodedImageCache",
+    "MPerClassBatchSampler",
+    "RandomBatchSampler",
+    "build_dataloader",
+    "build_transforms",
+    "dataset_info",
+    "dataset_protocol",
+    "default_recall_ks",
+    "get_dataset",
+    "resolve_data_root",
+    "transforms_for_model",
+]

@@ -1,0 +1,252 @@
+"""The common dataset type of every DML benchmark: :class:`DMLDataset`.
+
+A loader for a specific benchmark only has to produce :class:`SplitRecords` (image paths,
+raw class ids, class names); :func:`make_dataset` turns them into a dataset with 0-based
+contiguous labels, optional corrupt-image screening and an optional decoded-image cache.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.utils.data
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .cache import DecodedImageCache
+from .images import CorruptImageError, load_rgb
+
+ON_CORRUPT_CHOICES = ("raise", "skip")
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """A data root, metadata file or folder does not match the official layout."""
+
+
+class DatasetSizeWarning(UserWarning):
+    """A full dataset was found but its size differs from the published one."""
+
+
+@dataclass
+class SplitRecords:
+    """What a benchmark loader produces for one split, before relabelling.
+
+    Attributes:
+        paths: absolute image paths.
+        class_ids: raw class id per image (any sortable hashable, e.g. the official 1-based id).
+        class_names: human-readable name per raw class id (used as the text modality).
+        raw_class_names: optional machine name per raw class id (e.g. ``001.Black_footed_Albatross``).
+    """
+
+    paths: list[Path]
+    class_ids: list[Hashable]
+    class_names: Mapping[Hashable, str]
+    raw_class_names: Mapping[Hashable, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.paths) != len(self.class_ids):
+            raise ValueError(
+                f"{len(self.paths)} paths but {len(self.class_ids)} class ids; they must pair up"
+            )
+
+
+class DMLDataset(torch.utils.data.Dataset):
+    """Images with 0-based contiguous labels and class names.
+
+    Attributes:
+        name: dataset name (registry key).
+        split: ``"train"``, ``"test"``, ``"query"`` or ``"gallery"``.
+        paths: image path per index.
+        labels: ``int64`` array of labels in ``[0, num_classes)``; every label occurs.
+        class_names: human-readable name per label (text modality).
+        raw_class_names: machine/official name per label.
+        transform: applied to the RGB PIL image in ``__getitem__`` (settable).
+        cache: optional :class:`DecodedImageCache` serving resized decoded images.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        paths: Sequence[Path],
+        labels: np.ndarray,
+        class_names: Sequence[str],
+        transform: Callable[[Image.Image], Any] | None = None,
+        raw_class_names: Sequence[str] | None = None,
+        cache: DecodedImageCache | None = None,
+        require_all_classes: bool = True,
+    ) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        self.name = name
+        self.split = split
+        self.paths = [Path(p) for p in paths]
+        self.labels = labels
+        self.class_names = list(class_names)
+        self.raw_class_names = list(raw_class_names or class_names)
+        self.transform = transform
+        self.cache = cache
+        present = np.unique(labels)
+        if len(labels) and (present[0] < 0 or present[-1] >= len(self.class_names)):
+            raise ValueError(f"labels of {name}/{split} fall outside [0, {len(class_names)})")
+        if require_all_classes and not np.array_equal(present, np.arange(len(self.class_names))):
+            raise ValueError(
+                f"labels of {name}/{split} must be 0..{len(self.class_names) - 1} with every "
+                f"class present; got {len(present)} distinct labels"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load_image(self, i: int) -> Image.Image:
+        """The RGB image at index ``i`` (from the decoded cache when one is attached)."""
+        if self.cache is not None:
+            return self.cache.get(i)
+        return load_rgb(self.paths[i])
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        image = self.load_image(i)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[i])
+
+    def enable_decoded_cache(
+        self, size: int | None = 256, num_threads: int = 2, progress: bool = True
+    ) -> DecodedImageCache:
+        """Decode every image once (shorter side resized to ``size``) and serve it from memory."""
+        self.cache = DecodedImageCache.build(
+            self.paths,
+            size=size,
+            num_threads=num_threads,
+            progress=progress,
+            desc=f"decode {self.name}/{self.split}",
+        )
+        return self.cache
+
+    def __repr__(self) -> str:
+        return (
+            f"DMLDataset(name={self.name!r}, split={self.split!r}, images={len(self)}, "
+            f"classes={self.num_classes})"
+        )
+
+
+def screen_images(
+    paths: Sequence[Path], on_corrupt: str, progress: bool, desc: str
+) -> list[bool]:
+    """Which images decode; ``on_corrupt="skip"`` warns per bad file, ``"raise"`` raises."""
+    if on_corrupt not in ON_CORRUPT_CHOICES:
+        raise ValueError(f"on_corrupt must be one of {ON_CORRUPT_CHOICES}, got {on_corrupt!r}")
+    ok: list[bool] = []
+    for path in tqdm(paths, desc=desc, disable=not progress, leave=False):
+        try:
+            load_rgb(path)
+            ok.append(True)
+        except CorruptImageError as err:
+            if on_corrupt == "raise":
+                raise
+            warnings.warn(f"skipping corrupt image: {err}", stacklevel=3)
+            ok.append(False)
+    return ok
+
+
+def make_dataset(
+    name: str,
+    split: str,
+    records: SplitRecords,
+    transform: Callable[[Image.Image], Any] | None = None,
+    on_corrupt: str = "raise",
+    check_images: bool | None = None,
+    cache_decoded: bool = False,
+    cache_size: int | None = 256,
+    progress: bool = True,
+    label_space: Sequence[Hashable] | None = None,
+) -> DMLDataset:
+    """Relabel ``records`` to 0-based contiguous labels and wrap them in a :class:`DMLDataset`.
+
+    Args:
+        on_corrupt: ``"raise"`` (default): a corrupt file raises :class:`CorruptImageError`
+            naming it when it is loaded; ``"skip"``: every image is decoded once up front and
+            unreadable ones are dropped with a warning.
+        check_images: decode every image up front (default: only when ``on_corrupt="skip"``).
+        cache_decoded: keep resized decoded images in memory (see :class:`DecodedImageCache`).
+        cache_size: shorter side of cached images (``None`` keeps the full resolution).
+        label_space: sorted raw class ids defining the labels (In-Shop query and gallery share
+            one); default: the sorted class ids present in this split.
+    """
+    if on_corrupt not in ON_CORRUPT_CHOICES:
+        raise ValueError(f"on_corrupt must be one of {ON_CORRUPT_CHOICES}, got {on_corrupt!r}")
+    missing = [p for p in records.paths if not p.is_file()]
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:3])
+        raise DatasetLayoutError(
+            f"{name}/{split}: {len(missing)} image file(s) listed in the metadata do not "
+            f"exist, e.g. {shown}"
+        )
+    paths, class_ids = list(records.paths), list(records.class_ids)
+    if check_images is None:
+        check_images = on_corrupt == "skip"
+    if check_images:
+        ok = screen_images(paths, on_corrupt, progress, desc=f"check {name}/{split}")
+        paths = [p for p, keep in zip(paths, ok, strict=True) if keep]
+        class_ids = [c for c, keep in zip(class_ids, ok, strict=True) if keep]
+    shared_space = label_space is not None
+    if label_space is None:
+        label_space = sorted(set(class_ids))
+    index = {cid: i for i, cid in enumerate(label_space)}
+    labels = np.array([index[c] for c in class_ids], dtype=np.int64)
+    names = [records.class_names[c] for c in label_space]
+    raw = [records.raw_class_names.get(c, records.class_names[c]) for c in label_space]
+    ds = DMLDataset(
+        name,
+        split,
+        paths,
+        labels,
+        names,
+        transform=transform,
+        raw_class_names=raw,
+        # A label space shared with another split (In-Shop query/gallery) may include
+        # classes absent from this one; labels still agree across the two splits.
+        require_all_classes=shared_space is False,
+    )
+    if cache_decoded:
+        ds.enable_decoded_cache(size=cache_size, progress=progress)
+    return ds
+
+
+def check_expected_size(
+    name: str,
+    split: str,
+    num_images: int,
+    num_classes: int,
+    expected: tuple[int, int] | None,
+) -> str | None:
+    """Warn (and return the message) when a *full* dataset differs from its published size.
+
+    A split is considered full when it has the published number of classes or at least half
+    of the published number of images; smaller ones are subsets (e.g. test fixtures) and
+    are not compared.
+    """
+    if expected is None:
+        return None
+    exp_images, exp_classes = expected
+    full = num_classes == exp_classes or num_images >= exp_images // 2
+    if not full or (num_images, num_classes) == (exp_images, exp_classes):
+        return None
+    message = (
+        f"{name}/{split}: found {num_images} images / {num_classes} classes, the published "
+        f"split has {exp_images} / {exp_classes} (difference {num_images - exp_images:+d} "
+        f"images, {num_classes - exp_classes:+d} classes); results will not be comparable "
+        f"to the literature"
+    )
+    warnings.warn(message, DatasetSizeWarning, stacklevel=3)
+    return message

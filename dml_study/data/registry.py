@@ -1,0 +1,149 @@
+"""The dataset registry: ``get_dataset(name, split)`` and per-dataset evaluation protocol."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from . import cars, cub, inshop, sop
+from .base import DMLDataset, SplitRecords, check_expected_size, make_dataset
+from .layout import resolve_data_root
+
+DEFAULT_DATASET = "icons"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about one benchmark.
+
+    Attributes:
+        name: registry key.
+        splits: valid split names.
+        protocol: ``"self"`` (every test image queries all others) or ``"query_gallery"``.
+        recall_ks: the Recall@K values reported in the literature for this benchmark.
+        expected: published ``(images, classes)`` per split (``None`` = no fixed size).
+        source_url: where users download it.
+        layout: the expected on-disk tree.
+    """
+
+    name: str
+    splits: tuple[str, ...]
+    protocol: str
+    recall_ks: tuple[int, ...]
+    expected: dict[str, tuple[int, int]] | None
+    source_url: str
+    layout: str
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "cub200": DatasetInfo(
+        "cub200", ("train", "test"), "self", (1, 2, 4, 8, 16, 32), cub.EXPECTED,
+        cub.SOURCE_URL, cub.LAYOUT,
+    ),
+    "cars196": DatasetInfo(
+        "cars196", ("train", "test"), "self", (1, 2, 4, 8, 16, 32), cars.EXPECTED,
+        cars.SOURCE_URL, cars.LAYOUT,
+    ),
+    "sop": DatasetInfo(
+        "sop", ("train", "test"), "self", (1, 10, 100, 1000), sop.EXPECTED,
+        sop.SOURCE_URL, sop.LAYOUT,
+    ),
+    "inshop": DatasetInfo(
+        "inshop", ("train", "query", "gallery"), "query_gallery", (1, 10, 20, 30, 40),
+        inshop.EXPECTED, inshop.SOURCE_URL, inshop.LAYOUT,
+    ),
+    "icons": DatasetInfo(
+        "icons", ("train", "test"), "self", (1, 2, 4, 8), None,
+        "Debian *-icon-theme packages (built locally, see dml_study.data.icons)",
+        "~/.cache/dml_study/icons-<size>/ (built on first use; $DML_STUDY_CACHE overrides)",
+    ),
+}
+
+# Keyword arguments consumed by make_dataset (the rest go to the dataset-specific loader).
+_COMMON_KW = ("on_corrupt", "check_images", "cache_decoded", "cache_size", "progress")
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of ``name``; unknown names raise listing the valid ones."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {sorted(DATASETS)}") from None
+
+
+def dataset_protocol(name: str) -> str:
+    """``"self"`` (leave-one-out retrieval on test) or ``"query_gallery"`` (In-Shop)."""
+    return dataset_info(name).protocol
+
+
+def default_recall_ks(name: str) -> tuple[int, ...]:
+    """The Recall@K cut-offs the literature reports for ``name``."""
+    return dataset_info(name).recall_ks
+
+
+def _check_split(info: DatasetInfo, split: str) -> None:
+    if split in info.splits:
+        return
+    hint = ""
+    if info.name == "inshop" and split == "test":
+        hint = " (In-Shop is evaluated as query vs gallery: load split='query' and 'gallery')"
+    raise ValueError(f"unknown split {split!r} for {info.name}; valid: {list(info.splits)}{hint}")
+
+
+def _records(
+    name: str, split: str, data_root: Path, kw: dict[str, Any]
+) -> tuple[SplitRecords, list | None]:
+    loaders: dict[str, Callable[[Path, str], SplitRecords]] = {
+        "cub200": cub.load_records,
+        "cars196": cars.load_records,
+        "sop": sop.load_records,
+    }
+    if name in loaders:
+        return loaders[name](data_root, split), None
+    if name == "inshop":
+        records, space = inshop.load_records(data_root, split)
+        return records, (space if split != "train" else None)
+    from . import icons  # lazily: only the embedded dataset needs the builder
+
+    return icons.load_records(split, **kw), None
+
+
+def get_dataset(
+    name: str,
+    split: str,
+    data_root: str | os.PathLike[str] | None = None,
+    transform: Callable[[Image.Image], Any] | None = None,
+    **kw: Any,
+) -> DMLDataset:
+    """Load split ``split`` of dataset ``name`` as a :class:`DMLDataset`.
+
+    Args:
+        name: one of :data:`DATASETS` (``"cub200"``, ``"cars196"``, ``"sop"``, ``"inshop"``,
+            ``"icons"``).
+        split: ``"train"``/``"test"``; In-Shop uses ``"train"``/``"query"``/``"gallery"``.
+        data_root: folder holding the benchmark folders (default ``$DML_DATA_ROOT`` or
+            ``./data``). Ignored for ``"icons"``, which lives in the cache dir and is built
+            on first use.
+        transform: applied to each RGB PIL image.
+        **kw: ``on_corrupt`` (``"raise"``/``"skip"``), ``check_images``, ``cache_decoded``,
+            ``cache_size`` (shorter side, default 256), ``progress``; for ``"icons"`` also
+            ``cache_dir``, ``icon_size`` and ``build``.
+    """
+    info = dataset_info(name)
+    _check_split(info, split)
+    common = {k: kw.pop(k) for k in _COMMON_KW if k in kw}
+    if name != "icons" and kw:
+        raise TypeError(f"unexpected keyword(s) for {name}: {sorted(kw)}")
+    if name == "icons":
+        kw.setdefault("progress", common.get("progress", True))
+    records, label_space = _records(name, split, resolve_data_root(data_root), kw)
+    ds = make_dataset(name, split, records, transform=transform, label_space=label_space, **common)
+    if info.expected is not None:
+        check_expected_size(name, split, len(ds), len(set(ds.labels.tolist())),
+                            info.expected.get(split))
+    return ds
