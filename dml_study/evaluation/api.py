@@ -1,0 +1,138 @@
+"""``evaluate``: all metrics of a set of embeddings from one exact faiss search.
+
+Protocols:
+
+- *self-retrieval* (CUB-200, Cars-196, SOP; ``gallery_embeddings=None``): every test image
+  is a query against all the others; the query is removed from its neighbour list by index.
+- *query/gallery* (In-Shop): queries are searched in a separate gallery.
+
+The search retrieves K_max = max(max(ks), R_max) neighbours per query, clamped to the gallery
+size, in chunks of queries; Recall@K, MAP@R and R-Precision are all read from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from dml_study.evaluation.clustering import nmi as clustering_nmi
+from dml_study.evaluation.knn import gpu_available, l2_normalize, search
+from dml_study.evaluation.metrics import RetrievalAccumulator, relevant_counts
+from dml_study.evaluation.result import EvaluationResult
+
+
+def _as_labels(labels: np.ndarray, n: int, name: str) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.ndim != 1 or len(y) != n:
+        raise ValueError(
+            f"{name} must be a 1-D array with one label per embedding ({n}); got shape {y.shape}"
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{name} must be integer class labels; got dtype {y.dtype}")
+    return y.astype(np.int64, copy=False)
+
+
+def _as_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    values = tuple(ks)
+    if not values or any(isinstance(k, bool) or int(k) != k or k < 1 for k in values):
+        raise ValueError(f"ks must be a non-empty sequence of positive integers; got {ks!r}")
+    return tuple(sorted({int(k) for k in values}))
+
+
+def evaluate(
+    query_embeddings: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_embeddings: np.ndarray | None = None,
+    gallery_labels: np.ndarray | None = None,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    nmi: bool = True,
+    seed: int = 0,
+    *,
+    chunk_size: int = 4096,
+    use_gpu: bool | None = None,
+    kmeans_iterations: int = 20,
+    progress: bool = False,
+) -> EvaluationResult:
+    """Recall@K, MAP@R, R-Precision and (optionally) NMI of cosine-similarity retrieval.
+
+    Args:
+        query_embeddings: (Nq, d) embeddings; L2-normalised here.
+        query_labels: (Nq,) integer class labels.
+        gallery_embeddings: (Ng, d) gallery for the query/gallery protocol, or ``None`` for
+            self-retrieval (queries are also the gallery, each query removed by index).
+        gallery_labels: (Ng,) labels; required exactly when a gallery is given.
+        ks: the K of Recall@K. A K larger than the gallery (Nq - 1 in self-retrieval) is
+            evaluated on the whole gallery; it is still reported under the requested K.
+        nmi: also cluster the *query* embeddings with k-means (k = number of query classes)
+            and report NMI. In self-retrieval that is the whole test set.
+        seed: k-means seed. Retrieval metrics are deterministic and do not use it.
+        chunk_size: queries per faiss search; bounds memory.
+        use_gpu: use faiss GPU indexes; ``None`` = when available.
+        kmeans_iterations: k-means iterations for NMI.
+        progress: show a progress bar over query chunks.
+
+    Returns:
+        An :class:`EvaluationResult`. Queries with no relevant gallery item (R = 0) are left
+        out of every retrieval metric and counted in ``excluded_queries``.
+
+    Raises:
+        ValueError: on inconsistent shapes, non-integer labels, non-finite embeddings, bad
+            ``ks``, or when no query has a relevant gallery item.
+    """
+    ks = _as_ks(ks)
+    queries = l2_normalize(query_embeddings, "query_embeddings")
+    q_labels = _as_labels(query_labels, len(queries), "query_labels")
+    if (gallery_embeddings is None) != (gallery_labels is None):
+        raise ValueError(
+            "gallery_embeddings and gallery_labels must be given together (or neither)"
+        )
+    self_retrieval = gallery_embeddings is None
+    if self_retrieval:
+        gallery, g_labels = None, q_labels
+        available = len(queries) - 1
+    else:
+        gallery = l2_normalize(gallery_embeddings, "gallery_embeddings")
+        g_labels = _as_labels(gallery_labels, len(gallery), "gallery_labels")
+        if gallery.shape[1] != queries.shape[1]:
+            raise ValueError(
+                f"query and gallery embeddings differ in dimension: "
+                f"{queries.shape[1]} vs {gallery.shape[1]}"
+            )
+        available = len(gallery)
+    if available < 1:
+        raise ValueError("self-retrieval needs at least 2 embeddings")
+
+    num_relevant = relevant_counts(q_labels, g_labels, self_retrieval)
+    if not (num_relevant > 0).any():
+        raise ValueError(
+            "no query has a relevant gallery item (every query label is alone); "
+            "retrieval metrics are undefined"
+        )
+    k_max = min(max(max(ks), int(num_relevant.max())), available)
+    use_gpu = gpu_available() if use_gpu is None else use_gpu
+
+    acc = RetrievalAccumulator(ks, available)
+    chunks = search(queries, gallery, k_max, chunk_size=chunk_size, use_gpu=use_gpu)
+    total = -(-len(queries) // chunk_size)
+    for chunk in tqdm(chunks, total=total, desc="kNN", disable=not progress, leave=False):
+        acc.update(
+            g_labels[chunk.indices],
+            q_labels[chunk.start : chunk.stop],
+            num_relevant[chunk.start : chunk.stop],
+        )
+
+    nmi_value = None
+    if nmi:
+        nmi_value = clustering_nmi(
+            queries, q_labels, seed=seed, niter=kmeans_iterations, use_gpu=use_gpu
+        )
+    return EvaluationResult(
+        recall=acc.recall(),
+        map_at_r=acc.map_at_r(),
+        r_precision=acc.r_precision(),
+        nmi=nmi_value,
+        num_queries=acc.scored,
+        excluded_queries=acc.excluded,
+    )

@@ -1,0 +1,146 @@
+"""Exact cosine k-nearest-neighbour search with faiss, in bounded-memory query chunks.
+
+Every retrieval metric of :func:`dml_study.evaluation.evaluate` is computed from one search
+done here. The neighbour lists follow one canonical order: descending cosine similarity,
+ties broken by ascending gallery index. In self-retrieval the query itself is removed *by
+index*, so duplicate images (similarity equal to the self-match) cannot push it out of the
+first position unnoticed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+# faiss' GPU brute-force search supports k up to 2048 (faiss/gpu/utils/DeviceDefs.cuh).
+_GPU_MAX_K = 2048
+
+
+@dataclass(frozen=True)
+class NeighbourChunk:
+    """Nearest neighbours of the queries ``start:stop``.
+
+    Attributes:
+        start: first query index of the chunk.
+        stop: one past the last query index of the chunk.
+        scores: (stop - start, k) float32 cosine similarities, descending per row.
+        indices: (stop - start, k) int64 gallery indices, in the canonical order.
+    """
+
+    start: int
+    stop: int
+    scores: np.ndarray
+    indices: np.ndarray
+
+
+def l2_normalize(embeddings: np.ndarray, name: str = "embeddings") -> np.ndarray:
+    """Return a C-contiguous float32 copy of ``embeddings`` with unit-norm rows.
+
+    Rows of norm zero stay zero (as ``torch.nn.functional.normalize`` does) instead of
+    becoming NaN. Non-finite inputs are rejected because they would silently corrupt the
+    neighbour order.
+    """
+    x = np.asarray(embeddings)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D array (N, d); got shape {x.shape}")
+    x = np.array(x, dtype=np.float32, order="C", copy=True)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    np.maximum(norms, 1e-12, out=norms)
+    x /= norms
+    return x
+
+
+def gpu_available() -> bool:
+    """True when the installed faiss was built with GPU support and sees a GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def build_index(gallery: np.ndarray, use_gpu: bool = False) -> faiss.Index:
+    """An exact inner-product index over ``gallery`` (L2-normalised rows: cosine similarity)."""
+    index = faiss.IndexFlatIP(gallery.shape[1])
+    if use_gpu:
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(gallery)
+    return index
+
+
+def canonical_tie_order(scores: np.ndarray, indices: np.ndarray) -> None:
+    """Sort rows in place by (descending score, ascending index).
+
+    faiss already returns rows sorted by score and, among equal scores, keeps the smallest
+    indices, but lists equal-score runs in descending index order. Only rows that contain a
+    tie are re-sorted, which keeps this cheap for real-valued embeddings.
+    """
+    if scores.shape[1] < 2:
+        return
+    tied_rows = np.flatnonzero((scores[:, 1:] == scores[:, :-1]).any(axis=1))
+    if tied_rows.size == 0:
+        return
+    s, i = scores[tied_rows], indices[tied_rows]
+    order = np.lexsort((i, -s), axis=-1)
+    scores[tied_rows] = np.take_along_axis(s, order, axis=1)
+    indices[tied_rows] = np.take_along_axis(i, order, axis=1)
+
+
+def remove_self_matches(
+    scores: np.ndarray, indices: np.ndarray, query_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Drop each query's own entry from its neighbour list (one column less).
+
+    The entry equal to the query's index is removed wherever it appears. When it is not
+    among the retrieved neighbours (possible when more than k items tie with it), the last
+    entry is dropped instead, so that every row keeps the k - 1 best *other* items.
+    """
+    is_self = indices == query_ids[:, None]
+    missing = ~is_self.any(axis=1)
+    is_self[missing, -1] = True
+    # A row could list its own index twice only with a corrupt index; guard the reshape.
+    if int(is_self.sum()) != len(query_ids):
+        raise RuntimeError("a query appears more than once in its own neighbour list")
+    keep = ~is_self
+    n, k = indices.shape
+    return scores[keep].reshape(n, k - 1), indices[keep].reshape(n, k - 1)
+
+
+def search(
+    queries: np.ndarray,
+    gallery: np.ndarray | None,
+    k: int,
+    chunk_size: int = 4096,
+    use_gpu: bool = False,
+) -> Iterator[NeighbourChunk]:
+    """Yield the ``k`` nearest gallery items of every query, chunk by chunk.
+
+    Args:
+        queries: (Nq, d) L2-normalised float32 embeddings.
+        gallery: (Ng, d) L2-normalised float32 embeddings, or ``None`` for self-retrieval
+            (the queries are the gallery and each query is removed from its own list).
+        k: neighbours per query, after self-removal; must not exceed the number of
+            candidates (Ng, or Nq - 1 in self-retrieval): callers clamp it.
+        chunk_size: queries searched at once; bounds memory to about
+            ``chunk_size * k * 12`` bytes for the results.
+        use_gpu: search on all visible GPUs (falls back to CPU for k > 2048).
+    """
+    self_retrieval = gallery is None
+    reference = queries if self_retrieval else gallery
+    candidates = len(reference) - int(self_retrieval)
+    if not 1 <= k <= candidates:
+        raise ValueError(f"k must be in [1, {candidates}] for this gallery; got {k}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive; got {chunk_size}")
+    k_search = k + int(self_retrieval)
+    index = build_index(reference, use_gpu=use_gpu and k_search <= _GPU_MAX_K)
+    for start in range(0, len(queries), chunk_size):
+        stop = min(start + chunk_size, len(queries))
+        scores, indices = index.search(queries[start:stop], k_search)
+        canonical_tie_order(scores, indices)
+        if self_retrieval:
+            scores, indices = remove_self_matches(
+                scores, indices, np.arange(start, stop, dtype=indices.dtype)
+            )
+        yield NeighbourChunk(start, stop, scores, indices)
