@@ -1,0 +1,546 @@
+"""Typed experiment configuration: dataclasses, per-dataset presets, overrides, validation.
+
+One :class:`ExperimentConfig` describes a training run completely; it is composed of
+:class:`DataConfig`, :class:`ModelConfig`, :class:`LossConfig`, :class:`OptimConfig`,
+:class:`ScheduleConfig`, :class:`EvalConfig` and :class:`RunConfig`. Every run saves its
+resolved config as ``config.yaml`` next to its results, so a number can be reproduced with
+``load_config(yaml_path=".../config.yaml")``.
+
+Resolution order in :func:`load_config` (later wins):
+
+1. dataclass defaults,
+2. the dataset preset ``dml_study/presets/<dataset>.yaml`` (each value cites its source),
+3. a user YAML file (same nested layout as the presets),
+4. keyword overrides. Keys are either dotted (``"optim.lr"``, ``"loss.so_lambda"``) or flat
+   field names (``lr``, ``so_lambda``, ``batch_size``); flat names are unique across sections
+   except ``name``, for which the aliases ``loss`` (= ``loss.name``) and ``schedule``
+   (= ``schedule.name``) exist. ``None`` values are ignored ("use the preset"), which is how
+   the papermill parameters cell and the CLI pass "not set".
+
+Validation happens before anything is trained: unknown keys (the error lists the valid ones),
+wrong types and out-of-range values raise :class:`ConfigError` naming the key.
+Dataset-dependent checks (``m_per_class`` versus the smallest class) live in
+:func:`validate_against_labels`, which the trainer calls once the training labels are known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+import yaml
+
+#: Loss names of :func:`dml_study.losses.create_loss` (fixed by the project interface).
+LOSS_NAMES: tuple[str, ...] = ("proxy_anchor", "normsoftmax", "additive_margin", "adaptive_margin")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: the message names the key and the valid choices."""
+
+
+@dataclass
+class DataConfig:
+    """Which data, at which size, in which batches."""
+
+    dataset: str = "icons"
+    #: Root of the on-disk datasets; ``None`` → env ``DML_DATA_ROOT`` or ``./data``.
+    data_root: str | None = None
+    image_size: int = 224
+    #: Eval resize = round(image_size * resize_ratio) followed by a centre crop.
+    resize_ratio: float = 256 / 224
+    #: Per-process (per-rank) batch size; under DDP the loss sees ``world_size × batch_size``.
+    batch_size: int = 180
+    #: Images per class in a batch (m-per-class sampling); 0 → uniformly random batches.
+    m_per_class: int = 4
+    num_workers: int = 0
+    #: Keep decoded, resized images in memory (fast for small datasets such as icons).
+    cache_decoded: bool = False
+    #: ``False`` trains on the deterministic eval transform (no random crop/flip).
+    augment: bool = True
+    eval_batch_size: int = 256
+
+
+@dataclass
+class ModelConfig:
+    """Arguments of :func:`dml_study.models.create_embedder`."""
+
+    backbone: str = "deit_small_distilled_patch16_224"
+    pretrained: bool = True
+    pretrained_path: str | None = None
+    #: Projection head output size; ``None`` → backbone feature size, no projection.
+    embedding_dim: int | None = 384
+    l2_normalize: bool = False
+    #: ViT patch size override (tiny test models); ``None`` → the backbone's own.
+    patch_size: int | None = None
+    #: Build a ViT for ``data.image_size`` instead of its native size (pos-embed resampled).
+    set_img_size: bool = False
+    freeze_patch_embed: bool = False
+    freeze_bn: bool = False
+    #: Extra keyword arguments for ``timm.create_model`` (e.g. ``drop_path_rate``).
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    """Arguments of :func:`dml_study.losses.create_loss`."""
+
+    name: str = "proxy_anchor"
+    #: Soft Orthogonality weight λ in λ·‖P̂P̂ᵀ − I‖²_F (0 = off).
+    so_lambda: float = 0.0
+    so_gram: Literal["classes", "dims"] = "classes"
+    so_normalize: bool = True
+    so_reduction: Literal["sum", "mean"] = "sum"
+    proxy_init: Literal["kaiming", "orthogonal", "normal"] = "kaiming"
+    #: Further loss-specific keyword arguments (e.g. ``margin``, ``alpha``, ``scale``).
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with parameter groups: backbone at ``lr``, head and proxies at multiples."""
+
+    lr: float = 3e-5
+    head_lr_mult: float = 1.0
+    proxy_lr_mult: float = 100.0
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    #: Clip the global gradient norm to this value; ``None`` → no clipping.
+    grad_clip_norm: float | None = 3.0
+
+
+@dataclass
+class ScheduleConfig:
+    """Epochs, learning-rate schedule (per step) and frozen warm-up epochs."""
+
+    epochs: int = 60
+    name: Literal["cosine", "step", "constant"] = "cosine"
+    #: Linear learning-rate warm-up length in epochs (may be fractional).
+    warmup_epochs: float = 0.0
+    #: First epochs train only head and proxies (backbone frozen), as in Proxy Anchor.
+    freeze_backbone_epochs: int = 1
+    #: ``step`` schedule: multiply by ``gamma`` every ``step_epochs`` epochs.
+    step_epochs: int = 10
+    gamma: float = 0.5
+    #: ``cosine`` schedule decays to ``min_lr_ratio × lr``.
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class EvalConfig:
+    """When and how to evaluate."""
+
+    every_n_epochs: int = 1
+    #: Recall@K cut-offs; ``None`` → the dataset's standard ones.
+    ks: tuple[int, ...] | None = None
+    nmi: bool = True
+    #: Evaluate the model before training (metrics.json["untrained"]).
+    untrained: bool = True
+    save_test_embeddings: bool = True
+
+
+@dataclass
+class RunConfig:
+    """Where results go, seeds, device, and run-control switches."""
+
+    #: Run directory name under ``<results_dir>/runs/``; ``None`` → derived from the config.
+    run_name: str | None = None
+    #: ``None`` → env ``DML_RESULTS_DIR``, else ``results/`` of the source checkout or cwd.
+    results_dir: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    #: bf16 autocast: ``auto`` = on for CUDA, off for CPU.
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    #: channels-last memory format (applied on CUDA only, where it pays off).
+    channels_last: bool = True
+    compile: bool = False
+    quiet: bool = False
+    #: Replace a finished run of the same name (otherwise it is an error).
+    overwrite: bool = False
+    #: Also write ``checkpoints/last.pt`` every N optimiser steps (0 = end of epoch only).
+    checkpoint_every_steps: int = 0
+    #: Testing/debugging: stop with :class:`~dml_study.training.errors.StopRequested` after
+    #: this many global steps *without* saving — simulates a killed process.
+    stop_after_steps: int | None = None
+
+
+@dataclass
+class ExperimentConfig:
+    """A complete, validated description of one training run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain-Python dict (tuples become lists) suitable for YAML/JSON."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"section.key": value}`` for display and tables."""
+        return {
+            f"{section}.{key}": value
+            for section, values in self.to_dict().items()
+            for key, value in values.items()
+        }
+
+    def default_run_name(self) -> str:
+        """A deterministic name, so that re-running the same recipe resumes the same run."""
+        lam = f"{self.loss.so_lambda:g}"
+        return (
+            f"{self.data.dataset}_{self.model.backbone}_{self.loss.name}"
+            f"_so{lam}_d{self.model.embedding_dim}_s{self.run.seed}"
+        )
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "eval": EvalConfig,
+    "run": RunConfig,
+}
+
+#: Flat aliases for names that are ambiguous or shorter to type.
+ALIASES: dict[str, str] = {"loss": "loss.name", "schedule": "schedule.name"}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def dotted_keys() -> list[str]:
+    """Every valid dotted key, e.g. ``"optim.lr"``."""
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def flat_keys() -> dict[str, str]:
+    """Valid flat key → dotted key (unique field names plus :data:`ALIASES`)."""
+    counts: dict[str, list[str]] = {}
+    for dotted in dotted_keys():
+        counts.setdefault(dotted.split(".")[1], []).append(dotted)
+    mapping = {name: dots[0] for name, dots in counts.items() if len(dots) == 1}
+    mapping.update(ALIASES)
+    return mapping
+
+
+def resolve_key(key: str) -> str:
+    """Map a flat or dotted key to its dotted form or raise a :class:`ConfigError`."""
+    valid_dotted = dotted_keys()
+    if key in valid_dotted:
+        return key
+    flat = flat_keys()
+    if key in flat:
+        return flat[key]
+    choices = sorted(flat) + valid_dotted
+    close = difflib.get_close_matches(key, choices, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"unknown config key {key!r}.{hint} Valid keys: {', '.join(sorted(flat))} "
+        f"(or dotted: {', '.join(valid_dotted)})"
+    )
+
+
+# --------------------------------------------------------------------------- types
+
+
+def _type_name(annotation: Any) -> str:
+    return str(annotation).replace("typing.", "")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a field annotation; return it normalised (list→tuple, int→float)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list ({_type_name(annotation)}), got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if not isinstance(value, bool | np.bool_):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return bool(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # programming error
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def parse_cli_value(raw: str, dotted: str) -> Any:
+    """A command-line string as a typed value for ``dotted`` (YAML syntax for non-strings)."""
+    section, name = dotted.split(".")
+    annotation = _field_types(SECTIONS[section])[name]
+    args = typing.get_args(annotation)
+    if raw.lower() in {"none", "null", "~"} and (type(None) in args or annotation is Any):
+        return None
+    stringy = annotation is str or (str in args) or (
+        typing.get_origin(annotation) is Literal and all(isinstance(a, str) for a in args)
+    )
+    return raw if stringy else yaml.safe_load(raw)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def preset_names() -> list[str]:
+    """Datasets with a preset file."""
+    folder = resources.files("dml_study") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_path(dataset: str) -> Path:
+    """Path of the preset YAML of ``dataset``."""
+    if dataset not in preset_names():
+        raise ConfigError(f"data.dataset: no preset for {dataset!r}; valid: {preset_names()}")
+    return Path(str(resources.files("dml_study") / "presets" / f"{dataset}.yaml"))
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        content = yaml.safe_load(fh) or {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(content).__name__}")
+    return content
+
+
+def _apply_nested(values: dict[str, dict[str, Any]], nested: dict[str, Any], origin: str) -> None:
+    for section, body in nested.items():
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"{origin}: unknown section {section!r}; valid sections: {', '.join(SECTIONS)}"
+            )
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{origin}: section {section!r} must be a mapping")
+        for name, value in body.items():
+            values[section][name] = value  # unknown names are reported by build_config
+
+
+def load_config(
+    dataset: str | None = None, yaml_path: str | Path | None = None, **overrides: Any
+) -> ExperimentConfig:
+    """Resolve and validate a config: defaults < preset(dataset) < YAML file < overrides.
+
+    ``dataset`` may also come from ``overrides`` (``dataset=...``) or the YAML file's
+    ``data.dataset``; otherwise the embedded default ``"icons"`` is used. Overrides with value
+    ``None`` are ignored. Raises :class:`ConfigError` on unknown keys, wrong types or
+    out-of-range values.
+    """
+    resolved_overrides: dict[str, Any] = {}
+    for key, value in overrides.items():
+        dotted = resolve_key(key)
+        if value is not None:
+            resolved_overrides[dotted] = value
+    user = _read_yaml(yaml_path) if yaml_path is not None else {}
+    if dataset is None:
+        dataset = resolved_overrides.get("data.dataset") or (user.get("data") or {}).get(
+            "dataset"
+        )
+    dataset = dataset or DataConfig.dataset
+    values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    _apply_nested(values, _read_yaml(preset_path(dataset)), f"preset {dataset}")
+    _apply_nested(values, user, str(yaml_path))
+    values["data"]["dataset"] = dataset
+    for dotted, value in resolved_overrides.items():
+        section, name = dotted.split(".")
+        values[section][name] = value
+    return build_config(values)
+
+
+def build_config(values: dict[str, dict[str, Any]]) -> ExperimentConfig:
+    """Type-check nested ``values`` against the dataclasses and validate ranges."""
+    sections = {}
+    for section, cls in SECTIONS.items():
+        hints = _field_types(cls)
+        given = values.get(section, {})
+        kwargs = {}
+        for name, value in given.items():
+            key = f"{section}.{name}"
+            if name not in hints:
+                resolve_key(key)  # raises with the list of valid keys
+            kwargs[name] = _coerce(value, hints[name], key)
+        sections[section] = cls(**kwargs)
+    config = ExperimentConfig(**sections)
+    validate(config)
+    return config
+
+
+def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
+    """Inverse of :meth:`ExperimentConfig.to_dict` (validated)."""
+    for section in d:
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown section {section!r}; valid sections: {', '.join(SECTIONS)}")
+    return build_config(d)
+
+
+def replace(config: ExperimentConfig, **overrides: Any) -> ExperimentConfig:
+    """A copy of ``config`` with flat/dotted ``overrides`` applied (``None`` ignored), validated."""
+    values = config.to_dict()
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, name = resolve_key(key).split(".")
+        values[section][name] = value
+    return build_config(values)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _require(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {message}")
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Range and consistency checks that need no data; raises :class:`ConfigError`."""
+    from dml_study.data import DATASETS
+
+    d, m, lo, o, s, e, r = (
+        config.data, config.model, config.loss, config.optim, config.schedule, config.eval,
+        config.run,
+    )
+    valid_datasets = sorted(DATASETS)
+    _require(
+        d.dataset in valid_datasets, "data.dataset", f"{d.dataset!r} is not one of {valid_datasets}"
+    )
+    _require(d.image_size >= 8, "data.image_size", f"must be >= 8, got {d.image_size}")
+    _require(d.resize_ratio >= 1.0, "data.resize_ratio", f"must be >= 1, got {d.resize_ratio}")
+    _require(d.batch_size >= 2, "data.batch_size", f"must be >= 2, got {d.batch_size}")
+    _require(d.m_per_class >= 0, "data.m_per_class", f"must be >= 0, got {d.m_per_class}")
+    if d.m_per_class > 0:
+        _require(
+            d.batch_size % d.m_per_class == 0,
+            "data.batch_size",
+            f"{d.batch_size} is not divisible by data.m_per_class={d.m_per_class}",
+        )
+        _require(
+            d.batch_size // d.m_per_class >= 2,
+            "data.m_per_class",
+            f"a batch of {d.batch_size} with m_per_class={d.m_per_class} holds < 2 classes",
+        )
+    _require(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
+    _require(d.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
+    if m.embedding_dim is not None:
+        _require(m.embedding_dim >= 1, "model.embedding_dim", f"must be >= 1: {m.embedding_dim}")
+    if m.patch_size is not None:
+        _require(m.patch_size >= 1, "model.patch_size", "must be >= 1")
+    _require(lo.name in LOSS_NAMES, "loss.name", f"{lo.name!r} is not one of {LOSS_NAMES}")
+    _require(lo.so_lambda >= 0, "loss.so_lambda", f"must be >= 0, got {lo.so_lambda}")
+    _require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+    _require(o.head_lr_mult > 0, "optim.head_lr_mult", f"must be > 0, got {o.head_lr_mult}")
+    _require(o.proxy_lr_mult > 0, "optim.proxy_lr_mult", f"must be > 0, got {o.proxy_lr_mult}")
+    _require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    _require(all(0 <= b < 1 for b in o.betas), "optim.betas", f"must lie in [0, 1), got {o.betas}")
+    _require(o.eps > 0, "optim.eps", "must be > 0")
+    if o.grad_clip_norm is not None:
+        _require(o.grad_clip_norm > 0, "optim.grad_clip_norm", "must be > 0 (or null for off)")
+    _require(s.epochs >= 1, "schedule.epochs", f"must be >= 1, got {s.epochs}")
+    _require(0 <= s.warmup_epochs <= s.epochs, "schedule.warmup_epochs", "must lie in [0, epochs]")
+    _require(
+        0 <= s.freeze_backbone_epochs <= s.epochs,
+        "schedule.freeze_backbone_epochs",
+        f"must lie in [0, epochs={s.epochs}], got {s.freeze_backbone_epochs}",
+    )
+    _require(s.step_epochs >= 1, "schedule.step_epochs", "must be >= 1")
+    _require(0 < s.gamma <= 1, "schedule.gamma", f"must lie in (0, 1], got {s.gamma}")
+    _require(0 <= s.min_lr_ratio <= 1, "schedule.min_lr_ratio", "must lie in [0, 1]")
+    _require(e.every_n_epochs >= 1, "eval.every_n_epochs", "must be >= 1")
+    if e.ks is not None:
+        _require(len(e.ks) > 0 and all(k >= 1 for k in e.ks), "eval.ks", "must be positive ints")
+    _require(
+        r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"),
+        "run.device",
+        f"{r.device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'",
+    )
+    if r.run_name is not None:
+        _require(
+            r.run_name not in {"", ".", ".."} and "/" not in r.run_name and "\\" not in r.run_name,
+            "run.run_name",
+            f"{r.run_name!r} must be a plain directory name",
+        )
+    _require(r.checkpoint_every_steps >= 0, "run.checkpoint_every_steps", "must be >= 0")
+    if r.stop_after_steps is not None:
+        _require(r.stop_after_steps >= 1, "run.stop_after_steps", "must be >= 1")
+
+
+def validate_against_labels(config: ExperimentConfig, labels: np.ndarray) -> None:
+    """Checks that need the training labels: enough images per class and enough classes."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    counts = counts[counts > 0]
+    m = config.data.m_per_class
+    if m > 0:
+        smallest = int(counts.min())
+        _require(
+            m <= smallest,
+            "data.m_per_class",
+            f"{m} is larger than the smallest training class of {config.data.dataset!r} "
+            f"({smallest} images); valid: 1..{smallest} (or 0 for random batches)",
+        )
+        classes_per_batch = config.data.batch_size // m
+        _require(
+            classes_per_batch <= len(counts),
+            "data.batch_size",
+            f"{config.data.batch_size} / m_per_class {m} = {classes_per_batch} classes per batch, "
+            f"but the training split has only {len(counts)} classes",
+        )

@@ -1,0 +1,29 @@
+"""Per-epoch training history, saved as JSON (nested-free records) and CSV."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from dml_study.training.run_dir import RunDirectory, atomic_write_csv, atomic_write_json
+
+
+class History:
+    """A list of flat per-epoch records (``{"epoch": 1, "loss": ..., "so": ..., "R@1": ...}``)."""
+
+    def __init__(self, records: Iterable[dict[str, Any]] = ()):
+        self.records: list[dict[str, Any]] = [dict(r) for r in records]
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(dict(record))
+
+    def column(self, key: str) -> list[Any]:
+        """Values of ``key`` for the epochs that have it."""
+        return [r[key] for r in self.records if key in r]
+
+    def save(self, run_dir: RunDirectory) -> None:
+        atomic_write_json(run_dir.history_json, self.records)
+        atomic_write_csv(run_dir.history_csv, self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
