@@ -2,9 +2,13 @@
 
 Every retrieval metric of :func:`dml_study.evaluation.evaluate` is computed from one search
 done here. The neighbour lists follow one canonical order: descending cosine similarity,
-ties broken by ascending gallery index. In self-retrieval the query itself is removed *by
-index*, so duplicate images (similarity equal to the self-match) cannot push it out of the
-first position unnoticed.
+ties broken by ascending gallery index, so results are deterministic and independent of the
+chunking. faiss returns the exact top-k *scores* but, when several items tie with the k-th
+score, an arbitrary subset of them; :func:`search_canonical` detects that case (one extra
+neighbour is retrieved) and widens the search for the affected queries only.
+
+In self-retrieval the query itself is removed *by index*, so duplicate images (similarity
+equal to the self-match) cannot push it out of the first position unnoticed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import numpy as np
 
 # faiss' GPU brute-force search supports k up to 2048 (faiss/gpu/utils/DeviceDefs.cuh).
 _GPU_MAX_K = 2048
+# Result entries (score + index, 12 bytes each) held at once while resolving tie groups
+# that straddle the k-th neighbour: bounds memory even for collapsed (constant) embeddings.
+_TIE_BUDGET = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -72,9 +79,8 @@ def build_index(gallery: np.ndarray, use_gpu: bool = False) -> faiss.Index:
 def canonical_tie_order(scores: np.ndarray, indices: np.ndarray) -> None:
     """Sort rows in place by (descending score, ascending index).
 
-    faiss already returns rows sorted by score and, among equal scores, keeps the smallest
-    indices, but lists equal-score runs in descending index order. Only rows that contain a
-    tie are re-sorted, which keeps this cheap for real-valued embeddings.
+    faiss returns rows sorted by score, with equal-score runs in no guaranteed order. Only
+    rows that contain a tie are re-sorted, which keeps this cheap for real-valued embeddings.
     """
     if scores.shape[1] < 2:
         return
@@ -107,6 +113,55 @@ def remove_self_matches(
     return scores[keep].reshape(n, k - 1), indices[keep].reshape(n, k - 1)
 
 
+def search_canonical(
+    index: faiss.Index, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` neighbours of each query in canonical order (score desc, index asc).
+
+    One extra neighbour is searched: when it ties with the k-th, the tie group may continue
+    beyond what faiss returned and faiss may have kept any subset of it, so those queries
+    are searched again with a doubled k until the group is complete (or the whole gallery
+    is retrieved). With real-valued embeddings this almost never triggers.
+    """
+    total = index.ntotal
+    k_wide = min(k + 1, total)
+    scores, indices = index.search(queries, k_wide)
+    canonical_tie_order(scores, indices)
+    if k_wide > k:
+        ambiguous = np.flatnonzero(scores[:, k] == scores[:, k - 1])
+        for rows in _batches(ambiguous, total):
+            s, i = _complete_tie_group(index, queries[rows], k)
+            scores[rows, :k], indices[rows, :k] = s, i
+    return np.ascontiguousarray(scores[:, :k]), np.ascontiguousarray(indices[:, :k])
+
+
+def _batches(rows: np.ndarray, total: int) -> Iterator[np.ndarray]:
+    """Split ``rows`` so that a widened search (up to ``total`` neighbours) stays in budget."""
+    step = max(1, _TIE_BUDGET // total)
+    for start in range(0, len(rows), step):
+        yield rows[start : start + step]
+
+
+def _complete_tie_group(
+    index: faiss.Index, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Search with a growing k until every row's k-th score is strictly above its last one."""
+    total = index.ntotal
+    k_wide = min(2 * (k + 1), total)
+    while True:
+        if k_wide > _GPU_MAX_K and _is_gpu(index):
+            index = faiss.index_gpu_to_cpu(index)
+        scores, indices = index.search(queries, k_wide)
+        canonical_tie_order(scores, indices)
+        if k_wide == total or (scores[:, -1] < scores[:, k - 1]).all():
+            return scores[:, :k], indices[:, :k]
+        k_wide = min(2 * k_wide, total)
+
+
+def _is_gpu(index: faiss.Index) -> bool:
+    return "Gpu" in type(index).__name__
+
+
 def search(
     queries: np.ndarray,
     gallery: np.ndarray | None,
@@ -134,11 +189,10 @@ def search(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive; got {chunk_size}")
     k_search = k + int(self_retrieval)
-    index = build_index(reference, use_gpu=use_gpu and k_search <= _GPU_MAX_K)
+    index = build_index(reference, use_gpu=use_gpu and k_search < _GPU_MAX_K)
     for start in range(0, len(queries), chunk_size):
         stop = min(start + chunk_size, len(queries))
-        scores, indices = index.search(queries[start:stop], k_search)
-        canonical_tie_order(scores, indices)
+        scores, indices = search_canonical(index, queries[start:stop], k_search)
         if self_retrieval:
             scores, indices = remove_self_matches(
                 scores, indices, np.arange(start, stop, dtype=indices.dtype)
