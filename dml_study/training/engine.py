@@ -1,0 +1,582 @@
+"""The training engine: ``train(config) -> RunResult``.
+
+One :class:`Trainer` per run. It builds data, model and loss from an
+:class:`~dml_study.config.ExperimentConfig`, evaluates the untrained model, trains with AdamW
+(parameter groups, per-step schedule, gradient clipping, frozen-backbone warm-up epochs),
+evaluates every ``eval.every_n_epochs`` epochs, and writes everything to the run directory
+(see :mod:`dml_study.training.run_dir`). The same code runs single-process and under
+``torchrun`` (see :mod:`dml_study.training.distributed` for why the loss is computed on the
+all-gathered global batch).
+
+Reproducibility: model/proxy initialisation is seeded; augmentation is seeded per sample
+(:mod:`dml_study.training.pipeline`); the batch order depends only on ``(seed, epoch)``; the
+checkpoint holds optimiser, scheduler, position and RNG states. A run killed mid-epoch and
+resumed from ``checkpoints/last.pt`` therefore reproduces the uninterrupted run bit for bit on
+CPU (with any ``num_workers``; tested with 0).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import random
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from dml_study.config import ExperimentConfig, config_from_dict, validate_against_labels
+from dml_study.env import environment_report
+from dml_study.evaluation import embed, evaluate
+from dml_study.losses import ProxyLoss, create_loss, orthogonality_stats
+from dml_study.models import Embedder, create_embedder
+from dml_study.training import distributed as D
+from dml_study.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dml_study.training.errors import NonFiniteLossError, StopRequested, TrainingError
+from dml_study.training.history import History
+from dml_study.training.optim import build_optimizer, build_param_groups, build_scheduler, group_lrs
+from dml_study.training.pipeline import (
+    EpochBatches,
+    EvalSets,
+    SeededAugmentation,
+    build_batch_sampler,
+    eval_loader,
+    load_datasets,
+    make_loader,
+    model_transforms,
+)
+from dml_study.training.run_dir import (
+    RunDirectory,
+    RunState,
+    atomic_save_npy,
+    atomic_save_npz,
+    atomic_write_json,
+    atomic_write_text,
+)
+
+#: Config keys that may differ between a run and its resumption (they do not change results).
+RESUME_MUTABLE_KEYS = frozenset(
+    {
+        "data.num_workers",
+        "data.eval_batch_size",
+        "run.quiet",
+        "run.overwrite",
+        "run.stop_after_steps",
+        "run.checkpoint_every_steps",
+        "run.device",
+        "run.compile",
+        "run.results_dir",
+    }
+)
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced (everything is also on disk in ``run_dir``)."""
+
+    run_dir: RunDirectory
+    config: ExperimentConfig
+    metrics: dict[str, float]
+    untrained: dict[str, float] | None
+    best_epoch: int | None
+    best_metrics: dict[str, float] | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed: bool = False
+    train_time_s: float = 0.0
+
+
+class TrainModule(nn.Module):
+    """Embedder + loss in one module, so DDP sees (and synchronises) the proxies too.
+
+    ``forward(images, labels)`` returns the loss of the *global* batch (all ranks' embeddings
+    gathered differentiably); the loss itself runs in float32 outside autocast.
+    """
+
+    def __init__(self, embedder: Embedder, loss: ProxyLoss, ctx: D.DistContext, compile_: bool):
+        super().__init__()
+        self.embedder = embedder
+        self.loss = loss
+        self.ctx = ctx
+        # Not registered as a submodule, so state_dict keys stay those of the plain embedder.
+        object.__setattr__(self, "_embed", torch.compile(embedder) if compile_ else embedder)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        embeddings = self._embed(images)
+        embeddings, labels = D.gather_for_loss(embeddings.float(), labels, self.ctx)
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            return self.loss(embeddings, labels)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global RNGs that library code (timm init, torchvision) draws from."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - third-party code may use the legacy global RNG
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    flat_a = {f"{s}.{k}": v for s, sec in a.items() for k, v in sec.items()}
+    flat_b = {f"{s}.{k}": v for s, sec in b.items() for k, v in sec.items()}
+    keys = sorted(set(flat_a) | set(flat_b))
+    return [k for k in keys if k not in RESUME_MUTABLE_KEYS and flat_a.get(k) != flat_b.get(k)]
+
+
+def _mean_terms(sums: dict[str, float], count: int) -> dict[str, float]:
+    return {k: v / count for k, v in sums.items()} if count else {}
+
+
+class Trainer:
+    """Builds everything for one run; :meth:`run` trains and returns a :class:`RunResult`."""
+
+    def __init__(self, config: ExperimentConfig, ctx: D.DistContext | None = None):
+        self.ctx = ctx if ctx is not None else D.init_distributed(config.run.device)
+        run_name = config.run.run_name or config.default_run_name()
+        self.config = config_from_dict(
+            {**config.to_dict(), "run": {**config.to_dict()["run"], "run_name": run_name}}
+        )
+        self.quiet = self.config.run.quiet or not self.ctx.is_main
+        self.device = self.ctx.device
+        amp = self.config.run.amp
+        self.amp = amp == "bf16" or (amp == "auto" and self.device.type == "cuda")
+        self.channels_last = self.config.run.channels_last and self.device.type == "cuda"
+        self.run_dir = RunDirectory.for_run(self.config.run.results_dir, run_name)
+
+        # Data first: a missing dataset fails here, before any run directory exists.
+        self.train_set, self.eval_sets = load_datasets(self.config, progress=not self.quiet)
+        validate_against_labels(self.config, self.train_set.labels)
+
+        seed_everything(self.config.run.seed)
+        self.embedder = self._build_embedder()
+        self.loss_fn = self._build_loss()
+        self.module = TrainModule(self.embedder, self.loss_fn, self.ctx, self.config.run.compile)
+        self.module.to(self.device)
+        if self.channels_last:
+            self.module.to(memory_format=torch.channels_last)
+
+        train_tf, eval_tf = model_transforms(self.config, self.embedder.data_config)
+        self.train_tf, self.eval_tf = train_tf, eval_tf
+        base = build_batch_sampler(
+            self.config, self.train_set.labels, self.ctx.rank, self.ctx.world_size
+        )
+        self.batches = EpochBatches(base, self.config.run.seed)
+        self.train_loader = make_loader(
+            SeededAugmentation(self.train_set, train_tf),
+            batch_sampler=self.batches,
+            num_workers=self.config.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        self.eval_loaders = {
+            split: eval_loader(ds, eval_tf, self.config, self.ctx.rank, self.ctx.world_size)
+            for split, ds in self.eval_sets.splits.items()
+        }
+        self.steps_per_epoch = self.batches.batches_per_epoch()
+
+        groups = build_param_groups(
+            self.embedder.backbone_parameters(),
+            self.embedder.head_parameters(),
+            self.loss_fn.param_groups(),
+            self.config.optim,
+        )
+        self.optimizer = build_optimizer(groups, self.config.optim)
+        self.scheduler = build_scheduler(
+            self.optimizer, self.config.schedule, self.steps_per_epoch
+        )
+
+        # Progress state (restored on resume).
+        self.epoch = 0  # index of the epoch in progress (== epochs done at epoch boundaries)
+        self.batch_in_epoch = 0
+        self.global_step = 0
+        self.partial_sums: dict[str, float] = {}
+        self.partial_count = 0
+        self.history = History()
+        self.untrained: dict[str, float] | None = None
+        self.best_epoch: int | None = None
+        self.best_metrics: dict[str, float] | None = None
+        self.last_metrics: dict[str, float] | None = None
+        self.last_embeddings: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+        self.train_time_s = 0.0
+        self.resumed = False
+        self._ddp: nn.Module | None = None
+        self._backbone_trainable: bool | None = None
+
+    # ------------------------------------------------------------------ building
+
+    def _build_embedder(self) -> Embedder:
+        m, d = self.config.model, self.config.data
+        return create_embedder(
+            backbone=m.backbone,
+            embedding_dim=m.embedding_dim,
+            pretrained=m.pretrained,
+            pretrained_path=m.pretrained_path,
+            l2_normalize=m.l2_normalize,
+            img_size=d.image_size if m.set_img_size else None,
+            patch_size=m.patch_size,
+            freeze_patch_embed=m.freeze_patch_embed,
+            freeze_bn=m.freeze_bn,
+            **dict(m.timm_kwargs),
+        )
+
+    def _build_loss(self) -> ProxyLoss:
+        lo = self.config.loss
+        kw: dict[str, Any] = dict(lo.params)
+        if lo.name == "adaptive_margin" and not {
+            "class_names", "text_embeddings", "text_distances"
+        } & set(kw):
+            kw["class_names"] = self.train_set.class_names
+        return create_loss(
+            lo.name,
+            num_classes=self.train_set.num_classes,
+            embedding_dim=self.embedder.embedding_dim,
+            so_lambda=lo.so_lambda,
+            so_gram=lo.so_gram,
+            so_normalize=lo.so_normalize,
+            so_reduction=lo.so_reduction,
+            proxy_init=lo.proxy_init,
+            seed=self.config.run.seed,
+            **kw,
+        )
+
+    # ------------------------------------------------------------------ run directory
+
+    def _prepare_run_dir(self) -> RunState:
+        state = None
+        if self.ctx.is_main:
+            state = self.run_dir.prepare(self.config.run.overwrite)
+        D.barrier(self.ctx)
+        return RunState(D.broadcast_object(state.value if state else None, self.ctx))
+
+    def _write_provenance(self, resumed: bool) -> None:
+        if not self.ctx.is_main:
+            return
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        report = environment_report()
+        if resumed and self.run_dir.provenance.is_file():
+            previous = self.run_dir.read_json("provenance.json")
+            report["started"] = previous.get("started", now)
+            report["resumed"] = [*previous.get("resumed", []), now]
+        else:
+            report["started"] = now
+        report["world_size"] = self.ctx.world_size
+        report["run_device"] = str(self.device)
+        report["amp_bf16"] = self.amp
+        atomic_write_json(self.run_dir.provenance, report)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.embedder.state_dict(),
+            "loss": self.loss_fn.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "global_step": self.global_step,
+            "partial_sums": dict(self.partial_sums),
+            "partial_count": self.partial_count,
+            "history": self.history.records,
+            "untrained": self.untrained,
+            "best_epoch": self.best_epoch,
+            "best_metrics": self.best_metrics,
+            "last_metrics": self.last_metrics,
+            "train_time_s": self.train_time_s,
+            "config": self.config.to_dict(),
+            "world_size": self.ctx.world_size,
+        }
+
+    def save_last(self) -> None:
+        """Write ``checkpoints/last.pt`` (collective under DDP: RNG states of all ranks)."""
+        rngs = D.all_gather_objects(rng_state(), self.ctx)
+        if self.ctx.is_main:
+            save_checkpoint(self.run_dir.last_checkpoint, {**self._state(), "rng": rngs})
+        D.barrier(self.ctx)
+
+    def _save_best(self) -> None:
+        if self.ctx.is_main:
+            save_checkpoint(
+                self.run_dir.best_checkpoint,
+                {
+                    "model": self.embedder.state_dict(),
+                    "loss": self.loss_fn.state_dict(),
+                    "epoch": self.best_epoch,
+                    "metrics": self.best_metrics,
+                    "config": self.config.to_dict(),
+                },
+            )
+
+    def _resume(self) -> None:
+        state = load_checkpoint(self.run_dir.last_checkpoint, map_location=self.device)
+        diff = _config_diff(state["config"], self.config.to_dict())
+        if diff:
+            raise TrainingError(
+                f"cannot resume {self.run_dir.path}: the config differs from the checkpoint's in "
+                f"{', '.join(diff)}; use another run_name or overwrite=True"
+            )
+        self.embedder.load_state_dict(state["model"])
+        self.loss_fn.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = state["epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        self.global_step = state["global_step"]
+        self.partial_sums = dict(state["partial_sums"])
+        self.partial_count = state["partial_count"]
+        self.history = History(state["history"])
+        self.untrained = state["untrained"]
+        self.best_epoch = state["best_epoch"]
+        self.best_metrics = state["best_metrics"]
+        self.last_metrics = state["last_metrics"]
+        self.train_time_s = state["train_time_s"]
+        rngs = state["rng"]
+        if len(rngs) != self.ctx.world_size:
+            warnings.warn(
+                f"checkpoint was written by {len(rngs)} process(es), resuming with "
+                f"{self.ctx.world_size}: batches are the same, dropout streams are not",
+                stacklevel=2,
+            )
+        set_rng_state(rngs[self.ctx.rank] if self.ctx.rank < len(rngs) else rngs[0])
+        self.resumed = True
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate_model(self) -> dict[str, float]:
+        """Embed the evaluation splits (sharded over ranks) and compute metrics on rank 0.
+
+        Every rank returns the same metric dict; rank 0 keeps the embeddings in
+        ``last_embeddings``.
+        """
+        gathered: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for split, (loader, indices) in self.eval_loaders.items():
+            emb, labels = embed(self.embedder, loader, self.device, amp=self.amp, progress=False)
+            parts = D.gather_to_main((indices, emb, labels), self.ctx)
+            if parts is not None:
+                n = len(self.eval_sets.splits[split])
+                full_emb = np.empty((n, emb.shape[1]), dtype=np.float32)
+                full_lab = np.empty(n, dtype=np.int64)
+                for idx, e, lab in parts:
+                    full_emb[idx], full_lab[idx] = e, lab
+                gathered[split] = (full_emb, full_lab)
+        metrics = None
+        if self.ctx.is_main:
+            q_emb, q_lab = gathered["query"]
+            g_emb, g_lab = gathered.get("gallery", (None, None))
+            result = evaluate(
+                q_emb, q_lab, g_emb, g_lab, ks=self.eval_sets.ks, nmi=self.config.eval.nmi,
+                seed=self.config.run.seed,
+            )
+            metrics = {k: float(v) for k, v in result.to_dict().items()}
+            self.last_embeddings = gathered
+        return D.broadcast_object(metrics, self.ctx)  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ training
+
+    def _set_phase(self, epoch: int) -> None:
+        """Frozen backbone during warm-up epochs; (re)wrap in DDP when the trainable set changes.
+
+        DDP registers the parameters that require grad at construction, so a change of the
+        trainable set needs a new wrapper (all ranks switch at the same epoch).
+        """
+        trainable = epoch >= self.config.schedule.freeze_backbone_epochs
+        if trainable == self._backbone_trainable:
+            return
+        self.embedder.set_backbone_trainable(trainable)
+        self._backbone_trainable = trainable
+        if self.ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            self._ddp = DDP(self.module, device_ids=device_ids)
+        else:
+            self._ddp = self.module
+
+    def _trainable_params(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.module.parameters() if p.requires_grad)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """One optimiser step on a (per-rank) batch; returns the loss terms of the global batch."""
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(self.device, non_blocking=True)
+        assert self._ddp is not None
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss = self._ddp(images, labels)
+        terms = dict(self.loss_fn.last_terms)
+        value = terms.get("loss", float(loss.detach()))
+        if not math.isfinite(value):
+            last = self.run_dir.last_checkpoint
+            raise NonFiniteLossError(
+                value, self.global_step + 1, self.epoch + 1, self.batch_in_epoch + 1,
+                str(last) if last.is_file() else None,
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.config.optim.grad_clip_norm
+        if clip is not None:
+            terms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self._trainable_params(), clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        return terms
+
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+        self._set_phase(epoch)
+        self.module.train()
+        self.batches.set_position(epoch, self.batch_in_epoch)
+        world_batch = self.config.data.batch_size * self.ctx.world_size
+        stop_after = self.config.run.stop_after_steps
+        every = self.config.run.checkpoint_every_steps
+        start = time.perf_counter()
+        images_seen = 0
+        bar = tqdm(
+            self.train_loader,
+            total=self.steps_per_epoch,
+            initial=self.batch_in_epoch,
+            desc=f"epoch {epoch + 1}/{self.config.schedule.epochs}",
+            disable=self.quiet,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for images, labels in bar:
+            terms = self.train_step(images, labels)
+            for k, v in terms.items():
+                self.partial_sums[k] = self.partial_sums.get(k, 0.0) + v
+            self.partial_count += 1
+            self.batch_in_epoch += 1
+            self.global_step += 1
+            images_seen += world_batch
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{images_seen / elapsed:.0f}")
+            if every and self.global_step % every == 0:
+                self.save_last()
+            if stop_after is not None and self.global_step >= stop_after:
+                raise StopRequested(self.global_step)
+        bar.close()
+        elapsed = time.perf_counter() - start
+        self.train_time_s += elapsed
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": self.global_step}
+        record.update(_mean_terms(self.partial_sums, self.partial_count))
+        record.update(group_lrs(self.optimizer))
+        record["backbone_trainable"] = bool(self._backbone_trainable)
+        record["time_s"] = elapsed
+        record["img_per_s"] = images_seen / elapsed if elapsed > 0 else float("nan")
+        self.partial_sums, self.partial_count = {}, 0
+        self.epoch, self.batch_in_epoch = epoch + 1, 0
+        return record
+
+    def _orth_record(self) -> dict[str, float]:
+        stats = orthogonality_stats(self.loss_fn.proxies.detach().cpu())
+        return {f"orth_{k}": float(v) for k, v in stats.items()}
+
+    def _eval_due(self, epoch_done: int) -> bool:
+        e = self.config.schedule.epochs
+        return epoch_done % self.config.eval.every_n_epochs == 0 or epoch_done == e
+
+    def _log(self, message: str) -> None:
+        if not self.quiet:
+            tqdm.write(message)
+
+    def run(self) -> RunResult:
+        """Train (or resume) to the end and write the run directory."""
+        state = self._prepare_run_dir()
+        if state is RunState.RESUMABLE:
+            self._resume()
+            self._log(
+                f"resuming {self.run_dir.path} at epoch {self.epoch + 1}, "
+                f"batch {self.batch_in_epoch}, step {self.global_step}"
+            )
+        else:
+            if self.ctx.is_main:
+                atomic_write_text(self.run_dir.config, self.config.to_yaml())
+                atomic_save_npy(
+                    self.run_dir.proxies_init, self.loss_fn.proxies.detach().cpu().numpy()
+                )
+            if self.config.eval.untrained:
+                self.untrained = self.evaluate_model()
+                self._log(f"untrained: {_fmt(self.untrained)}")
+            self.history.append({"epoch": 0, "step": 0, **self._orth_record(),
+                                 **(self.untrained or {})})
+        self._write_provenance(self.resumed)
+
+        for epoch in range(self.epoch, self.config.schedule.epochs):
+            record = self._train_epoch(epoch)
+            record.update(self._orth_record())
+            if self._eval_due(epoch + 1):
+                metrics = self.evaluate_model()
+                record.update(metrics)
+                self.last_metrics = metrics
+                if self.best_metrics is None or metrics["R@1"] > self.best_metrics["R@1"]:
+                    self.best_epoch, self.best_metrics = epoch + 1, metrics
+                    self._save_best()
+            self.history.append(record)
+            self.save_last()
+            if self.ctx.is_main:
+                self.history.save(self.run_dir)
+            self._log(
+                f"epoch {epoch + 1}: loss {record.get('loss', float('nan')):.4f} "
+                f"so {record.get('so', 0.0):.4f} {_fmt(record)}"
+            )
+        return self._finish()
+
+    def _finish(self) -> RunResult:
+        # Resumed after the last epoch's checkpoint but before metrics.json was written: the
+        # embeddings are gone, so evaluate again (rank 0 decides; evaluation is collective).
+        if D.broadcast_object(self.last_embeddings is None, self.ctx):
+            self.last_metrics = self.evaluate_model()
+        if self.ctx.is_main:
+            rd = self.run_dir
+            self.history.save(rd)
+            atomic_save_npy(rd.proxies, self.loss_fn.proxies.detach().cpu().numpy())
+            if self.config.eval.save_test_embeddings and self.last_embeddings is not None:
+                arrays: dict[str, np.ndarray] = {}
+                for split, (emb, lab) in self.last_embeddings.items():
+                    prefix = "" if split == "query" and len(self.last_embeddings) == 1 else (
+                        f"{split}_"
+                    )
+                    arrays[f"{prefix}embeddings"], arrays[f"{prefix}labels"] = emb, lab
+                arrays["class_names"] = np.asarray(self.eval_sets.query.class_names)
+                atomic_save_npz(rd.test_embeddings, **arrays)
+            metrics: dict[str, Any] = dict(self.last_metrics)
+            metrics["untrained"] = self.untrained
+            metrics["best"] = {"epoch": self.best_epoch, **(self.best_metrics or {})}
+            metrics["epochs"] = self.config.schedule.epochs
+            metrics["global_steps"] = self.global_step
+            metrics["train_time_s"] = self.train_time_s
+            # Written last: its presence marks the run as finished.
+            atomic_write_json(rd.metrics, metrics)
+        D.barrier(self.ctx)
+        return RunResult(
+            run_dir=self.run_dir,
+            config=self.config,
+            metrics=dict(self.last_metrics),
+            untrained=self.untrained,
+            best_epoch=self.best_epoch,
+            best_metrics=self.best_metrics,
+            history=list(self.history.records),
+            resumed=self.resumed,
+            train_time_s=self.train_time_s,
+        )
+
+
+def _fmt(metrics: dict[str, Any]) -> str:
+    keys = [k for k in metrics if k.startswith("R@") or k in ("MAP@R", "NMI")]
+    return " ".join(f"{k} {metrics[k]:.4f}" for k in keys)
+
+
+def train(config: ExperimentConfig) -> RunResult:
+    """Train ``config`` (single process, or one rank of a ``torchrun`` job) and return the result.
+
+    Raises :class:`~dml_study.training.errors.RunExistsError` when the run directory holds a
+    finished run and ``run.overwrite`` is false; resumes from ``checkpoints/last.pt`` when the
+    run was interrupted.
+    """
+    ctx = D.init_distributed(config.run.device)
+    try:
+        return Trainer(config, ctx).run()
+    finally:
+        D.shutdown(ctx)

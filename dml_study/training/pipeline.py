@@ -1,0 +1,235 @@
+"""Data pipeline of the trainer: datasets, seeded augmentation, resumable batch streams.
+
+Augmentation randomness is tied to the *sample*, not to the process that loads it: every
+training sample is drawn under ``torch.manual_seed(hash(seed, epoch, batch, index, k))``
+(``k`` counts repeats of an index within a batch) inside :func:`torch.random.fork_rng`, so
+
+* the crops/flips of a run do not depend on ``num_workers`` or the worker a sample lands on,
+* resuming mid-epoch reproduces exactly the augmentations of the uninterrupted run,
+* the main process's RNG (dropout, drop-path) is untouched by data loading.
+
+The batch stream is an :class:`EpochBatches` wrapper around the data layer's seeded batch
+sampler: ``set_position(epoch, start)`` selects the epoch's order (which depends only on
+``(seed, epoch)``) and skips the batches already trained — without loading them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from dml_study.config import ExperimentConfig
+from dml_study.data import (
+    DMLDataset,
+    MPerClassBatchSampler,
+    RandomBatchSampler,
+    build_transforms,
+    dataset_protocol,
+    default_recall_ks,
+    get_dataset,
+)
+
+SampleKey = tuple[int, int, int, int, int]  # (index, epoch, batch, repeat, seed)
+
+
+def sample_seed(seed: int, epoch: int, batch: int, index: int, repeat: int) -> int:
+    """A 63-bit seed for one training sample, independent of worker layout."""
+    state = np.random.SeedSequence([seed, epoch, batch, index, repeat]).generate_state(2)
+    return int((int(state[0]) << 32 | int(state[1])) & ((1 << 63) - 1))
+
+
+class SeededAugmentation(torch.utils.data.Dataset):
+    """Training view of a :class:`DMLDataset`: ``transform`` applied under a per-sample seed.
+
+    Indexed by :data:`SampleKey` tuples produced by :class:`EpochBatches`.
+    """
+
+    def __init__(self, dataset: DMLDataset, transform: Callable[[Any], torch.Tensor]):
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, int]:
+        index, epoch, batch, repeat, seed = key
+        image = self.dataset.load_image(index)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(seed, epoch, batch, index, repeat))
+            tensor = self.transform(image)
+        return tensor, int(self.dataset.labels[index])
+
+
+class EpochBatches(torch.utils.data.Sampler[list[SampleKey]]):
+    """Resumable stream of one epoch's batches, as :data:`SampleKey` lists."""
+
+    def __init__(self, base: MPerClassBatchSampler | RandomBatchSampler, seed: int):
+        self.base = base
+        self.seed = seed
+        self.epoch = 0
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        """Iterate epoch ``epoch`` from batch ``start`` (batches before it are skipped)."""
+        self.epoch, self.start = int(epoch), int(start)
+        self.base.set_epoch(self.epoch)
+
+    def batches_per_epoch(self) -> int:
+        return len(self.base)
+
+    def __len__(self) -> int:
+        return len(self.base) - self.start
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        batches = itertools.islice(iter(self.base), self.start, None)
+        for b, indices in enumerate(batches, start=self.start):
+            repeats: Counter[int] = Counter()
+            keys = []
+            for i in indices:
+                keys.append((int(i), self.epoch, b, repeats[i], self.seed))
+                repeats[i] += 1
+            yield keys
+
+
+def make_loader(
+    dataset: torch.utils.data.Dataset,
+    *,
+    batch_sampler: torch.utils.data.Sampler | None = None,
+    batch_size: int | None = None,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader with its own generator.
+
+    Creating a DataLoader iterator draws a base seed; without a dedicated generator it would
+    come from the *global* torch RNG and shift the model's random stream every epoch and on
+    resume. (The data layer's ``build_dataloader`` also passes a generator; this variant
+    additionally accepts :class:`SampleKey` batches and non-sampler eval loaders.)
+    """
+    kwargs: dict[str, Any] = {
+        "num_workers": num_workers,
+        "pin_memory": pin_memory,
+        "generator": torch.Generator().manual_seed(0),
+    }
+    if num_workers > 0:
+        kwargs["persistent_workers"] = True
+    if batch_sampler is not None:
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)
+
+
+@dataclass
+class EvalSets:
+    """Evaluation splits: ``query`` (and ``gallery`` for query/gallery protocols)."""
+
+    query: DMLDataset
+    gallery: DMLDataset | None
+    ks: tuple[int, ...]
+
+    @property
+    def splits(self) -> dict[str, DMLDataset]:
+        out = {"query": self.query}
+        if self.gallery is not None:
+            out["gallery"] = self.gallery
+        return out
+
+
+def load_datasets(
+    config: ExperimentConfig, progress: bool = True
+) -> tuple[DMLDataset, EvalSets]:
+    """Training split and evaluation splits of ``config.data.dataset`` (no transforms yet).
+
+    Missing data raises the data layer's error (naming the expected layout) right here,
+    before any model is built or run directory created.
+    """
+    d = config.data
+    kw: dict[str, Any] = {"progress": progress}
+    if d.cache_decoded:
+        kw["cache_decoded"] = True
+        # Cache at the eval resize size: the random crop and the centre crop both start there.
+        kw["cache_size"] = round(d.image_size * d.resize_ratio)
+    train = get_dataset(d.dataset, "train", d.data_root, **kw)
+    if dataset_protocol(d.dataset) == "query_gallery":
+        query = get_dataset(d.dataset, "query", d.data_root, **kw)
+        gallery: DMLDataset | None = get_dataset(d.dataset, "gallery", d.data_root, **kw)
+    else:
+        query, gallery = get_dataset(d.dataset, "test", d.data_root, **kw), None
+    ks = config.eval.ks if config.eval.ks is not None else default_recall_ks(d.dataset)
+    return train, EvalSets(query, gallery, tuple(ks))
+
+
+def model_transforms(
+    config: ExperimentConfig, data_config: dict[str, Any]
+) -> tuple[Callable, Callable]:
+    """(train, eval) transforms at ``data.image_size`` with the backbone's mean/std."""
+    d = config.data
+    mean = tuple(data_config.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(data_config.get("std", (0.229, 0.224, 0.225)))
+    interpolation = str(data_config.get("interpolation", "bilinear"))
+    if interpolation not in {"bilinear", "bicubic", "nearest"}:
+        interpolation = "bilinear"
+    common = {
+        "image_size": d.image_size,
+        "mean": mean,
+        "std": std,
+        "resize_ratio": d.resize_ratio,
+        "interpolation": interpolation,
+    }
+    eval_tf = build_transforms(False, **common)
+    train_tf = build_transforms(True, **common) if d.augment else eval_tf
+    return train_tf, eval_tf
+
+
+def build_batch_sampler(
+    config: ExperimentConfig, labels: np.ndarray, rank: int, world_size: int
+) -> MPerClassBatchSampler | RandomBatchSampler:
+    """The seeded, DDP-sharded batch sampler (m-per-class, or random when m_per_class=0)."""
+    d = config.data
+    if d.m_per_class > 0:
+        return MPerClassBatchSampler(
+            labels, d.m_per_class, d.batch_size, seed=config.run.seed,
+            num_replicas=world_size, rank=rank, drop_last=True,
+        )
+    return RandomBatchSampler(
+        len(labels), d.batch_size, seed=config.run.seed, num_replicas=world_size, rank=rank,
+        drop_last=True,
+    )
+
+
+def shard_indices(n: int, rank: int, world_size: int) -> np.ndarray:
+    """Indices of an evaluation set embedded by ``rank`` (strided, no padding)."""
+    return np.arange(rank, n, world_size, dtype=np.int64)
+
+
+class _Transformed(torch.utils.data.Dataset):
+    """Subset of a :class:`DMLDataset` with a deterministic (eval) transform."""
+
+    def __init__(self, dataset: DMLDataset, indices: np.ndarray, transform: Callable):
+        self.dataset, self.indices, self.transform = dataset, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        j = int(self.indices[i])
+        return self.transform(self.dataset.load_image(j)), int(self.dataset.labels[j])
+
+
+def eval_loader(
+    dataset: DMLDataset, transform: Callable, config: ExperimentConfig, rank: int, world: int
+) -> tuple[torch.utils.data.DataLoader, np.ndarray]:
+    """Loader over this rank's shard of ``dataset`` and the shard's indices."""
+    indices = shard_indices(len(dataset), rank, world)
+    loader = make_loader(
+        _Transformed(dataset, indices, transform),
+        batch_size=config.data.eval_batch_size,
+        num_workers=config.data.num_workers,
+    )
+    return loader, indices
