@@ -43,7 +43,6 @@ from dml_study.training.history import History
 from dml_study.training.optim import build_optimizer, build_param_groups, build_scheduler, group_lrs
 from dml_study.training.pipeline import (
     EpochBatches,
-    EvalSets,
     SeededAugmentation,
     build_batch_sampler,
     eval_loader,
@@ -419,7 +418,8 @@ class Trainer:
         loss.backward()
         clip = self.config.optim.grad_clip_norm
         if clip is not None:
-            terms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self._trainable_params(), clip))
+            norm = torch.nn.utils.clip_grad_norm_(self._trainable_params(), clip)
+            terms["grad_norm"] = float(norm)
         self.optimizer.step()
         self.scheduler.step()
         return terms
