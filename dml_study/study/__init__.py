@@ -1,0 +1,31 @@
+"""The study: numbered notebooks, the ablation grid, statistics and the rendered report.
+
+- :mod:`~dml_study.study.config` — :class:`StudyConfig` loaded from ``studies/<name>.yaml``.
+- :mod:`~dml_study.study.grid` — ablation groups → run specs with stable names; executes
+  ``02_train`` for every missing run (finished runs are reused).
+- :mod:`~dml_study.study.runner` — executes a study's notebooks in order (papermill),
+  renders HTML (nbconvert) and writes ``results/<study>/index.html`` and ``README.md``.
+- :mod:`~dml_study.study.collect`, :mod:`~dml_study.study.stats`,
+  :mod:`~dml_study.study.tables`, :mod:`~dml_study.study.published` — tables: runs,
+  mean ± std over seeds, paired SO-vs-no-SO tests, published reference numbers.
+- :mod:`~dml_study.study.analysis`, :mod:`~dml_study.study.plots`,
+  :mod:`~dml_study.study.dataview` — what the notebooks compute and draw.
+
+Command line: ``python -m dml_study.study --config studies/embedded.yaml``.
+"""
+
+from dml_study.study.config import StudyConfig, StudyConfigError, load_study_config
+from dml_study.study.grid import RunSpec, expand_grid, make_run_name, run_grid
+from dml_study.study.notebooks import NotebookExecutionError, execute_notebook
+
+__all__ = [
+    "NotebookExecutionError",
+    "RunSpec",
+    "StudyConfig",
+    "StudyConfigError",
+    "execute_notebook",
+    "expand_grid",
+    "load_study_config",
+    "make_run_name",
+    "run_grid",
+]

@@ -1,0 +1,119 @@
+"""What SO does to proxies and embeddings: the computations behind ``04_proxy_analysis``.
+
+All functions take plain arrays (proxies ``C × d``, embeddings ``N × d``) and L2-normalise
+them first, because every loss in this study compares directions (cosines), not lengths.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def cosine_matrix(proxies: np.ndarray) -> np.ndarray:
+    """``P̂ P̂ᵀ``: cosine similarity between every pair of proxies (C × C)."""
+    p = normalize_rows(proxies)
+    return p @ p.T
+
+
+def pairwise_cosines(proxies: np.ndarray) -> np.ndarray:
+    """Cosines of all distinct proxy pairs (upper triangle of :func:`cosine_matrix`)."""
+    gram = cosine_matrix(proxies)
+    rows, cols = np.triu_indices(gram.shape[0], k=1)
+    return gram[rows, cols]
+
+
+def orthogonality_summary(proxies: np.ndarray) -> dict[str, float]:
+    """Orthogonality statistics of one proxy matrix (see ``dml_study.losses``)."""
+    from dml_study.losses import orthogonality_stats
+
+    return orthogonality_stats(np.asarray(proxies, dtype=np.float64))
+
+
+def proxy_margins(embeddings: np.ndarray, proxies: np.ndarray) -> pd.DataFrame:
+    """Per embedding: cosine to its nearest proxy, to the second nearest, and the margin.
+
+    Test classes are disjoint from training classes in the DML protocol, so a test image
+    has no "own" proxy; the margin between the two most similar proxies measures how
+    decisively the embedding falls into one proxy's region (near 0: between proxies).
+    """
+    if proxies.shape[0] < 2:
+        raise ValueError("need at least two proxies for a nearest-proxy margin")
+    sims = normalize_rows(embeddings) @ normalize_rows(proxies).T
+    top2 = -np.partition(-sims, 1, axis=1)[:, :2]
+    first, second = top2.max(axis=1), top2.min(axis=1)
+    return pd.DataFrame({"nearest": first, "second": second, "margin": first - second})
+
+
+def tsne_with_proxies(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    proxies: np.ndarray,
+    *,
+    max_points: int = 1500,
+    perplexity: float = 30.0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """2-D t-SNE (scikit-learn) of test embeddings and proxies in one map.
+
+    Embeddings and proxies are embedded together so their relative placement is
+    meaningful; at most ``max_points`` embeddings (a seeded random subset) keep it fast.
+    Returns columns ``x, y, kind ("embedding" | "proxy"), label`` (proxy rows carry their
+    class index).
+    """
+    from sklearn.manifold import TSNE
+
+    rng = np.random.default_rng(seed)
+    n = len(embeddings)
+    keep = np.arange(n)
+    if n > max_points:
+        keep = np.sort(rng.choice(n, size=max_points, replace=False))
+    points = np.concatenate([normalize_rows(embeddings[keep]), normalize_rows(proxies)])
+    perplexity = float(min(perplexity, max(2.0, (len(points) - 1) / 3)))
+    coords = TSNE(
+        n_components=2, perplexity=perplexity, init="pca", metric="cosine", random_state=seed
+    ).fit_transform(points)
+    m = len(keep)
+    return pd.DataFrame({
+        "x": coords[:, 0],
+        "y": coords[:, 1],
+        "kind": ["embedding"] * m + ["proxy"] * len(proxies),
+        "label": np.concatenate([np.asarray(labels)[keep], np.arange(len(proxies))]),
+    })
+
+
+#: History columns (first match wins) holding orthogonality error and effective rank.
+HISTORY_SERIES: dict[str, tuple[str, ...]] = {
+    "orthogonality error ‖P̂P̂ᵀ−I‖²_F": (
+        "so_frobenius", "ortho/so_frobenius", "proxies/so_frobenius"
+    ),
+    "effective rank": ("effective_rank", "ortho/effective_rank", "proxies/effective_rank"),
+    "mean |cos|": ("mean_abs_cos", "ortho/mean_abs_cos", "proxies/mean_abs_cos"),
+}
+
+
+def history_series(history: pd.DataFrame) -> pd.DataFrame:
+    """Long table ``epoch, quantity, value`` of the orthogonality statistics over training.
+
+    Quantities a history does not log are left out (the table may be empty).
+    """
+    if history.empty:
+        return pd.DataFrame(columns=["epoch", "quantity", "value"])
+    x = history["epoch"] if "epoch" in history.columns else pd.Series(range(1, len(history) + 1))
+    frames = []
+    for quantity, candidates in HISTORY_SERIES.items():
+        column = next((c for c in candidates if c in history.columns), None)
+        if column is not None:
+            frames.append(pd.DataFrame({
+                "epoch": x.to_numpy(), "quantity": quantity, "value": history[column].to_numpy()
+            }))
+    if not frames:
+        return pd.DataFrame(columns=["epoch", "quantity", "value"])
+    return pd.concat(frames, ignore_index=True).dropna(subset=["value"])

@@ -1,0 +1,245 @@
+"""Gather finished training runs (``results/runs/<run_name>/``) into pandas tables.
+
+A run directory is written by :func:`dml_study.training.train` (through ``02_train``):
+``config.yaml``, ``metrics.json`` (flat final metrics plus an ``"untrained"`` baseline),
+``history.json``/``history.csv``, ``proxies.npy``, ``proxies_init.npy``,
+``test_embeddings.npz`` and ``provenance.json``. These helpers read them without knowing
+more of the config layout than the leaf names of the training parameters, so they keep
+working when the config nests its sections.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from dml_study.study.config import TRAIN_PARAMETERS
+from dml_study.study.grid import FINISHED_MARKER, RunSpec, run_dir
+
+#: Columns describing a run's configuration, in display order.
+PARAM_COLUMNS: tuple[str, ...] = (
+    "dataset",
+    "loss",
+    "so_lambda",
+    "so_gram",
+    "so_normalize",
+    "so_reduction",
+    "proxy_init",
+    "embedding_dim",
+    "backbone",
+    "pretrained",
+    "image_size",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+)
+
+
+def finished_run_dirs(results_dir: str | Path) -> list[Path]:
+    """Run directories under ``<results_dir>/runs`` that hold ``metrics.json``, sorted."""
+    runs = Path(results_dir) / "runs"
+    if not runs.is_dir():
+        return []
+    return sorted(p for p in runs.iterdir() if (p / FINISHED_MARKER).is_file())
+
+
+def load_metrics(path: str | Path) -> dict[str, float]:
+    """Final metrics of a run, flat; the untrained baseline as ``untrained/<metric>``."""
+    path = Path(path)
+    raw = json.loads((path / FINISHED_MARKER).read_text(encoding="utf-8"))
+    flat: dict[str, float] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}/{k}": v for k, v in value.items() if _is_number(v)})
+        elif _is_number(value) or value is None:
+            flat[key] = float("nan") if value is None else float(value)
+    return flat
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def load_run_config(path: str | Path) -> dict[str, Any]:
+    """The run's ``config.yaml`` as a nested dict (empty when absent)."""
+    file = Path(path) / "config.yaml"
+    if not file.is_file():
+        return {}
+    return yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+
+
+def _walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix, node
+
+
+def run_parameters(config: dict[str, Any]) -> dict[str, Any]:
+    """Training parameters found in a (possibly nested) run config, by leaf name.
+
+    The first occurrence of each leaf named like a training parameter wins (``loss.name``
+    and ``model.backbone`` style layouts are both understood).
+    """
+    found: dict[str, Any] = {}
+    for path, value in _walk(config):
+        parts = path.split(".")
+        leaf = parts[-1]
+        if leaf == "name" and len(parts) >= 2 and parts[-2] in ("loss", "dataset"):
+            leaf = parts[-2]
+        if leaf in TRAIN_PARAMETERS and leaf not in found:
+            found[leaf] = value
+    for key in ("run_name",):
+        found.pop(key, None)
+    return found
+
+
+def run_recipe(params: dict[str, Any]) -> str:
+    """``"full"`` for runs that follow the published recipe, else ``"cpu"`` (CPU-sized).
+
+    The published recipe is an ImageNet-pretrained DeiT at 224 px on one of the four
+    benchmarks; anything smaller (the icons dataset, a tiny backbone, a few epochs at
+    low resolution) is a CPU-sized run whose numbers are not comparable to the papers'.
+    """
+    backbone = str(params.get("backbone") or "")
+    full = (
+        params.get("dataset") in ("cub200", "cars196", "sop", "inshop")
+        and backbone.startswith("deit")
+        and bool(params.get("pretrained", False))
+        and int(params.get("image_size") or 0) >= 224
+    )
+    return "full" if full else "cpu"
+
+
+def collect_runs(results_dir: str | Path) -> pd.DataFrame:
+    """One row per finished run: run name, parameters, recipe, metrics (fractions)."""
+    rows = []
+    for path in finished_run_dirs(results_dir):
+        params = run_parameters(load_run_config(path))
+        row: dict[str, Any] = {"run_name": path.name}
+        row.update({k: params.get(k) for k in PARAM_COLUMNS})
+        row["recipe"] = run_recipe(params)
+        row.update(load_metrics(path))
+        rows.append(row)
+    columns = ["run_name", *PARAM_COLUMNS, "recipe"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    frame = pd.DataFrame(rows)
+    return frame[[*columns, *[c for c in frame.columns if c not in columns]]]
+
+
+def grid_results(specs: Iterable[RunSpec], results_dir: str | Path) -> pd.DataFrame:
+    """One row per grid cell (group, variant, seed) with its parameters and metrics.
+
+    Cells whose run has not finished are left out; the ``finished`` count of
+    :func:`grid_status` says how many.
+    """
+    rows = []
+    for spec in specs:
+        path = run_dir(Path(results_dir), spec.run_name)
+        if not (path / FINISHED_MARKER).is_file():
+            continue
+        row: dict[str, Any] = {
+            "group": spec.group,
+            "variant": spec.variant,
+            "seed": spec.seed,
+            "run_name": spec.run_name,
+        }
+        row.update({k: spec.params.get(k) for k in PARAM_COLUMNS if k != "seed"})
+        row.update(load_metrics(path))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def grid_status(specs: Iterable[RunSpec], results_dir: str | Path) -> pd.DataFrame:
+    """Per group: cells, distinct runs and how many of them are finished."""
+    rows = []
+    for spec in specs:
+        done = (run_dir(Path(results_dir), spec.run_name) / FINISHED_MARKER).is_file()
+        rows.append({"group": spec.group, "run_name": spec.run_name, "finished": done})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    return frame.groupby("group", sort=False).agg(
+        cells=("run_name", "size"), runs=("run_name", "nunique"), finished=("finished", "sum")
+    )
+
+
+@dataclass(frozen=True)
+class RunArtifacts:
+    """Arrays and logs of one finished run, for the proxy analysis."""
+
+    run_name: str
+    path: Path
+    metrics: dict[str, float]
+    params: dict[str, Any]
+    history: pd.DataFrame
+    proxies: np.ndarray
+    proxies_init: np.ndarray | None
+    embeddings: np.ndarray | None
+    labels: np.ndarray | None
+
+
+def load_history(path: str | Path) -> pd.DataFrame:
+    """The run's per-epoch (or per-step) log from ``history.csv`` or ``history.json``."""
+    path = Path(path)
+    if (path / "history.csv").is_file():
+        return pd.read_csv(path / "history.csv")
+    if (path / "history.json").is_file():
+        data = json.loads((path / "history.json").read_text(encoding="utf-8"))
+        if isinstance(data, dict):
+            for key in ("epochs", "history", "records", "rows"):
+                if isinstance(data.get(key), list):
+                    data = data[key]
+                    break
+        return pd.json_normalize(data, sep="/") if isinstance(data, list) else pd.DataFrame()
+    return pd.DataFrame()
+
+
+def load_test_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(embeddings, labels)`` from ``test_embeddings.npz`` (``None`` when absent).
+
+    For query/gallery datasets (In-Shop) the query split is used.
+    """
+    file = Path(path) / "test_embeddings.npz"
+    if not file.is_file():
+        return None
+    with np.load(file) as data:
+        keys = set(data.files)
+        for emb_key, lab_key in (
+            ("embeddings", "labels"),
+            ("test_embeddings", "test_labels"),
+            ("query_embeddings", "query_labels"),
+        ):
+            if emb_key in keys and lab_key in keys:
+                return np.asarray(data[emb_key]), np.asarray(data[lab_key])
+    raise KeyError(f"{file}: no embeddings/labels arrays; arrays: {sorted(keys)}")
+
+
+def load_run(results_dir: str | Path, run_name: str) -> RunArtifacts:
+    """Everything the proxy analysis needs from one finished run."""
+    path = run_dir(Path(results_dir), run_name)
+    if not (path / FINISHED_MARKER).is_file():
+        raise FileNotFoundError(f"run {run_name} is not finished: no {path / FINISHED_MARKER}")
+    test = load_test_embeddings(path)
+    init = path / "proxies_init.npy"
+    return RunArtifacts(
+        run_name=run_name,
+        path=path,
+        metrics=load_metrics(path),
+        params=run_parameters(load_run_config(path)),
+        history=load_history(path),
+        proxies=np.load(path / "proxies.npy"),
+        proxies_init=np.load(init) if init.is_file() else None,
+        embeddings=None if test is None else test[0],
+        labels=None if test is None else test[1],
+    )

@@ -1,0 +1,418 @@
+"""Typed study configuration: what a study runs, loaded from ``studies/<name>.yaml``.
+
+A study is a list of notebooks executed in order, the shared training parameters every
+run of ``02_train`` receives, and the ablation grid (see :mod:`dml_study.study.grid`).
+Every section is a frozen dataclass; unknown keys, wrong types and invalid choices are
+rejected with an error that names the key path and lists the valid keys or choices,
+because a typo in a study file would otherwise silently fall back to a default and
+produce a study that is not the one asked for.
+
+Relative paths in the file are resolved against the project root: by default the
+parent of the folder holding the file (``studies/x.yaml`` -> project root), or the
+``root`` key (relative to the file) when given. That way a study resolves the same
+whether it is run from the command line, from ``make`` or from a notebook in
+``notebooks/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: Parameters of ``notebooks/02_train.ipynb`` (fixed by the project's interface). ``None``
+#: means "from the dataset preset".
+TRAIN_PARAMETERS: tuple[str, ...] = (
+    "dataset",
+    "data_root",
+    "backbone",
+    "pretrained",
+    "loss",
+    "so_lambda",
+    "so_gram",
+    "so_normalize",
+    "so_reduction",
+    "proxy_init",
+    "embedding_dim",
+    "epochs",
+    "batch_size",
+    "m_per_class",
+    "lr",
+    "image_size",
+    "seed",
+    "run_name",
+    "results_dir",
+    "device",
+    "num_workers",
+    "quiet",
+)
+
+#: Parameters the study sets itself for every run; a study file may not set them.
+RESERVED_TRAIN_PARAMETERS: tuple[str, ...] = ("run_name", "results_dir", "seed")
+
+#: Valid choices of the categorical training parameters.
+TRAIN_CHOICES: dict[str, tuple[Any, ...]] = {
+    "dataset": ("cub200", "cars196", "sop", "inshop", "icons"),
+    "loss": ("proxy_anchor", "normsoftmax", "additive_margin", "adaptive_margin"),
+    "so_gram": ("classes", "dims"),
+    "so_reduction": ("sum", "mean"),
+    "proxy_init": ("kaiming", "orthogonal", "normal"),
+}
+
+RECIPES: tuple[str, ...] = ("cpu", "full")
+
+
+class StudyConfigError(ValueError):
+    """A study file that cannot be used; the message names the key path and valid choices."""
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """How notebooks are executed and rendered."""
+
+    kernel_name: str = "python3"
+    #: Seconds a single cell may run (``None``: no limit).
+    cell_timeout: int | None = None
+    #: Render every executed notebook to HTML with nbconvert.
+    html: bool = True
+    #: Resolution of the PNG figures embedded in notebooks (keeps the HTML small).
+    figure_dpi: int = 80
+    #: Stream the notebooks' printed output (progress lines) to the terminal.
+    stream_output: bool = True
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """One ablation: named variants (and/or a one-parameter sweep) over some seeds.
+
+    ``variants`` maps a variant name to the training parameters it overrides; ``sweep``
+    maps one parameter name to the list of values it takes (one variant per value, named
+    ``<param>=<value>``). ``base`` is applied to every variant of the group first.
+    """
+
+    name: str
+    seeds: tuple[int, ...] = (0,)
+    base: dict[str, Any] = field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class HeadlineConfig:
+    """The comparison reported in the study's index: ``treatment`` vs ``baseline``."""
+
+    group: str = "so_vs_none"
+    baseline: str = "no_so"
+    treatment: str = "so"
+    metrics: tuple[str, ...] = ("R@1", "MAP@R")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Which two runs the proxy analysis notebook compares, and t-SNE settings."""
+
+    #: Seed of the headline runs compared in ``04_proxy_analysis``.
+    seed: int = 0
+    tsne_max_points: int = 1500
+    tsne_perplexity: float = 30.0
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """Settings of the paired comparison (bootstrap CI over seeds)."""
+
+    confidence: float = 0.95
+    bootstrap_resamples: int = 10000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study; see ``studies/embedded.yaml`` for a commented example."""
+
+    name: str
+    title: str = ""
+    description: str = ""
+    #: ``"cpu"`` (CPU-sized runs) or ``"full"`` (the published recipe): a label for tables.
+    recipe: str = "cpu"
+    datasets: tuple[str, ...] = ("icons",)
+    data_root: Path | None = None
+    results_dir: Path = Path("results")
+    notebooks_dir: Path = Path("notebooks")
+    notebooks: tuple[str, ...] = (
+        "01_data.ipynb",
+        "03_ablations.ipynb",
+        "04_proxy_analysis.ipynb",
+        "05_results.ipynb",
+    )
+    train_notebook: str = "02_train.ipynb"
+    #: Extra parameters per notebook (file name -> {parameter: value}).
+    notebook_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Training parameters shared by every run (``None`` values: from the dataset preset).
+    train: dict[str, Any] = field(default_factory=dict)
+    groups: tuple[GroupConfig, ...] = ()
+    headline: HeadlineConfig = field(default_factory=HeadlineConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    #: Absolute path of the file this config was loaded from (``None``: built in code).
+    source: Path | None = None
+    #: Absolute project root that relative paths were resolved against.
+    root: Path = Path(".")
+
+    @property
+    def study_dir(self) -> Path:
+        """Where the study's executed notebooks, HTML and index land."""
+        return self.results_dir / self.name
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where training runs land (``results/runs/<run_name>``), shared by all studies."""
+        return self.results_dir / "runs"
+
+    @property
+    def executed_runs_dir(self) -> Path:
+        """Executed copies of ``02_train`` for this study's runs."""
+        return self.study_dir / "runs"
+
+    def notebook_path(self, notebook: str) -> Path:
+        """Absolute path of one of the study's notebooks."""
+        return self.notebooks_dir / notebook
+
+    def group(self, name: str) -> GroupConfig:
+        """The ablation group called ``name``."""
+        for group in self.groups:
+            if group.name == name:
+                return group
+        valid = ", ".join(g.name for g in self.groups) or "(none)"
+        raise StudyConfigError(f"no ablation group {name!r}; groups: {valid}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_study_config(path: str | Path, **overrides: Any) -> StudyConfig:
+    """Load and validate a study file; ``overrides`` replace top-level keys after loading.
+
+    Raises :class:`StudyConfigError` naming the offending key and the valid choices.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise StudyConfigError(f"study config {path} does not exist")
+    with path.open(encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle) or {}
+    if not isinstance(raw, dict):
+        raise StudyConfigError(f"{path}: expected a mapping at the top level, got {type(raw)}")
+    raw = {**raw, **overrides}
+    root_key = raw.pop("root", None)
+    root = (path.parent / root_key).resolve() if root_key else path.parent.parent.resolve()
+    return study_config_from_dict(raw, root=root, source=path)
+
+
+def study_config_from_dict(
+    raw: dict[str, Any], root: str | Path = ".", source: Path | None = None
+) -> StudyConfig:
+    """Build a validated :class:`StudyConfig` from a plain mapping (e.g. parsed YAML)."""
+    root = Path(root).resolve()
+    where = str(source) if source else "study config"
+    _check_keys(raw, StudyConfig, where, exclude=("source", "root"))
+    if "name" not in raw:
+        raise StudyConfigError(f"{where}: missing required key 'name'")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "groups":
+            if not isinstance(value, list):
+                raise StudyConfigError(f"{where}: groups: expected a list, got {value!r}")
+            values[key] = tuple(
+                _build_group(g, f"{where}: groups[{i}]") for i, g in enumerate(value)
+            )
+        elif key in ("headline", "analysis", "stats", "execution"):
+            cls = {"headline": HeadlineConfig, "analysis": AnalysisConfig,
+                   "stats": StatsConfig, "execution": ExecutionConfig}[key]
+            values[key] = _build_section(cls, value, f"{where}: {key}")
+        else:
+            values[key] = _coerce(value, _field_types(StudyConfig)[key], f"{where}: {key}")
+    for key in ("results_dir", "notebooks_dir", "data_root"):
+        if values.get(key) is not None:
+            values[key] = (root / values[key]).resolve()
+    values.setdefault("results_dir", (root / "results").resolve())
+    values.setdefault("notebooks_dir", (root / "notebooks").resolve())
+    config = StudyConfig(**values, source=source, root=root)
+    _validate(config, where)
+    return config
+
+
+def _build_group(raw: Any, where: str) -> GroupConfig:
+    if not isinstance(raw, dict):
+        raise StudyConfigError(f"{where}: expected a mapping, got {raw!r}")
+    _check_keys(raw, GroupConfig, where)
+    if "name" not in raw:
+        raise StudyConfigError(f"{where}: missing required key 'name'")
+    group = _build_section(GroupConfig, raw, where)
+    if not group.variants and not group.sweep:
+        raise StudyConfigError(f"{where} ({group.name}): give 'variants' and/or 'sweep'")
+    if len(group.sweep) > 1:
+        raise StudyConfigError(
+            f"{where} ({group.name}): 'sweep' takes exactly one parameter, got {list(group.sweep)}"
+        )
+    if not group.seeds:
+        raise StudyConfigError(f"{where} ({group.name}): 'seeds' must not be empty")
+    for variant, params in group.variants.items():
+        _check_train_params(params, f"{where} ({group.name}).variants.{variant}")
+    _check_train_params(group.base, f"{where} ({group.name}).base")
+    for param, values in group.sweep.items():
+        _check_train_params({param: values[0] if values else None}, f"{where}.sweep")
+        if not values:
+            raise StudyConfigError(f"{where} ({group.name}).sweep.{param}: empty list")
+    return group
+
+
+def _build_section(cls: type, raw: Any, where: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise StudyConfigError(f"{where}: expected a mapping, got {raw!r}")
+    _check_keys(raw, cls, where)
+    types_ = _field_types(cls)
+    return cls(**{k: _coerce(v, types_[k], f"{where}.{k}") for k, v in raw.items()})
+
+
+def _check_keys(raw: dict[str, Any], cls: type, where: str, exclude: tuple[str, ...] = ()) -> None:
+    valid = [f.name for f in dataclasses.fields(cls) if f.name not in exclude]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise StudyConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"valid keys: {', '.join(valid)}"
+        )
+
+
+def _check_train_params(params: dict[str, Any], where: str) -> None:
+    unknown = sorted(set(params) - set(TRAIN_PARAMETERS))
+    if unknown:
+        raise StudyConfigError(
+            f"{where}: unknown training parameter(s) {', '.join(map(repr, unknown))}; "
+            f"valid: {', '.join(TRAIN_PARAMETERS)}"
+        )
+    reserved = sorted(set(params) & set(RESERVED_TRAIN_PARAMETERS))
+    if reserved:
+        raise StudyConfigError(
+            f"{where}: {', '.join(reserved)} are set by the study for every run (seeds come "
+            "from the group's 'seeds'); remove them"
+        )
+    for key, value in params.items():
+        choices = TRAIN_CHOICES.get(key)
+        if choices is not None and value is not None and value not in choices:
+            raise StudyConfigError(
+                f"{where}.{key}: invalid value {value!r}; valid: {', '.join(map(str, choices))}"
+            )
+
+
+def _validate(config: StudyConfig, where: str) -> None:
+    if config.recipe not in RECIPES:
+        raise StudyConfigError(f"{where}: recipe {config.recipe!r}; valid: {', '.join(RECIPES)}")
+    for dataset in config.datasets:
+        if dataset not in TRAIN_CHOICES["dataset"]:
+            raise StudyConfigError(
+                f"{where}: datasets: unknown dataset {dataset!r}; valid: "
+                f"{', '.join(TRAIN_CHOICES['dataset'])}"
+            )
+    _check_train_params(config.train, f"{where}: train")
+    names = [g.name for g in config.groups]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise StudyConfigError(f"{where}: duplicate group name(s) {duplicates}")
+    unknown_nb = sorted(set(config.notebook_parameters) - set(config.notebooks))
+    if unknown_nb:
+        raise StudyConfigError(
+            f"{where}: notebook_parameters for {unknown_nb} which are not in notebooks "
+            f"({', '.join(config.notebooks)})"
+        )
+    if config.groups and config.headline.group in names:
+        group = config.group(config.headline.group)
+        variants = _variant_names(group)
+        for role in ("baseline", "treatment"):
+            value = getattr(config.headline, role)
+            if value not in variants:
+                raise StudyConfigError(
+                    f"{where}: headline.{role}: {value!r} is not a variant of group "
+                    f"{group.name!r}; variants: {', '.join(variants)}"
+                )
+    elif config.groups:
+        raise StudyConfigError(
+            f"{where}: headline.group: {config.headline.group!r} is not a group; groups: "
+            f"{', '.join(names)}"
+        )
+    if not 0.0 < config.stats.confidence < 1.0:
+        raise StudyConfigError(f"{where}: stats.confidence must lie in (0, 1)")
+
+
+def _variant_names(group: GroupConfig) -> list[str]:
+    from dml_study.study.grid import sweep_variant_name
+
+    names = list(group.variants)
+    for param, values in group.sweep.items():
+        names += [sweep_variant_name(param, v) for v in values]
+    return names
+
+
+# --------------------------------------------------------------------------- coercion
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a dataclass field annotation, converting lists to tuples."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except StudyConfigError as exc:
+                errors.append(str(exc))
+        raise StudyConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise StudyConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict or annotation is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise StudyConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is Path:
+        if not isinstance(value, (str, Path)):
+            raise StudyConfigError(f"{where}: expected a path, got {value!r}")
+        return Path(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise StudyConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise StudyConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise StudyConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise StudyConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value

@@ -1,0 +1,226 @@
+"""The ablation grid: study groups -> run specs with stable names -> executed training runs.
+
+Each (group, variant, seed) cell of a study becomes a :class:`RunSpec` whose ``params``
+are the complete parameters handed to ``02_train`` (study ``train`` defaults, then the
+group's ``base``, then the variant's overrides, then the seed). The run name is a
+readable prefix plus a hash of those parameters, so
+
+- the same configuration always gets the same name (across processes and re-runs),
+- cells of different groups that describe the same run (e.g. ``λ = 0`` of the sweep and
+  the no-SO baseline at seed 0) share one run and train once, and
+- a run directory with ``metrics.json`` is reused instead of retrained.
+
+Parameters that do not change the result (device, number of workers, verbosity, data
+location) are left out of the hash, so moving a study to another machine reuses runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from dml_study.study.config import StudyConfig
+from dml_study.study.notebooks import Progress, execute_notebook
+
+#: Training parameters that do not affect the result and so are not part of a run's identity.
+NON_IDENTITY_PARAMETERS: frozenset[str] = frozenset(
+    {"run_name", "results_dir", "device", "num_workers", "quiet", "data_root"}
+)
+
+#: A run directory holding this file is finished (the training interface's contract).
+FINISHED_MARKER = "metrics.json"
+
+_LOSS_SHORT = {
+    "proxy_anchor": "pa",
+    "normsoftmax": "ns",
+    "additive_margin": "am",
+    "adaptive_margin": "adam",
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the grid at one seed."""
+
+    group: str
+    variant: str
+    seed: int
+    params: dict[str, Any] = field(hash=False)
+    run_name: str = ""
+
+    def notebook_parameters(self, results_dir: Path) -> dict[str, Any]:
+        """The parameters ``02_train`` is executed with."""
+        return {**self.params, "run_name": self.run_name, "results_dir": str(results_dir)}
+
+
+def sweep_variant_name(param: str, value: Any) -> str:
+    """Name of the variant a sweep value produces, e.g. ``so_lambda=0.01``."""
+    return f"{param}={_format_value(value)}"
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+#: Parameters that are real numbers: ``0`` and ``0.0`` must name the same run.
+_FLOAT_PARAMETERS = frozenset({"so_lambda", "lr"})
+
+
+def run_identity(params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters that define a run's result (used for its name)."""
+    return {
+        k: float(v) if k in _FLOAT_PARAMETERS and v is not None else v
+        for k, v in sorted(params.items())
+        if k not in NON_IDENTITY_PARAMETERS
+    }
+
+
+def make_run_name(params: dict[str, Any]) -> str:
+    """Stable, readable run name: ``<dataset>-<loss>-so<λ>-s<seed>-<hash8>``.
+
+    The hash covers every identity parameter (see :func:`run_identity`) so two different
+    configurations never share a name; the prefix is only for humans.
+    """
+    identity = run_identity(params)
+    digest = hashlib.sha1(
+        json.dumps(identity, sort_keys=True, default=str).encode("utf-8")
+    ).hexdigest()[:8]
+    dataset = params.get("dataset") or "preset"
+    loss = params.get("loss") or "preset"
+    parts = [str(dataset), _LOSS_SHORT.get(str(loss), str(loss))]
+    so_lambda = params.get("so_lambda")
+    if so_lambda is not None:
+        parts.append(f"so{_format_value(float(so_lambda))}")
+    # A few readable tags for the settings the ablations vary; the hash stays the identity.
+    if params.get("so_gram") == "dims":
+        parts.append("gdims")
+    if params.get("so_normalize") is False:
+        parts.append("nonorm")
+    if params.get("proxy_init") not in (None, "kaiming"):
+        parts.append(str(params["proxy_init"]))
+    if params.get("embedding_dim") is not None:
+        parts.append(f"d{params['embedding_dim']}")
+    parts.append(f"s{params.get('seed', 0)}")
+    parts.append(digest)
+    return "-".join(parts)
+
+
+def expand_grid(config: StudyConfig) -> list[RunSpec]:
+    """Every (group, variant, seed) cell of the study, in file order."""
+    specs: list[RunSpec] = []
+    for group in config.groups:
+        variants: list[tuple[str, dict[str, Any]]] = list(group.variants.items())
+        for param, values in group.sweep.items():
+            variants += [(sweep_variant_name(param, v), {param: v}) for v in values]
+        for variant, overrides in variants:
+            for seed in group.seeds:
+                params = {**config.train, **group.base, **overrides, "seed": int(seed)}
+                if config.data_root is not None and params.get("data_root") is None:
+                    params["data_root"] = str(config.data_root)
+                specs.append(
+                    RunSpec(group.name, variant, int(seed), params, make_run_name(params))
+                )
+    return specs
+
+
+def unique_runs(specs: Iterable[RunSpec]) -> list[RunSpec]:
+    """One spec per distinct run name (the first cell that asks for it), in order."""
+    seen: dict[str, RunSpec] = {}
+    for spec in specs:
+        seen.setdefault(spec.run_name, spec)
+    return list(seen.values())
+
+
+def run_dir(results_dir: Path, run_name: str) -> Path:
+    """Directory of a training run: ``<results_dir>/runs/<run_name>``."""
+    return Path(results_dir) / "runs" / run_name
+
+
+def is_finished(results_dir: Path, run_name: str) -> bool:
+    """True when the run's directory holds ``metrics.json`` (it will be reused)."""
+    return (run_dir(results_dir, run_name) / FINISHED_MARKER).is_file()
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What :func:`run_grid` did with one run."""
+
+    run_name: str
+    status: str  # "reused" | "trained"
+    seconds: float
+    executed_notebook: Path | None
+
+
+def run_grid(
+    config: StudyConfig,
+    specs: Iterable[RunSpec] | None = None,
+    *,
+    progress: bool = True,
+    stream: TextIO | None = None,
+) -> list[RunOutcome]:
+    """Train every run of the grid that is not finished yet, by executing ``02_train``.
+
+    Each missing run executes the study's training notebook with papermill; the executed
+    copy goes to ``results/<study>/runs/<run_name>.ipynb``. Finished runs (a run directory
+    with ``metrics.json``) are skipped, so a re-run only computes what is missing. A failing
+    run stops the grid with :class:`~dml_study.study.notebooks.NotebookExecutionError`
+    naming the run's executed notebook and its failing cell.
+    """
+    runs = unique_runs(specs if specs is not None else expand_grid(config))
+    notebook = config.notebook_path(config.train_notebook)
+    stream = stream or sys.stdout
+    todo = {s.run_name for s in runs if not is_finished(config.results_dir, s.run_name)}
+    bar = Progress(len(runs), "grid", stream=stream, enabled=progress)
+    bar.log(f"{len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to train")
+    outcomes: list[RunOutcome] = []
+    for spec in runs:
+        if spec.run_name not in todo:
+            outcomes.append(RunOutcome(spec.run_name, "reused", 0.0, None))
+            bar.step(f"{spec.run_name}: finished earlier, reused")
+            continue
+        started = time.perf_counter()
+        executed = config.executed_runs_dir / f"{spec.run_name}.ipynb"
+        bar.log(f"{spec.run_name}: training ({spec.group}/{spec.variant}, seed {spec.seed})")
+        execute_notebook(
+            notebook,
+            executed,
+            spec.notebook_parameters(config.results_dir),
+            kernel_name=config.execution.kernel_name,
+            cwd=config.notebooks_dir,
+            cell_timeout=config.execution.cell_timeout,
+        )
+        if not is_finished(config.results_dir, spec.run_name):
+            raise RuntimeError(
+                f"{notebook.name} finished for run {spec.run_name} but wrote no "
+                f"{run_dir(config.results_dir, spec.run_name) / FINISHED_MARKER}; "
+                f"see {executed}"
+            )
+        seconds = time.perf_counter() - started
+        outcomes.append(RunOutcome(spec.run_name, "trained", seconds, executed))
+        bar.step(f"{spec.run_name}: trained in {seconds:.0f} s")
+    return outcomes
+
+
+def headline_runs(config: StudyConfig, seed: int | None = None) -> tuple[RunSpec, RunSpec]:
+    """The (baseline, treatment) runs of the headline comparison at ``seed``.
+
+    ``seed`` defaults to ``config.analysis.seed``; it must be one of the group's seeds.
+    """
+    head = config.headline
+    seed = config.analysis.seed if seed is None else seed
+    cells = {(s.variant, s.seed): s for s in expand_grid(config) if s.group == head.group}
+    try:
+        return cells[(head.baseline, seed)], cells[(head.treatment, seed)]
+    except KeyError:
+        seeds = sorted({s for _, s in cells})
+        raise ValueError(
+            f"seed {seed} is not a seed of headline group {head.group!r}; seeds: {seeds}"
+        ) from None

@@ -1,0 +1,213 @@
+"""Executing and rendering notebooks: papermill with errors that say where, nbconvert HTML.
+
+:func:`execute_notebook` wraps :func:`papermill.execute_notebook` so that a failure raises
+:class:`NotebookExecutionError` naming the notebook, the failing cell (its index in the
+source notebook, its execution count and first source line) and the executed copy that
+was kept with the error in it. :func:`render_html` turns an executed notebook into a
+self-contained HTML page (figures are embedded PNGs). :func:`check_notebook` validates
+the committed form of a notebook (nbformat 4, outputs cleared, generic kernel spec).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import nbformat
+
+#: Tags papermill puts on the cells it adds to an executed notebook.
+_PAPERMILL_TAGS = ("injected-parameters", "papermill-error-cell-tag")
+
+
+class NotebookExecutionError(RuntimeError):
+    """A notebook failed; attributes say which notebook and which cell."""
+
+    def __init__(
+        self,
+        notebook: Path,
+        output: Path,
+        cell_index: int | None,
+        execution_count: int | None,
+        first_line: str,
+        ename: str,
+        evalue: str,
+    ) -> None:
+        self.notebook = Path(notebook)
+        self.output = Path(output)
+        self.cell_index = cell_index
+        self.execution_count = execution_count
+        self.first_line = first_line
+        self.ename = ename
+        self.evalue = evalue
+        where = f"cell {cell_index}" if cell_index is not None else "a cell"
+        if execution_count is not None:
+            where += f" (In [{execution_count}])"
+        super().__init__(
+            f"{self.notebook.name} failed in {where}: {first_line!r}\n"
+            f"  {ename}: {evalue}\n"
+            f"  executed notebook with the error kept at {self.output}"
+        )
+
+
+def execute_notebook(
+    notebook: str | Path,
+    output: str | Path,
+    parameters: dict[str, Any] | None = None,
+    *,
+    kernel_name: str = "python3",
+    cwd: str | Path | None = None,
+    cell_timeout: int | None = None,
+    stdout: TextIO | None = None,
+    progress_bar: bool = False,
+) -> Path:
+    """Execute ``notebook`` with papermill into ``output``; return ``output``.
+
+    ``parameters`` must all be parameters of the notebook (its ``parameters`` cell):
+    papermill would otherwise inject them silently and the notebook would ignore them.
+    ``stdout`` receives the kernel's printed output live (e.g. ``sys.stdout``).
+    On failure the executed copy (with the traceback in the failing cell) stays at
+    ``output`` and :class:`NotebookExecutionError` is raised.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    notebook, output = Path(notebook), Path(output)
+    if not notebook.is_file():
+        raise FileNotFoundError(f"notebook {notebook} does not exist")
+    parameters = dict(parameters or {})
+    check_parameters(notebook, parameters)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # papermill logs every cell at INFO through its own logger; keep the terminal for the
+    # study's own progress lines unless the caller configured logging otherwise.
+    logging.getLogger("papermill").setLevel(logging.WARNING)
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=parameters,
+            kernel_name=kernel_name,
+            cwd=str(cwd) if cwd is not None else str(notebook.parent),
+            progress_bar=progress_bar,
+            stdout_file=stdout,
+            execution_timeout=cell_timeout,
+        )
+    except PapermillExecutionError as exc:
+        raise _execution_error(notebook, output, exc) from None
+    return output
+
+
+def check_parameters(notebook: str | Path, parameters: dict[str, Any]) -> None:
+    """Raise ``ValueError`` if a key of ``parameters`` is not a parameter of ``notebook``."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook))
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ValueError(
+            f"{Path(notebook).name}: unknown parameter(s) {', '.join(map(repr, unknown))}; "
+            f"its parameters cell declares: {', '.join(declared) or '(none)'}"
+        )
+
+
+def _execution_error(notebook: Path, output: Path, exc: Any) -> NotebookExecutionError:
+    """Translate papermill's error into one that names the cell of the *source* notebook."""
+    cell_index = None
+    try:
+        executed = nbformat.read(output, as_version=4)
+        # papermill's index counts the cells of the executed notebook *before* it inserted
+        # its error banner; map it back to the source notebook by skipping injected cells.
+        cells = [c for c in executed.cells if "papermill-error-cell-tag" not in _tags(c)]
+        before = cells[: exc.cell_index]
+        injected = sum("injected-parameters" in _tags(c) for c in before)
+        cell_index = exc.cell_index - injected
+    except (OSError, ValueError, TypeError, IndexError):
+        cell_index = exc.cell_index
+    first_line = next((ln for ln in str(exc.source).splitlines() if ln.strip()), "")
+    return NotebookExecutionError(
+        notebook=notebook,
+        output=output,
+        cell_index=cell_index,
+        execution_count=exc.exec_count,
+        first_line=first_line.strip(),
+        ename=str(exc.ename),
+        evalue=str(exc.evalue),
+    )
+
+
+def _tags(cell: Any) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def render_html(executed: str | Path, output: str | Path | None = None) -> Path:
+    """Render an executed notebook to a self-contained HTML file next to it (or ``output``).
+
+    Papermill's injected-parameters cell stays visible: it records what the notebook was
+    run with. Figures are the PNGs the notebook embedded, so the page has no side files.
+    """
+    from nbconvert import HTMLExporter
+
+    executed = Path(executed)
+    output = Path(output) if output is not None else executed.with_suffix(".html")
+    notebook = nbformat.read(executed, as_version=4)
+    exporter = HTMLExporter(template_name="lab")
+    body, _ = exporter.from_notebook_node(notebook)
+    output.write_text(body, encoding="utf-8")
+    return output
+
+
+def check_notebook(path: str | Path) -> list[str]:
+    """Problems with the committed form of a notebook (empty list: fine).
+
+    Checked: valid nbformat 4, a cell tagged ``parameters``, no outputs or execution
+    counts, and the generic ``python3`` kernel spec (so it opens in any JupyterLab).
+    """
+    path = Path(path)
+    problems: list[str] = []
+    notebook = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+    if notebook.nbformat != 4:
+        problems.append(f"nbformat {notebook.nbformat}, expected 4")
+    try:
+        nbformat.validate(notebook)
+    except nbformat.ValidationError as exc:
+        problems.append(f"invalid notebook: {exc.message}")
+    if not any("parameters" in _tags(c) for c in notebook.cells):
+        problems.append("no cell tagged 'parameters'")
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count")):
+            problems.append(f"cell {index} has outputs or an execution count")
+    kernelspec = notebook.metadata.get("kernelspec", {})
+    if kernelspec.get("name") != "python3" or kernelspec.get("language") != "python":
+        problems.append(f"kernelspec {kernelspec!r}, expected name python3, language python")
+    return problems
+
+
+class Progress:
+    """Plain progress lines ("[2/5] ... 12.3 s"), readable in a terminal, a log or a notebook.
+
+    Lines rather than a redrawn bar, because this output is relayed through papermill
+    from nested kernels, where carriage-return bars turn into noise.
+    """
+
+    def __init__(self, total: int, label: str, stream: TextIO | None = None,
+                 enabled: bool = True) -> None:
+        self.total = total
+        self.label = label
+        self.stream = stream or sys.stdout
+        self.enabled = enabled
+        self.done = 0
+        self.started = time.perf_counter()
+
+    def log(self, message: str) -> None:
+        """Print one line prefixed with the label and step."""
+        if self.enabled:
+            elapsed = time.perf_counter() - self.started
+            print(f"[{self.label} {self.done}/{self.total} | {elapsed:6.0f} s] {message}",
+                  file=self.stream, flush=True)
+
+    def step(self, message: str) -> None:
+        """Count one finished item and print ``message``."""
+        self.done += 1
+        self.log(message)

@@ -1,0 +1,81 @@
+"""Result tables for ``05_results``: our runs per configuration beside published numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from dml_study.study.published import published_results
+from dml_study.study.stats import format_mean_std
+
+#: Columns that identify a configuration (seeds are averaged over).
+CONFIG_COLUMNS: tuple[str, ...] = (
+    "recipe",
+    "backbone",
+    "loss",
+    "so_lambda",
+    "so_gram",
+    "so_normalize",
+    "proxy_init",
+    "embedding_dim",
+    "image_size",
+    "epochs",
+)
+
+
+def configuration_summary(
+    runs: pd.DataFrame, dataset: str, metrics: Sequence[str] = ("R@1", "MAP@R")
+) -> pd.DataFrame:
+    """Our finished runs of ``dataset``, one row per configuration: mean ± std over seeds."""
+    part = runs[runs["dataset"] == dataset]
+    metrics = [m for m in metrics if m in part.columns]
+    if part.empty:
+        return pd.DataFrame(columns=[*CONFIG_COLUMNS, *metrics, "seeds"])
+    keys = [c for c in CONFIG_COLUMNS if c in part.columns]
+    # groupby drops NaN keys by default; None-valued settings are still configurations.
+    grouped = part.fillna({k: "–" for k in keys}).astype({k: str for k in keys})
+    rows = []
+    for values, group in grouped.groupby(keys, sort=True):
+        row = dict(zip(keys, values, strict=True))
+        for metric in metrics:
+            row[metric] = format_mean_std(group[metric].mean(), group[metric].std(ddof=1))
+        row["seeds"] = len(group)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def comparison_table(
+    runs: pd.DataFrame, dataset: str, metric: str = "R@1"
+) -> pd.DataFrame:
+    """One table for ``dataset``: published entries, then ours, with ``metric`` in %.
+
+    Published values that could not be verified show as "not verified" instead of a number.
+    """
+    rows = []
+    for entry in published_results(dataset):
+        if entry.metric != metric:
+            continue
+        rows.append({
+            "source": "published",
+            "method": entry.method,
+            "backbone": entry.backbone,
+            "recipe": "paper",
+            metric: f"{entry.value:.1f}" if entry.value is not None else "not verified",
+            "seeds": "–",
+            "reference": entry.source or entry.note,
+        })
+    summary = configuration_summary(runs, dataset, [metric])
+    for _, row in summary.iterrows():
+        so = "" if row["so_lambda"] in ("–", "0.0", "0") else f" + SO (λ={row['so_lambda']})"
+        rows.append({
+            "source": "this study",
+            "method": f"{row['loss']}{so}",
+            "backbone": row["backbone"],
+            "recipe": row["recipe"],
+            metric: row.get(metric, "–"),
+            "seeds": row["seeds"],
+            "reference": f"d={row['embedding_dim']}, {row['epochs']} epochs, "
+                         f"{row['image_size']} px, init {row['proxy_init']}",
+        })
+    return pd.DataFrame(rows)
