@@ -40,7 +40,7 @@ class SplitRecords:
         paths: absolute image paths.
         class_ids: raw class id per image (any sortable hashable, e.g. the official 1-based id).
         class_names: human-readable name per raw class id (used as the text modality).
-        raw_class_names: optional machine name per raw class id (e.g. ``001.Black_footed_Albatross``).
+        raw_class_names: optional machine name per raw class id (``001.Black_footed_Albatross``).
     """
 
     paths: list[Path]

@@ -21,7 +21,7 @@ HEADER = ["image_id", "class_id", "super_class_id", "path"]
 
 
 def super_class_name(rel_path: str) -> str:
-    """``"bicycle_final/1_0.JPG"`` -> ``"bicycle"`` (``"coffee_maker_final"`` -> ``"coffee maker"``)."""
+    """``"bicycle_final/1_0.JPG"`` -> ``"bicycle"``; underscores become spaces."""
     folder = rel_path.split("/", 1)[0]
     folder = folder.removesuffix("_final")
     return folder.replace("_", " ")
