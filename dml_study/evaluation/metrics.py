@@ -14,8 +14,8 @@ Queries with R = 0 are excluded from all three metrics (they are counted separat
 which is what pytorch-metric-learning's ``AccuracyCalculator`` does. Each metric is the
 plain mean over the remaining queries (``avg_of_avgs=False`` in PML terms).
 
-Everything works on one chunk of queries at a time and accumulates sums, so the memory use
-does not grow with the number of queries.
+Everything works on one chunk of queries at a time; only a few numbers per query are kept,
+so the memory use is bounded by the chunk size.
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ def relevant_counts(
 
 @dataclass
 class RetrievalAccumulator:
-    """Running sums of per-query Recall@K hits, average precision at R and R-precision.
+    """Collects per-query Recall@K hits, average precision at R and R-precision.
+
+    Per-query values are kept (8 bytes per query and metric) and averaged at the end, so the
+    result does not depend on how the queries were chunked, down to the last bit.
 
     Args:
         ks: the K of Recall@K.
@@ -56,10 +59,10 @@ class RetrievalAccumulator:
     ks: Sequence[int]
     available: int
     hits: dict[int, int] = field(init=False)
-    ap_sum: float = field(init=False, default=0.0)
-    rp_sum: float = field(init=False, default=0.0)
     scored: int = field(init=False, default=0)
     excluded: int = field(init=False, default=0)
+    _ap: list[np.ndarray] = field(init=False, default_factory=list)
+    _rp: list[np.ndarray] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.hits = {k: 0 for k in self.ks}
@@ -95,9 +98,10 @@ class RetrievalAccumulator:
         rel = match[:, :r_max] & (np.arange(1, r_max + 1) <= r[:, None])
         correct_so_far = np.cumsum(rel, axis=1, dtype=np.int64)
         precision_at_i = correct_so_far / np.arange(1, r_max + 1, dtype=np.float64)
-        ap = (precision_at_i * rel).sum(axis=1) / r
-        self.ap_sum += float(ap.sum())
-        self.rp_sum += float((correct_so_far[:, -1] / r).sum())
+        # A sequential sum (cumsum), unlike a pairwise one, does not depend on the padded row
+        # length r_max of the chunk: per-query values are then identical for any chunking.
+        self._ap.append(np.cumsum(precision_at_i * rel, axis=1)[:, -1] / r)
+        self._rp.append(correct_so_far[:, -1] / r)
 
     def recall(self) -> dict[int, float]:
         """Recall@K per K over the scored queries."""
@@ -105,8 +109,8 @@ class RetrievalAccumulator:
 
     def map_at_r(self) -> float:
         """Mean average precision at R over the scored queries."""
-        return self.ap_sum / self.scored
+        return float(np.concatenate(self._ap).mean())
 
     def r_precision(self) -> float:
         """Mean R-precision over the scored queries."""
-        return self.rp_sum / self.scored
+        return float(np.concatenate(self._rp).mean())

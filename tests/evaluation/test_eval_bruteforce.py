@@ -107,6 +107,7 @@ def test_lone_classes_are_excluded_like_the_oracle():
     y[:7] = 100 + np.arange(7)  # seven singleton classes
     r = evaluate(x, y, ks=(1, 4), nmi=False)
     recall, map_r, rp = _oracle(x, y, ks=(1, 4))
+    assert r.r_precision == pytest.approx(rp, abs=1e-9)
     assert r.excluded_queries >= 7
     assert r.num_queries + r.excluded_queries == 200
     assert r.recall == pytest.approx(recall, abs=1e-12)
