@@ -116,7 +116,8 @@ def paired_comparison(
     std_diff = float(diff.std(ddof=1)) if n > 1 else nan
     if n > 1:
         mean = float(diff.mean())
-        if std_diff > 0:
+        # Float round-off makes "identical" differences differ by ~1e-17: treat as no spread.
+        if std_diff > 1e-12 * max(1.0, abs(mean)):
             test = sps.ttest_rel(b, a)
             t_stat, p_value = float(test.statistic), float(test.pvalue)
             half = sps.t.ppf(0.5 + confidence / 2, df=n - 1) * std_diff / math.sqrt(n)
@@ -154,8 +155,8 @@ def bootstrap_mean_ci(
     data = np.asarray(values, dtype=float)
     if data.size < 2:
         return float("nan"), float("nan")
-    if np.all(data == data[0]):
-        return float(data[0]), float(data[0])
+    if np.allclose(data, data[0], rtol=0.0, atol=1e-12):
+        return float(data.mean()), float(data.mean())
     result = sps.bootstrap(
         (data,),
         np.mean,

@@ -1,0 +1,98 @@
+"""Grid expansion: stable run names, shared cells train once, finished runs are reused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import write_study
+
+from dml_study.study.config import load_study_config
+from dml_study.study.grid import (
+    expand_grid,
+    headline_runs,
+    is_finished,
+    make_run_name,
+    run_identity,
+    unique_runs,
+)
+
+PARAMS = {"dataset": "icons", "loss": "proxy_anchor", "so_lambda": 0.1, "embedding_dim": 128,
+          "epochs": 4, "seed": 0}
+
+
+def test_run_name_is_stable_and_independent_of_key_order():
+    reordered = dict(reversed(list(PARAMS.items())))
+    assert make_run_name(PARAMS) == make_run_name(reordered)
+    # Fixed value: a changed hash would silently orphan every finished run on disk.
+    assert make_run_name(PARAMS) == "icons-pa-so0.1-d128-s0-4d45deb7"
+
+
+def test_run_name_changes_with_any_identity_parameter():
+    names = {make_run_name({**PARAMS, key: value}) for key, value in
+             [("so_lambda", 0.2), ("epochs", 5), ("seed", 1), ("so_gram", "dims"),
+              ("embedding_dim", 64), ("lr", 0.01)]}
+    assert len(names) == 6 and make_run_name(PARAMS) not in names
+
+
+def test_run_name_ignores_device_workers_verbosity_and_data_location():
+    other = {**PARAMS, "device": "cuda", "num_workers": 8, "quiet": False, "data_root": "/d"}
+    assert make_run_name(other) == make_run_name(PARAMS)
+    assert "device" not in run_identity(other)
+
+
+def test_integer_and_float_lambda_name_the_same_run():
+    assert make_run_name({**PARAMS, "so_lambda": 0}) == make_run_name({**PARAMS, "so_lambda": 0.0})
+
+
+def test_embedded_grid_shares_cells_and_fits_the_budget(repo_root: Path):
+    config = load_study_config(repo_root / "studies" / "embedded.yaml")
+    specs = expand_grid(config)
+    runs = unique_runs(specs)
+    assert len(runs) <= 15 < len(specs)
+    by_cell = {(s.group, s.variant, s.seed): s.run_name for s in specs}
+    # lambda = 0 of the sweep is the no-SO baseline at seed 0; lambda = 0.1 is the SO arm.
+    assert by_cell[("so_lambda", "so_lambda=0", 0)] == by_cell[("so_vs_none", "no_so", 0)]
+    assert by_cell[("so_lambda", "so_lambda=0.1", 0)] == by_cell[("so_vs_none", "so", 0)]
+    headline = [s for s in specs if s.group == "so_vs_none"]
+    assert sorted({s.seed for s in headline}) == [0, 1, 2]
+    assert len({s.run_name for s in headline}) == 6
+
+
+def test_spec_params_layer_train_base_variant_and_seed(tmp_path: Path):
+    groups = [{"name": "g", "seeds": [3, 4], "base": {"so_lambda": 0.5, "epochs": 7},
+               "variants": {"a": {}, "b": {"epochs": 9}}}]
+    config = load_study_config(write_study(
+        tmp_path, groups=groups, headline={"group": "g", "baseline": "a", "treatment": "b"}))
+    specs = {(s.variant, s.seed): s for s in expand_grid(config)}
+    assert len(specs) == 4
+    assert specs[("a", 3)].params == {"dataset": "cub200", "epochs": 7, "quiet": True,
+                                      "so_lambda": 0.5, "seed": 3}
+    assert specs[("b", 4)].params["epochs"] == 9
+    parameters = specs[("b", 4)].notebook_parameters(tmp_path / "results")
+    assert parameters["run_name"] == specs[("b", 4)].run_name
+    assert parameters["results_dir"] == str(tmp_path / "results")
+
+
+def test_sweep_variants_are_named_after_values(tmp_path: Path):
+    groups = [{"name": "lam", "sweep": {"so_lambda": [0.0, 0.001, 1.0]}}]
+    config = load_study_config(write_study(
+        tmp_path, groups=groups,
+        headline={"group": "lam", "baseline": "so_lambda=0", "treatment": "so_lambda=1"}))
+    assert [s.variant for s in expand_grid(config)] == [
+        "so_lambda=0", "so_lambda=0.001", "so_lambda=1"]
+
+
+def test_headline_runs_and_finished_marker(tmp_path: Path):
+    config = load_study_config(write_study(tmp_path))
+    baseline, treatment = headline_runs(config)
+    assert (baseline.variant, treatment.variant) == ("no_so", "so")
+    assert not is_finished(config.results_dir, baseline.run_name)
+    run = config.runs_dir / baseline.run_name
+    run.mkdir(parents=True)
+    assert not is_finished(config.results_dir, baseline.run_name)  # a started run is not done
+    (run / "metrics.json").write_text(json.dumps({"R@1": 0.5}))
+    assert is_finished(config.results_dir, baseline.run_name)
+    with pytest.raises(ValueError, match="seeds: \\[0\\]"):
+        headline_runs(config, seed=5)

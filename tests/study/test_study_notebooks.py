@@ -1,0 +1,77 @@
+"""Notebook hygiene and papermill execution errors that name notebook and cell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import write_notebook
+
+from dml_study.study.notebooks import (
+    NotebookExecutionError,
+    check_notebook,
+    check_parameters,
+    execute_notebook,
+    render_html,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+def test_the_study_notebooks_exist():
+    names = {p.name for p in NOTEBOOKS}
+    assert {"01_data.ipynb", "03_ablations.ipynb", "04_proxy_analysis.ipynb",
+            "05_results.ipynb"} <= names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebooks_are_clean_nbformat4_with_generic_kernel(path: Path):
+    assert check_notebook(path) == []
+
+
+def test_check_notebook_reports_outputs_and_kernel(tmp_path: Path):
+    path = write_notebook(tmp_path / "dirty.ipynb", "x = 1", "print(x)")
+    book = nbformat.read(path, as_version=4)
+    book.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    book.cells[1].execution_count = 1
+    book.metadata["kernelspec"] = {"name": "myenv", "display_name": "x", "language": "python"}
+    nbformat.write(book, path)
+    problems = check_notebook(path)
+    assert any("cell 1 has outputs" in p for p in problems)
+    assert any("kernelspec" in p for p in problems)
+
+
+def test_failing_cell_is_reported_with_notebook_cell_and_kept_output(tmp_path: Path):
+    source = write_notebook(
+        tmp_path / "broken.ipynb",
+        "divisor = 1",
+        "ok = 10 / divisor",
+        "# a comment first\nresult = ok / (divisor - divisor)\nprint(result)",
+    )
+    output = tmp_path / "out" / "broken.ipynb"
+    with pytest.raises(NotebookExecutionError) as info:
+        execute_notebook(source, output, {"divisor": 2})
+    error = info.value
+    # Cell 2 of the source notebook (papermill's injected parameters cell is not counted).
+    assert error.cell_index == 2
+    assert error.first_line == "# a comment first"
+    assert error.ename == "ZeroDivisionError"
+    message = str(error)
+    assert "broken.ipynb" in message and "cell 2" in message and "ZeroDivisionError" in message
+    assert str(output) in message
+    executed = nbformat.read(output, as_version=4)
+    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.output_type == "error"]
+    assert len(errors) == 1 and errors[0].ename == "ZeroDivisionError"
+    assert render_html(output).read_text().count("ZeroDivisionError") >= 1
+
+
+def test_unknown_parameter_is_rejected_before_execution(tmp_path: Path):
+    source = write_notebook(tmp_path / "p.ipynb", "alpha = 1\nbeta = 2", "alpha + beta")
+    with pytest.raises(ValueError, match=r"'gamma'.*alpha, beta"):
+        check_parameters(source, {"alpha": 3, "gamma": 1})
+    with pytest.raises(ValueError, match="gamma"):
+        execute_notebook(source, tmp_path / "o.ipynb", {"gamma": 1})
+    assert not (tmp_path / "o.ipynb").exists()
