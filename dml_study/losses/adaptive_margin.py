@@ -96,7 +96,8 @@ class TextDistanceTable(nn.Module):
                 raise ValueError(f"text_embeddings must be 2-D (C, k), got {tuple(emb.shape)}")
             emb = F.normalize(emb, dim=1)
             lo, hi = _offdiag_range_from_embeddings(emb)
-            self.register_buffer("embeddings", emb)
+            # Derived from the config (class names), so not saved in checkpoints.
+            self.register_buffer("embeddings", emb, persistent=False)
             self.distances = None
         else:
             dist = torch.as_tensor(np.asarray(text_distances), dtype=torch.float32)
@@ -105,7 +106,7 @@ class TextDistanceTable(nn.Module):
             off = ~torch.eye(dist.shape[0], dtype=torch.bool)
             lo = float(dist[off].min()) if off.any() else 0.0
             hi = float(dist[off].max()) if off.any() else 0.0
-            self.register_buffer("distances", dist)
+            self.register_buffer("distances", dist, persistent=False)
             self.embeddings = None
         self.lo, self.hi = lo, hi
 

@@ -102,8 +102,13 @@ class ProxyLoss(nn.Module):
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         labels = self._validate(embeddings, labels)
-        main = self.compute(embeddings, labels)
-        so = self.regularization()
+        if embeddings.dtype in (torch.float16, torch.bfloat16):
+            embeddings = embeddings.float()
+        # Losses with α = 32 exponentials are computed in full precision even when the model
+        # runs under mixed precision (autocast would otherwise run the cosine matmul in half).
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            main = self.compute(embeddings, labels)
+            so = self.regularization()
         total = main + so.to(main.dtype)
         self.last_terms = {"loss": float(total.detach()), self.name: float(main.detach()),
                            "so": float(so.detach())}

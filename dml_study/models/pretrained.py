@@ -62,7 +62,7 @@ def create_backbone(
 ) -> tuple[nn.Module, dict]:
     """A timm model (``num_classes`` as given in ``timm_kwargs``) and the mean/std overrides
     its weights need (empty dict when timm's own pretrained config is right)."""
-    if backbone not in timm.list_models() and backbone not in timm.list_models(pretrained=True):
+    if not timm.is_model(backbone):  # accepts pretrained tags such as "<arch>.fb_in1k"
         raise ValueError(
             f"unknown backbone {backbone!r}: not a timm model name (see timm.list_models()); "
             f"offline packaged backbones: {sorted(PACKAGED_BACKBONES)}"

@@ -130,3 +130,22 @@ def test_stats_effective_rank_of_rank_one():
     assert stats["effective_rank"] == pytest.approx(1.0, abs=1e-6)
     assert stats["max_abs_cos"] == pytest.approx(1.0)
     assert math.isfinite(stats["so_frobenius"])
+
+
+@pytest.mark.parametrize("name", ["proxy_anchor", "additive_margin"])
+def test_loss_runs_in_float32_under_autocast(name):
+    loss = create_loss(name, 5, 8, so_lambda=0.1)
+    emb = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 0, 1, 2, 3, 4])
+    emb_bf16 = emb.to(torch.bfloat16)
+    expected = loss(emb_bf16.float(), labels)  # same inputs, computed in float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = loss(emb_bf16, labels)
+    assert out.dtype == torch.float32
+    # A bf16 cosine matmul would be off by ~1e-3 relative; float32 agrees to rounding.
+    assert out.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_adaptive_text_buffers_are_not_checkpointed():
+    loss = create_loss("adaptive_margin", 3, 2, text_embeddings=np.eye(3, dtype=np.float32))
+    assert set(loss.state_dict()) == {"proxies"}

@@ -168,3 +168,8 @@ def test_unknown_backbone_and_classifier_errors():
         create_embedder("deit_huge_imaginary", pretrained=False)
     with pytest.raises(ValueError, match="num_classes must be 0"):
         create_embedder(DEIT, num_classes=10, **SMALL_VIT)
+
+
+def test_pretrained_tag_names_are_accepted():
+    model = create_embedder(f"{DEIT}.fb_in1k", **SMALL_VIT)
+    assert model.feature_dim == 192
