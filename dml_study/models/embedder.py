@@ -44,6 +44,7 @@ class Embedder(nn.Module):
         data_config: dict | None = None,
         freeze_bn: bool = False,
         frozen_params: set[str] | None = None,
+        frozen_backbone: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -59,6 +60,7 @@ class Embedder(nn.Module):
         self.l2_normalize = l2_normalize
         self.data_config = dict(data_config or resolve_data_config({}, model=backbone))
         self.freeze_bn = freeze_bn
+        self.frozen_backbone = frozen_backbone
         # Names of backbone parameters that stay frozen whatever set_backbone_trainable says.
         self._frozen = set(frozen_params or ())
         for name, p in self.backbone.named_parameters():
@@ -75,7 +77,9 @@ class Embedder(nn.Module):
 
     def train(self, mode: bool = True) -> Embedder:
         super().train(mode)
-        if self.freeze_bn:
+        if self.frozen_backbone:
+            self.backbone.eval()  # a frozen feature extractor: no BN-statistics drift, no dropout
+        elif self.freeze_bn:
             for module in self.backbone.modules():
                 if isinstance(module, _BatchNorm):
                     module.eval()  # keep the ImageNet running statistics
@@ -144,7 +148,8 @@ def create_embedder(
         img_size, patch_size: ViT geometry (e.g. 32/8 for CPU tests); passed to timm.
         freeze_patch_embed: freeze the ViT patch embedding.
         freeze_bn: freeze BatchNorm statistics and affine parameters (CNNs).
-        frozen_backbone: freeze the whole backbone (train only head and proxies).
+        frozen_backbone: freeze the whole backbone (train only head and proxies); it is also
+            kept in eval mode so its features do not drift.
         **timm_kwargs: forwarded to ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
     if img_size is not None:
@@ -154,7 +159,17 @@ def create_embedder(
     timm_kwargs.setdefault("num_classes", 0)
     if timm_kwargs["num_classes"] != 0:
         raise ValueError("num_classes must be 0 for an embedder (the head replaces the classifier)")
-    model, norm_override = create_backbone(backbone, pretrained, pretrained_path, **timm_kwargs)
+    try:
+        model, norm_override = create_backbone(
+            backbone, pretrained, pretrained_path, **timm_kwargs
+        )
+    except TypeError as err:
+        if "img_size" in str(err) or "patch_size" in str(err):
+            raise ValueError(
+                f"backbone {backbone!r} does not accept img_size/patch_size (options of "
+                "ViT-style backbones); CNNs take any input size without them"
+            ) from err
+        raise
     if hasattr(model, "set_distilled_training"):
         model.set_distilled_training(False)  # pooled (cls + dist) / 2 in train mode too
     data_config = resolve_data_config({}, model=model)
@@ -162,4 +177,6 @@ def create_embedder(
     if img_size is not None:
         data_config["input_size"] = (3, img_size, img_size)
     frozen = _frozen_names(model, freeze_patch_embed, freeze_bn, frozen_backbone)
-    return Embedder(model, embedding_dim, l2_normalize, data_config, freeze_bn, frozen)
+    return Embedder(
+        model, embedding_dim, l2_normalize, data_config, freeze_bn, frozen, frozen_backbone
+    )

@@ -173,3 +173,16 @@ def test_unknown_backbone_and_classifier_errors():
 def test_pretrained_tag_names_are_accepted():
     model = create_embedder(f"{DEIT}.fb_in1k", **SMALL_VIT)
     assert model.feature_dim == 192
+
+
+def test_frozen_backbone_keeps_cnn_statistics():
+    model = create_embedder("resnet18", embedding_dim=8, pretrained=False, frozen_backbone=True)
+    before = model.backbone.bn1.running_mean.clone()
+    model.train()(_x(4, 64))
+    assert torch.equal(model.backbone.bn1.running_mean, before)
+    assert model.head.training and not model.backbone.training
+
+
+def test_img_size_on_cnn_is_a_clear_error():
+    with pytest.raises(ValueError, match="does not accept img_size/patch_size"):
+        create_embedder("resnet18", pretrained=False, img_size=64)
