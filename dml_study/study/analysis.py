@@ -91,11 +91,9 @@ def tsne_with_proxies(
 
 #: History columns (first match wins) holding orthogonality error and effective rank.
 HISTORY_SERIES: dict[str, tuple[str, ...]] = {
-    "orthogonality error ‖P̂P̂ᵀ−I‖²_F": (
-        "so_frobenius", "ortho/so_frobenius", "proxies/so_frobenius"
-    ),
-    "effective rank": ("effective_rank", "ortho/effective_rank", "proxies/effective_rank"),
-    "mean |cos|": ("mean_abs_cos", "ortho/mean_abs_cos", "proxies/mean_abs_cos"),
+    "orthogonality error ‖P̂P̂ᵀ−I‖²_F": ("orth_so_frobenius", "so_frobenius"),
+    "effective rank": ("orth_effective_rank", "effective_rank"),
+    "mean |cos|": ("orth_mean_abs_cos", "mean_abs_cos"),
 }
 
 

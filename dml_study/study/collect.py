@@ -128,13 +128,19 @@ def collect_runs(results_dir: str | Path) -> pd.DataFrame:
         row: dict[str, Any] = {"run_name": path.name}
         row.update({k: params.get(k) for k in PARAM_COLUMNS})
         row["recipe"] = run_recipe(params)
-        row.update(load_metrics(path))
+        _add_metrics(row, load_metrics(path))
         rows.append(row)
     columns = ["run_name", *PARAM_COLUMNS, "recipe"]
     if not rows:
         return pd.DataFrame(columns=columns)
     frame = pd.DataFrame(rows)
     return frame[[*columns, *[c for c in frame.columns if c not in columns]]]
+
+
+def _add_metrics(row: dict[str, Any], metrics: dict[str, float]) -> None:
+    """Add metric columns; a metrics key that names a parameter (``epochs``) is prefixed."""
+    for key, value in metrics.items():
+        row[f"metrics/{key}" if key in row else key] = value
 
 
 def grid_results(specs: Iterable[RunSpec], results_dir: str | Path) -> pd.DataFrame:
@@ -155,7 +161,7 @@ def grid_results(specs: Iterable[RunSpec], results_dir: str | Path) -> pd.DataFr
             "run_name": spec.run_name,
         }
         row.update({k: spec.params.get(k) for k in PARAM_COLUMNS if k != "seed"})
-        row.update(load_metrics(path))
+        _add_metrics(row, load_metrics(path))
         rows.append(row)
     return pd.DataFrame(rows)
 
