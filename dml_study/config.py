@@ -311,6 +311,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return int(value)
     if annotation is float:
+        if isinstance(value, str):
+            # PyYAML (YAML 1.1) reads "3e-5" (no dot) as a string; accept what float() accepts.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -326,16 +332,30 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def parse_cli_value(raw: str, dotted: str) -> Any:
-    """A command-line string as a typed value for ``dotted`` (YAML syntax for non-strings)."""
+    """A command-line string as a typed value for ``dotted``.
+
+    Strings stay strings, numbers are parsed with ``int``/``float`` (so ``3e-5`` works, which
+    YAML 1.1 would read as a string), ``none``/``null`` is ``None`` for optional keys, and
+    everything else (booleans, lists, mappings) uses YAML syntax.
+    """
     section, name = dotted.split(".")
     annotation = _field_types(SECTIONS[section])[name]
     args = typing.get_args(annotation)
-    if raw.lower() in {"none", "null", "~"} and (type(None) in args or annotation is Any):
+    is_union = typing.get_origin(annotation) in (Union, types.UnionType)
+    if raw.lower() in {"none", "null", "~"} and is_union and type(None) in args:
         return None
-    stringy = annotation is str or (str in args) or (
-        typing.get_origin(annotation) is Literal and all(isinstance(a, str) for a in args)
-    )
-    return raw if stringy else yaml.safe_load(raw)
+    options = [a for a in args if a is not type(None)] if is_union else [annotation]
+    for option in options:
+        literal = typing.get_origin(option) is Literal
+        if option is str or (literal and all(isinstance(a, str) for a in typing.get_args(option))):
+            return raw
+        for number in (int, float):
+            if option is number:
+                try:
+                    return number(raw)
+                except ValueError:
+                    pass
+    return yaml.safe_load(raw)
 
 
 # --------------------------------------------------------------------------- loading
