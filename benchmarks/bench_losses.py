@@ -1,6 +1,6 @@
 """Forward+backward time of every loss, and peak memory of Soft Orthogonality.
 
-Run: ``.venv/bin/python benchmarks/bench_losses.py [--repeats 5] [--threads N] [--no-memory]``.
+Run: ``.venv/bin/python benchmarks/bench_losses.py [--repeats 5] [--threads 1] [--no-memory]``.
 
 Timing: median wall time of ``loss(emb, labels).backward()`` (gradients to embeddings and
 proxies) after one warm-up call, at B = 180, d = 384 and C = 100 / 11,318 (SOP's number of
@@ -56,14 +56,18 @@ def _losses(num_classes: int) -> dict[str, torch.nn.Module]:
     }
 
 
-def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def _time_interleaved(fns: dict[str, object], repeats: int) -> dict[str, float]:
+    """Median time of each callable, measured round-robin so that every loss sees the same
+    background load (the machine is shared; ratios are more stable than absolute times)."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def _loss_step(loss: torch.nn.Module, emb: torch.Tensor, labels: torch.Tensor):
@@ -91,17 +95,14 @@ def time_table(repeats: int) -> list[tuple[int, str, float, float]]:
     rows = []
     for num_classes in SIZES:
         emb, labels = _inputs(num_classes)
-        losses = _losses(num_classes)
-        reps = repeats if num_classes <= 1000 else max(2, repeats // 2)
-        ref = None
-        for name, loss in losses.items():
-            t = _time(_loss_step(loss, emb, labels), reps)
-            ref = t if ref is None else ref
-            rows.append((num_classes, name, t, t / ref))
+        steps = {name: _loss_step(loss, emb, labels) for name, loss in _losses(num_classes).items()}
         proxies = torch.nn.Parameter(torch.randn(num_classes, D))
         for method in ("brute", "factorized"):
-            t = _time(_so_step(method, proxies), reps)
-            rows.append((num_classes, f"SO alone ({method})", t, t / ref))
+            steps[f"SO alone ({method})"] = _so_step(method, proxies)
+        reps = repeats if num_classes <= 1000 else max(2, repeats // 2)
+        times = _time_interleaved(steps, reps)
+        ref = times["pml_proxy_anchor (reference)"]
+        rows += [(num_classes, name, t, t / ref) for name, t in times.items()]
     return rows
 
 
@@ -149,13 +150,18 @@ def memory_table(num_classes: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on a shared machine, preempted worker "
+        "threads make small kernels ~100x slower and the numbers meaningless)",
+    )
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--so-memory-worker", choices=["brute", "factorized"])
     parser.add_argument("--classes", type=int, default=11318)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     if args.so_memory_worker:
         print(json.dumps(so_memory_worker(args.so_memory_worker, args.classes)))
         return
