@@ -149,3 +149,12 @@ def test_loss_runs_in_float32_under_autocast(name):
 def test_adaptive_text_buffers_are_not_checkpointed():
     loss = create_loss("adaptive_margin", 3, 2, text_embeddings=np.eye(3, dtype=np.float32))
     assert set(loss.state_dict()) == {"proxies"}
+
+
+def test_orthogonal_proxy_init_and_invalid_init():
+    from dml_study.losses import init_proxies
+
+    p = init_proxies(6, 16, "orthogonal", seed=1)
+    torch.testing.assert_close(p @ p.T, torch.eye(6), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"proxy_init='xavier' is not valid; choose one of"):
+        create_loss("proxy_anchor", 4, 3, proxy_init="xavier")
