@@ -48,7 +48,9 @@ class Embedder(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.feature_dim = int(backbone.num_features)
+        # head_hidden_size is what forward_head(pre_logits=True) returns; it differs from
+        # num_features for models with a pre-logits layer (e.g. MobileNetV3's conv head).
+        self.feature_dim = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
         self.embedding_dim = int(embedding_dim or self.feature_dim)
         if self.embedding_dim == self.feature_dim:
             self.head: nn.Module = nn.Identity()

@@ -186,3 +186,9 @@ def test_frozen_backbone_keeps_cnn_statistics():
 def test_img_size_on_cnn_is_a_clear_error():
     with pytest.raises(ValueError, match="does not accept img_size/patch_size"):
         create_embedder("resnet18", pretrained=False, img_size=64)
+
+
+def test_feature_dim_matches_pre_logits_output_for_mobilenetv3():
+    model = create_embedder("mobilenetv3_small_050", embedding_dim=16, pretrained=False)
+    assert model.feature_dim == 1024  # conv head width, not num_features (288)
+    assert model.eval()(_x(2, 64)).shape == (2, 16)
