@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dml_study.evaluation.clustering import nmi as clustering_nmi
-from dml_study.evaluation.knn import gpu_available, l2_normalize, search
+from dml_study.evaluation.knn import gpu_available, l2_normalize, rows_per_chunk, search
 from dml_study.evaluation.metrics import RetrievalAccumulator, relevant_counts
 from dml_study.evaluation.result import EvaluationResult
 
@@ -111,11 +111,13 @@ def evaluate(
             "retrieval metrics are undefined"
         )
     k_max = min(max(max(ks), int(num_relevant.max())), available)
+    if use_gpu and not gpu_available():
+        raise ValueError("use_gpu=True, but faiss has no GPU support or sees no GPU")
     use_gpu = gpu_available() if use_gpu is None else use_gpu
 
     acc = RetrievalAccumulator(ks, available)
     chunks = search(queries, gallery, k_max, chunk_size=chunk_size, use_gpu=use_gpu)
-    total = -(-len(queries) // chunk_size)
+    total = -(-len(queries) // rows_per_chunk(chunk_size, k_max + int(self_retrieval)))
     for chunk in tqdm(chunks, total=total, desc="kNN", disable=not progress, leave=False):
         acc.update(
             g_labels[chunk.indices],

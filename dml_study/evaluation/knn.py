@@ -24,6 +24,9 @@ _GPU_MAX_K = 2048
 # Result entries (score + index, 12 bytes each) held at once while resolving tie groups
 # that straddle the k-th neighbour: bounds memory even for collapsed (constant) embeddings.
 _TIE_BUDGET = 1 << 23
+# Result entries per query chunk: caps the chunk when k is large (a class with thousands of
+# images makes R_max, hence k, large), about 100 MB of scores and indices.
+_CHUNK_BUDGET = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,13 @@ def _is_gpu(index: faiss.Index) -> bool:
     return "Gpu" in type(index).__name__
 
 
+def rows_per_chunk(chunk_size: int, k: int) -> int:
+    """Queries searched at once: ``chunk_size``, reduced so that results fit the budget."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive; got {chunk_size}")
+    return max(1, min(chunk_size, _CHUNK_BUDGET // (k + 2)))
+
+
 def search(
     queries: np.ndarray,
     gallery: np.ndarray | None,
@@ -177,18 +187,17 @@ def search(
             (the queries are the gallery and each query is removed from its own list).
         k: neighbours per query, after self-removal; must not exceed the number of
             candidates (Ng, or Nq - 1 in self-retrieval): callers clamp it.
-        chunk_size: queries searched at once; bounds memory to about
-            ``chunk_size * k * 12`` bytes for the results.
-        use_gpu: search on all visible GPUs (falls back to CPU for k > 2048).
+        chunk_size: queries searched at once (fewer when k is large, see
+            :func:`rows_per_chunk`); bounds memory to about ``chunk_size * k * 12`` bytes.
+        use_gpu: search on all visible GPUs (falls back to CPU for k >= 2048).
     """
     self_retrieval = gallery is None
     reference = queries if self_retrieval else gallery
     candidates = len(reference) - int(self_retrieval)
     if not 1 <= k <= candidates:
         raise ValueError(f"k must be in [1, {candidates}] for this gallery; got {k}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive; got {chunk_size}")
     k_search = k + int(self_retrieval)
+    chunk_size = rows_per_chunk(chunk_size, k_search)
     index = build_index(reference, use_gpu=use_gpu and k_search < _GPU_MAX_K)
     for start in range(0, len(queries), chunk_size):
         stop = min(start + chunk_size, len(queries))

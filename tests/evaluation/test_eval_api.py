@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dml_study.evaluation import evaluate
+from dml_study.evaluation import api, evaluate
 
 
 def _data(n=60, classes=6, seed=0):
@@ -89,3 +89,10 @@ def test_progress_bar_can_be_shown(capsys):
     x, y = _data()
     evaluate(x, y, nmi=False, progress=True, chunk_size=10)
     assert "kNN" in capsys.readouterr().err
+
+
+def test_use_gpu_without_gpu_faiss_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(api, "gpu_available", lambda: False)
+    x, y = _data()
+    with pytest.raises(ValueError, match="use_gpu=True"):
+        evaluate(x, y, use_gpu=True)

@@ -100,3 +100,13 @@ def test_search_self_retrieval_is_chunking_invariant_and_excludes_self(chunk_siz
 def test_search_rejects_k_beyond_the_candidates(gallery, k):
     with pytest.raises(ValueError, match="k must be in"):
         next(search(np.ones((10, 2), np.float32), gallery, k))
+
+
+def test_large_k_shrinks_the_query_chunk_to_the_memory_budget(monkeypatch):
+    monkeypatch.setattr(knn, "_CHUNK_BUDGET", 100)
+    x = l2_normalize(np.random.default_rng(2).standard_normal((30, 4)))
+    chunks = list(search(x, None, 20, chunk_size=4096))
+    assert knn.rows_per_chunk(4096, 21) == 4
+    assert [c.start for c in chunks] == list(range(0, 30, 4))
+    with pytest.raises(ValueError, match="chunk_size must be positive"):
+        knn.rows_per_chunk(0, 5)
