@@ -194,7 +194,7 @@ def run_grid(
             executed,
             spec.notebook_parameters(config.results_dir),
             kernel_name=config.execution.kernel_name,
-            cwd=config.notebooks_dir,
+            cwd=config.root,  # relative data paths (./data) resolve as on the command line
             cell_timeout=config.execution.cell_timeout,
         )
         if not is_finished(config.results_dir, spec.run_name):

@@ -93,7 +93,7 @@ def _execute_one(
             output,
             notebook_parameters(config, notebook),
             kernel_name=config.execution.kernel_name,
-            cwd=config.notebooks_dir,
+            cwd=config.root,  # relative data paths (./data) resolve as on the command line
             cell_timeout=config.execution.cell_timeout,
             stdout=stream_output,
         )
