@@ -69,6 +69,7 @@ def tsne_with_proxies(
     class index).
     """
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(seed)
     n = len(embeddings)
@@ -77,9 +78,12 @@ def tsne_with_proxies(
         keep = np.sort(rng.choice(n, size=max_points, replace=False))
     points = np.concatenate([normalize_rows(embeddings[keep]), normalize_rows(proxies)])
     perplexity = float(min(perplexity, max(2.0, (len(points) - 1) / 3)))
-    coords = TSNE(
-        n_components=2, perplexity=perplexity, init="pca", metric="cosine", random_state=seed
-    ).fit_transform(points)
+    # One OpenMP thread: on a shared 2-core machine t-SNE's threads oversubscribe the cores
+    # and run several times slower than a single thread (measured: 24 s vs 104 s).
+    with threadpool_limits(limits=1, user_api="openmp"):
+        coords = TSNE(
+            n_components=2, perplexity=perplexity, init="pca", metric="cosine", random_state=seed
+        ).fit_transform(points)
     m = len(keep)
     return pd.DataFrame({
         "x": coords[:, 0],

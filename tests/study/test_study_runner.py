@@ -13,6 +13,7 @@ import pytest
 from conftest import write_notebook, write_study
 
 from dml_study.data.fixtures import write_cub_fixture
+from dml_study.study.__main__ import main
 from dml_study.study.config import load_study_config
 from dml_study.study.grid import expand_grid, run_grid
 from dml_study.study.notebooks import NotebookExecutionError
@@ -84,6 +85,7 @@ def test_failing_notebook_stops_the_study_and_is_recorded(tmp_path: Path):
     assert "cell 2" in (config.study_dir / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_cli_exits_nonzero_naming_the_failing_cell(tmp_path: Path):
     write_notebook(tmp_path / "notebooks" / "b.ipynb", "study_config = None",
                    "raise RuntimeError('boom')")
@@ -97,13 +99,11 @@ def test_cli_exits_nonzero_naming_the_failing_cell(tmp_path: Path):
     assert "(1/1) executing b.ipynb" in out.stdout
 
 
-def test_cli_lists_runs_and_rejects_bad_config(tmp_path: Path):
+def test_cli_lists_runs_and_rejects_bad_config(tmp_path: Path, capsys):
     path = write_study(tmp_path)
-    out = subprocess.run([sys.executable, "-m", "dml_study.study", "--config", str(path),
-                          "--list-runs"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "2 runs for 2 grid cells" in out.stdout
-    assert out.stdout.count("missing") == 2
+    assert main(["--config", str(path), "--list-runs"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs for 2 grid cells" in out and out.count("missing") == 2
     bad = write_study(tmp_path, colour="blue")
-    out = subprocess.run([sys.executable, "-m", "dml_study.study", "--config", str(bad)],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "'colour'" in out.stderr
+    assert main(["--config", str(bad)]) == 2
+    assert "'colour'" in capsys.readouterr().err
