@@ -64,6 +64,8 @@ class DataConfig:
     cache_decoded: bool = False
     #: ``False`` trains on the deterministic eval transform (no random crop/flip).
     augment: bool = True
+    #: Area range of the training RandomResizedCrop (torchvision's default is (0.08, 1)).
+    crop_scale: tuple[float, float] = (0.08, 1.0)
     eval_batch_size: int = 256
 
 
@@ -158,8 +160,9 @@ class RunConfig:
     device: str = "auto"
     #: bf16 autocast: ``auto`` = on for CUDA, off for CPU.
     amp: Literal["auto", "bf16", "off"] = "auto"
-    #: channels-last memory format (applied on CUDA only, where it pays off).
-    channels_last: bool = True
+    #: channels-last memory format: ``auto`` = on CUDA, and on CPU for convolutional
+    #: backbones (measured 2x faster training steps for EfficientNet-Lite0 on CPU).
+    channels_last: Literal["auto", "on", "off"] = "auto"
     compile: bool = False
     quiet: bool = False
     #: Replace a finished run of the same name (otherwise it is an error).
@@ -499,6 +502,10 @@ def validate(config: ExperimentConfig) -> None:
             "data.m_per_class",
             f"a batch of {d.batch_size} with m_per_class={d.m_per_class} holds < 2 classes",
         )
+    lo_s, hi_s = d.crop_scale
+    _require(
+        0 < lo_s <= hi_s <= 1, "data.crop_scale", f"need 0 < min <= max <= 1: {d.crop_scale}"
+    )
     _require(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
     _require(d.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
     if m.embedding_dim is not None:

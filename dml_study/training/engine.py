@@ -143,7 +143,6 @@ class Trainer:
         self.device = self.ctx.device
         amp = self.config.run.amp
         self.amp = amp == "bf16" or (amp == "auto" and self.device.type == "cuda")
-        self.channels_last = self.config.run.channels_last and self.device.type == "cuda"
         self.run_dir = RunDirectory.for_run(self.config.run.results_dir, run_name)
 
         # Data first: a missing dataset fails here, before any run directory exists.
@@ -153,6 +152,7 @@ class Trainer:
         seed_everything(self.config.run.seed)
         self.embedder = self._build_embedder()
         self.loss_fn = self._build_loss()
+        self.channels_last = self._use_channels_last()
         self.module = TrainModule(self.embedder, self.loss_fn, self.ctx, self.config.run.compile)
         self.module.to(self.device)
         if self.channels_last:
@@ -220,6 +220,13 @@ class Trainer:
             freeze_bn=m.freeze_bn,
             **dict(m.timm_kwargs),
         )
+
+    def _use_channels_last(self) -> bool:
+        mode = self.config.run.channels_last
+        if mode != "auto":
+            return mode == "on"
+        convolutional = not hasattr(self.embedder.backbone, "patch_embed")
+        return self.device.type == "cuda" or convolutional
 
     def _build_loss(self) -> ProxyLoss:
         lo = self.config.loss

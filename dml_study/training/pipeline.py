@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.utils.data
+from torchvision import transforms as T
 
 from dml_study.config import ExperimentConfig
 from dml_study.data import (
@@ -35,6 +36,12 @@ from dml_study.data import (
     default_recall_ks,
     get_dataset,
 )
+
+_INTERP = {
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "bicubic": T.InterpolationMode.BICUBIC,
+    "nearest": T.InterpolationMode.NEAREST,
+}
 
 SampleKey = tuple[int, int, int, int, int]  # (index, epoch, batch, repeat, seed)
 
@@ -183,7 +190,20 @@ def model_transforms(
         "interpolation": interpolation,
     }
     eval_tf = build_transforms(False, **common)
-    train_tf = build_transforms(True, **common) if d.augment else eval_tf
+    if not d.augment:
+        return eval_tf, eval_tf
+    # The data layer's train transform with a configurable crop area: tiny images such as
+    # 64 px icons lose their identity in torchvision's default 8 %-area crops.
+    train_tf = T.Compose(
+        [
+            T.RandomResizedCrop(
+                d.image_size, scale=tuple(d.crop_scale), interpolation=_INTERP[interpolation]
+            ),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean=list(mean), std=list(std)),
+        ]
+    )
     return train_tf, eval_tf
 
 

@@ -1,4 +1,4 @@
-"""DDP on CPU (gloo, 2 processes via torchrun) equals single-process training on the global batch."""
+"""DDP on CPU (gloo, 2 processes, torchrun) equals single-process training on the global batch."""
 
 from __future__ import annotations
 

@@ -115,7 +115,7 @@ def test_finished_run_is_not_overwritten_unless_asked(tiny_config):
 def test_resume_with_a_different_recipe_is_refused(tiny_config):
     with pytest.raises(StopRequested):
         train(tiny_config(run_name="r", checkpoint_every_steps=1, stop_after_steps=2))
-    with pytest.raises(engine_module.TrainingError, match="optim.lr"):
+    with pytest.raises(engine_module.TrainingError, match=r"optim\.lr"):
         train(tiny_config(run_name="r", lr=5e-4))
 
 
