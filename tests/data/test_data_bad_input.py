@@ -52,28 +52,28 @@ def test_empty_root_lists_expected_layout(tmp_path: Path) -> None:
 def test_cub_missing_metadata_file(tmp_path: Path) -> None:
     fixtures.write_cub_fixture(tmp_path, num_classes=2, images_per_class=1)
     (tmp_path / "CUB_200_2011" / "image_class_labels.txt").unlink()
-    with pytest.raises(DatasetLayoutError, match="missing CUB metadata: .*image_class_labels.txt"):
+    with pytest.raises(DatasetLayoutError, match=r"missing CUB metadata: .*image_class_labels.txt"):
         get_dataset("cub200", "train", tmp_path)
 
 
 def test_cars_missing_annotations(tmp_path: Path) -> None:
     fixtures.write_cars_fixture(tmp_path, num_classes=2, images_per_class=1)
     (tmp_path / "cars196" / "cars_annos.mat").unlink()
-    with pytest.raises(DatasetLayoutError, match="missing Cars196 annotations: .*cars_annos.mat"):
+    with pytest.raises(DatasetLayoutError, match=r"missing Cars196 annotations: .*cars_annos.mat"):
         get_dataset("cars196", "train", tmp_path)
 
 
 def test_sop_missing_split_file(tmp_path: Path) -> None:
     fixtures.write_sop_fixture(tmp_path, num_classes=2, images_per_class=1)
     (tmp_path / "Stanford_Online_Products" / "Ebay_test.txt").unlink()
-    with pytest.raises(DatasetLayoutError, match="Ebay_test.txt"):
+    with pytest.raises(DatasetLayoutError, match=r"Ebay_test.txt"):
         get_dataset("sop", "test", tmp_path)
 
 
 def test_inshop_missing_partition(tmp_path: Path) -> None:
     fixtures.write_inshop_fixture(tmp_path, num_classes=2, images_per_class=2)
     (tmp_path / "Inshop_Clothes" / "Eval" / "list_eval_partition.txt").unlink()
-    with pytest.raises(DatasetLayoutError, match="list_eval_partition.txt"):
+    with pytest.raises(DatasetLayoutError, match=r"list_eval_partition.txt"):
         get_dataset("inshop", "train", tmp_path)
 
 
@@ -89,7 +89,7 @@ def test_empty_class_folder(tmp_path: Path) -> None:
     fixtures.write_cub_fixture(tmp_path, num_classes=2, images_per_class=2, metadata=False)
     empty = tmp_path / "CUB_200_2011" / "images" / "050.Empty_Bird"
     empty.mkdir()
-    with pytest.raises(DatasetLayoutError, match="empty class folder .*050.Empty_Bird"):
+    with pytest.raises(DatasetLayoutError, match=r"empty class folder .*050.Empty_Bird"):
         get_dataset("cub200", "train", tmp_path)
 
 
@@ -98,14 +98,14 @@ def test_duplicate_ids(tmp_path: Path) -> None:
     images_txt = cub / "CUB_200_2011" / "images.txt"
     lines = images_txt.read_text().splitlines()
     images_txt.write_text("\n".join([*lines, lines[0]]) + "\n")
-    with pytest.raises(DatasetLayoutError, match="duplicate id 1"):
+    with pytest.raises(DatasetLayoutError, match=r"duplicate id 1"):
         get_dataset("cub200", "train", cub)
 
     sop = fixtures.write_sop_fixture(tmp_path / "sop", num_classes=2, images_per_class=2)
     ebay = sop / "Stanford_Online_Products" / "Ebay_train.txt"
     lines = ebay.read_text().splitlines()
     ebay.write_text("\n".join([*lines, lines[1]]) + "\n")
-    with pytest.raises(DatasetLayoutError, match="duplicate image_id 1"):
+    with pytest.raises(DatasetLayoutError, match=r"duplicate image_id 1"):
         get_dataset("sop", "train", sop)
 
     shop = fixtures.write_inshop_fixture(tmp_path / "shop", num_classes=2, images_per_class=2)
@@ -113,7 +113,7 @@ def test_duplicate_ids(tmp_path: Path) -> None:
     lines = part.read_text().splitlines()
     lines[0] = str(int(lines[0]) + 1)
     part.write_text("\n".join([*lines, lines[2]]) + "\n")
-    with pytest.raises(DatasetLayoutError, match="duplicate image img/"):
+    with pytest.raises(DatasetLayoutError, match=r"duplicate image img/"):
         get_dataset("inshop", "train", shop)
 
 
@@ -126,7 +126,7 @@ def test_cars_duplicate_image_in_annotations(tmp_path: Path) -> None:
     ann = mat["annotations"]
     ann[0, 1]["relative_im_path"] = ann[0, 0]["relative_im_path"]
     scipy.io.savemat(mat_path, {"annotations": ann, "class_names": mat["class_names"]})
-    with pytest.raises(DatasetLayoutError, match="duplicate image car_ims/000001.jpg"):
+    with pytest.raises(DatasetLayoutError, match=r"duplicate image car_ims/000001.jpg"):
         get_dataset("cars196", "train", tmp_path)
 
 
@@ -135,7 +135,7 @@ def test_inshop_count_line_mismatch(tmp_path: Path) -> None:
     part = tmp_path / "Inshop_Clothes" / "Eval" / "list_eval_partition.txt"
     lines = part.read_text().splitlines()
     part.write_text("\n".join(lines[:-1]) + "\n")  # drop one row, keep the count
-    with pytest.raises(DatasetLayoutError, match="declares 4 images but 3 rows"):
+    with pytest.raises(DatasetLayoutError, match=r"declares 4 images but 3 rows"):
         get_dataset("inshop", "train", tmp_path)
 
 
@@ -157,7 +157,7 @@ def test_corrupt_images_skipped_with_warning(tmp_path: Path) -> None:
     clean = get_dataset("sop", "train", tmp_path)
     _truncate(clean.paths[1])
     clean.paths[4].write_bytes(b"not an image at all")
-    with pytest.warns(UserWarning, match="skipping corrupt image") as record:
+    with pytest.warns(UserWarning, match=r"skipping corrupt image") as record:
         ds = get_dataset("sop", "train", tmp_path, on_corrupt="skip", progress=False)
     named = " ".join(str(w.message) for w in record)
     assert clean.paths[1].name in named and clean.paths[4].name in named

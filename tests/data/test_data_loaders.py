@@ -114,12 +114,12 @@ def test_inshop_flat_img_layout(tmp_path: Path) -> None:
 
 
 def test_inshop_test_split_points_to_query_gallery(fixture_root: Path) -> None:
-    with pytest.raises(ValueError, match="query"):
+    with pytest.raises(ValueError, match=r"query"):
         get_dataset("inshop", "test", fixture_root)
 
 
 def test_unknown_dataset_and_split() -> None:
-    with pytest.raises(ValueError, match="valid names.*cub200"):
+    with pytest.raises(ValueError, match=r"valid names.*cub200"):
         get_dataset("imagenet", "train")
     with pytest.raises(ValueError, match=r"valid: \['train', 'test'\]"):
         get_dataset("cub200", "val")
@@ -152,7 +152,7 @@ def test_registry_protocols() -> None:
     assert default_recall_ks("sop") == (1, 10, 100, 1000)
     assert default_recall_ks("inshop") == (1, 10, 20, 30, 40)
     assert default_recall_ks("icons") == (1, 2, 4, 8)
-    with pytest.raises(ValueError, match="valid names"):
+    with pytest.raises(ValueError, match=r"valid names"):
         dataset_protocol("mnist")
 
 

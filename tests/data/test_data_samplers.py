@@ -58,11 +58,11 @@ def test_deterministic_given_seed_and_epoch() -> None:
 
 def test_no_global_rng_use() -> None:
     labels = _labels(UNEVEN)
-    np.random.seed(0)
-    state = np.random.get_state()[1].copy()
+    np.random.seed(0)  # noqa: NPY002 - the test checks the legacy global RNG is untouched
+    state = np.random.get_state()[1].copy()  # noqa: NPY002
     list(MPerClassBatchSampler(labels, 2, 8, seed=1))
     list(RandomBatchSampler(50, 8, seed=1))
-    assert np.array_equal(np.random.get_state()[1], state)
+    assert np.array_equal(np.random.get_state()[1], state)  # noqa: NPY002
 
 
 def test_resume_by_skipping_batches() -> None:
