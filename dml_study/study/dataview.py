@@ -20,9 +20,13 @@ def dataset_splits(name: str) -> tuple[str, ...]:
 
 
 def load_splits(name: str, data_root: str | Path | None = None, **kw: Any) -> dict[str, Any]:
-    """Every split of ``name`` as a ``DMLDataset`` (no transform: PIL images)."""
+    """Every split of ``name`` as a ``DMLDataset`` (no transform: PIL images).
+
+    Progress bars are off by default: in an executed notebook they only add noise.
+    """
     from dml_study.data import get_dataset
 
+    kw.setdefault("progress", False)
     return {split: get_dataset(name, split, data_root, **kw) for split in dataset_splits(name)}
 
 

@@ -164,11 +164,17 @@ def images_per_class(frame: pd.DataFrame) -> Figure:
     return fig
 
 
-def image_grid(images: Sequence[Sequence[Any]], row_titles: Sequence[str]) -> Figure:
-    """Grid of PIL images: one row per class (titled with the class name)."""
+def image_grid(
+    images: Sequence[Sequence[Any]], row_titles: Sequence[str], inches: float = 0.9
+) -> Figure:
+    """Grid of PIL images: one row per class (titled with the class name).
+
+    ``inches`` per image keeps small datasets (64-px icons) near their native size.
+    """
     rows = len(images)
     cols = max((len(r) for r in images), default=1)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.35 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(inches * cols, (inches + 0.15) * rows),
+                             squeeze=False)
     for r, (row, title) in enumerate(zip(images, row_titles, strict=True)):
         for c in range(cols):
             ax = axes[r][c]
