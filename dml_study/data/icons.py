@@ -45,6 +45,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -364,7 +365,11 @@ def _unpack_theme(deb: Path, theme: str, target: Path) -> None:
 
 
 def fetch_themes(
-    themes: Sequence[IconTheme], work_dir: Path, deb_dir: Path, progress: bool = True
+    themes: Sequence[IconTheme],
+    work_dir: Path,
+    deb_dir: Path,
+    progress: bool = True,
+    num_workers: int = 2,
 ) -> list[ThemeSource]:
     """Installed themes as they are; the others downloaded as .deb and unpacked in ``work_dir``."""
     sources: dict[str, ThemeSource] = {}
@@ -384,7 +389,7 @@ def fetch_themes(
             _download(sorted(set(to_download)), deb_dir)
         except IconBuildError as err:
             raise IconBuildError(f"{err}\n{_install_hint(missing)}") from err
-    for theme in tqdm(missing, desc="unpack icon themes", disable=not progress):
+    def unpack(theme: IconTheme) -> ThemeSource:
         deb = deb_of(theme.package)
         if deb is None:
             raise IconBuildError(f"no .deb for {theme.package} in {deb_dir}\n"
@@ -395,7 +400,13 @@ def fetch_themes(
         path = target / "usr" / "share" / "icons" / theme.theme
         if not path.is_dir():
             raise IconBuildError(f"{deb} has no usr/share/icons/{theme.theme}")
-        sources[theme.theme] = ThemeSource(theme.package, _deb_version(deb), theme.theme, path)
+        return ThemeSource(theme.package, _deb_version(deb), theme.theme, path)
+
+    # xz decompression dominates: unpack packages in parallel subprocesses.
+    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+        for src in tqdm(pool.map(unpack, missing), total=len(missing),
+                        desc="unpack icon themes", disable=not progress):
+            sources[src.theme] = src
     return [sources[t.theme] for t in themes]
 
 
@@ -548,7 +559,7 @@ def build_icons(
         ) from err
     work_dir = root / "icon-themes"
     try:
-        sources = fetch_themes(themes, work_dir, root / "debs", progress=progress)
+        sources = fetch_themes(themes, work_dir, root / "debs", progress, num_workers)
     except IconBuildError as err:
         raise IconBuildError(f"cannot build the icon dataset in {out_dir}: {err}") from err
     manifest = build_from_sources(sources, out_dir, size, min_instances, num_workers, progress)
