@@ -163,6 +163,8 @@ def grid_results(specs: Iterable[RunSpec], results_dir: str | Path) -> pd.DataFr
         row.update({k: spec.params.get(k) for k in PARAM_COLUMNS if k != "seed"})
         _add_metrics(row, load_metrics(path))
         rows.append(row)
+    if not rows:  # keep the columns so that filtering an empty table still works
+        return pd.DataFrame(columns=["group", "variant", "seed", "run_name", *PARAM_COLUMNS[:-1]])
     return pd.DataFrame(rows)
 
 
