@@ -10,6 +10,7 @@
 
 from .base import DatasetLayoutError, DatasetSizeWarning, DMLDataset
 from .cache import DecodedImageCache
+from .icons import IconBuildError
 from .images import CorruptImageError
 from .layout import DATA_ROOT_ENV, resolve_data_root
 from .loader import build_dataloader
@@ -37,6 +38,7 @@ __all__ = [
     "DatasetLayoutError",
     "DatasetSizeWarning",
     "DecodedImageCache",
+    "IconBuildError",
     "MPerClassBatchSampler",
     "RandomBatchSampler",
     "build_dataloader",

@@ -34,6 +34,7 @@ it on first use.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import io
 import json
@@ -550,6 +551,32 @@ def build_icons(
     manifest = None if force else read_manifest(out_dir)
     if manifest is not None and manifest.get("min_instances") == min_instances:
         return out_dir, manifest
+    root.mkdir(parents=True, exist_ok=True)
+    # Several processes (DDP ranks, parallel notebooks) may ask for the dataset at once:
+    # one builds, the others wait on the lock and then find the finished manifest.
+    with open(root / f"icons-{size}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            manifest = None if force else read_manifest(out_dir)
+            if manifest is not None and manifest.get("min_instances") == min_instances:
+                return out_dir, manifest
+            return _build_locked(root, out_dir, size, min_instances, themes, num_workers,
+                                 progress, keep_sources)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_locked(
+    root: Path,
+    out_dir: Path,
+    size: int,
+    min_instances: int,
+    themes: Sequence[IconTheme],
+    num_workers: int,
+    progress: bool,
+    keep_sources: bool,
+) -> tuple[Path, dict]:
+    """Fetch the themes and render them (the caller holds the build lock)."""
     try:
         import cairosvg  # noqa: F401
     except ImportError as err:
