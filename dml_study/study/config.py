@@ -50,6 +50,8 @@ TRAIN_PARAMETERS: tuple[str, ...] = (
     "device",
     "num_workers",
     "quiet",
+    # Any other config key of dml_study.config, as {"dotted.or.flat.key": value}.
+    "overrides",
 )
 
 #: Parameters the study sets itself for every run; a study file may not set them.

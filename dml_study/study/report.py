@@ -97,7 +97,7 @@ def headline_table(summary: dict[str, Any]) -> pd.DataFrame:
             f"{level}% t CI": _interval(c["t_ci_low"], c["t_ci_high"]),
             f"{level}% bootstrap CI": _interval(c["bootstrap_ci_low"], c["bootstrap_ci_high"]),
             "paired t p": "–" if c["p_value"] is None else f"{c['p_value']:.3f}",
-            "seeds": c["n"],
+            "seeds": int(c["n"]),
         })
     return pd.DataFrame(rows).set_index("metric")
 
