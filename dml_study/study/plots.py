@@ -95,13 +95,19 @@ def grouped_bars(frame: pd.DataFrame, x: str, metric: str, title: str = "") -> F
 
 
 def cosine_heatmaps(matrices: Mapping[str, np.ndarray], max_classes: int = 64) -> Figure:
-    """Side-by-side heatmaps of proxy cosine matrices (first ``max_classes`` classes)."""
-    fig, axes = plt.subplots(1, len(matrices), figsize=(3.6 * len(matrices), 3.4), squeeze=False)
-    for ax, (title, matrix) in zip(axes[0], matrices.items(), strict=True):
+    """Side-by-side heatmaps of proxy cosine matrices (first ``max_classes`` classes).
+
+    One shared colour bar (−1 … 1) so that every panel keeps the same size.
+    """
+    n = len(matrices)
+    fig, axes = plt.subplots(1, n + 1, figsize=(3.4 * n + 0.6, 3.4), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.0] * n + [0.06]})
+    for ax, (title, matrix) in zip(axes[0][:n], matrices.items(), strict=True):
         sub = np.asarray(matrix)[:max_classes, :max_classes]
         sns.heatmap(sub, vmin=-1, vmax=1, cmap="vlag", square=True, ax=ax,
-                    xticklabels=False, yticklabels=False, cbar=ax is axes[0][-1])
+                    xticklabels=False, yticklabels=False, cbar=False)
         ax.set_title(title, fontsize=10)
+    fig.colorbar(axes[0][0].collections[0], cax=axes[0][n])
     fig.tight_layout()
     return fig
 
