@@ -83,13 +83,55 @@ def run_identity(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def make_run_name(params: dict[str, Any]) -> str:
-    """Stable, readable run name: ``<dataset>-<loss>-so<λ>-s<seed>-<hash8>``.
+#: Keys of the resolved training config that do not change a run's result.
+_NON_IDENTITY_CONFIG_KEYS = frozenset({
+    "data.data_root", "data.num_workers", "run.run_name", "run.results_dir", "run.device",
+    "run.quiet", "run.overwrite",
+})
 
-    The hash covers every identity parameter (see :func:`run_identity`) so two different
-    configurations never share a name; the prefix is only for humans.
+
+def resolved_config(params: dict[str, Any]) -> dict[str, Any]:
+    """The complete training config ``02_train`` builds from ``params``, flat (dotted keys).
+
+    Mirrors the notebook: ``load_config(dataset, **params, **overrides)``, so ``None``
+    values take the dataset preset. Raises the config's own error for invalid values.
     """
-    identity = run_identity(params)
+    from dml_study.config import load_config
+
+    kw = {k: v for k, v in params.items() if k not in ("dataset", "overrides")}
+    config = load_config(params.get("dataset"), **kw, **(params.get("overrides") or {}))
+    return dict(_flatten(config.to_dict()))
+
+
+def _flatten(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix, list(node) if isinstance(node, tuple) else node
+
+
+def make_run_name(params: dict[str, Any], resolve: bool = True) -> str:
+    """Stable, readable run name: ``<dataset>-<loss>-so<λ>-d<dim>-s<seed>-<hash8>``.
+
+    With ``resolve`` (default) the hash covers the *complete* config the training notebook
+    will build (preset values included, see :func:`resolved_config`): a run is reused only
+    if every setting that affects its result is the same, so changing a dataset preset
+    retrains instead of silently reusing stale runs, and ``epochs: null`` and the preset's
+    explicit value name the same run. ``resolve=False`` hashes the given parameters only
+    (:func:`run_identity`). The prefix is only for humans.
+    """
+    if resolve:
+        config = resolved_config(params)
+        identity = {k: v for k, v in config.items() if k not in _NON_IDENTITY_CONFIG_KEYS}
+        params = {
+            "dataset": config["data.dataset"], "loss": config["loss.name"],
+            "so_lambda": config["loss.so_lambda"], "so_gram": config["loss.so_gram"],
+            "so_normalize": config["loss.so_normalize"], "proxy_init": config["loss.proxy_init"],
+            "embedding_dim": config["model.embedding_dim"], "seed": config["run.seed"],
+        }
+    else:
+        identity = run_identity(params)
     digest = hashlib.sha1(
         json.dumps(identity, sort_keys=True, default=str).encode("utf-8")
     ).hexdigest()[:8]

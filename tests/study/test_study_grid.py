@@ -14,6 +14,7 @@ from dml_study.study.grid import (
     headline_runs,
     is_finished,
     make_run_name,
+    resolved_config,
     run_identity,
     unique_runs,
 )
@@ -26,19 +27,35 @@ def test_run_name_is_stable_and_independent_of_key_order():
     reordered = dict(reversed(list(PARAMS.items())))
     assert make_run_name(PARAMS) == make_run_name(reordered)
     # Fixed value: a changed hash would silently orphan every finished run on disk.
-    assert make_run_name(PARAMS) == "icons-pa-so0.1-d128-s0-4d45deb7"
+    assert make_run_name(PARAMS, resolve=False) == "icons-pa-so0.1-d128-s0-4d45deb7"
+
+
+def test_resolved_names_fill_in_the_preset():
+    preset = resolved_config({"dataset": "icons"})
+    explicit = {**PARAMS, "epochs": preset["schedule.epochs"], "lr": preset["optim.lr"]}
+    implicit = {**PARAMS, "epochs": None, "lr": None}
+    assert make_run_name(explicit) == make_run_name(implicit)
+    # Any setting of the resolved config counts, also ones the study file does not name.
+    tweaked = {**implicit, "overrides": {"optim.proxy_lr_mult": 7.0}}
+    assert make_run_name(tweaked) != make_run_name(implicit)
+    assert make_run_name({**implicit, "epochs": preset["schedule.epochs"] + 1}) != \
+        make_run_name(implicit)
 
 
 def test_run_name_changes_with_any_identity_parameter():
-    names = {make_run_name({**PARAMS, key: value}) for key, value in
+    names = {make_run_name({**PARAMS, key: value}, resolve=False) for key, value in
              [("so_lambda", 0.2), ("epochs", 5), ("seed", 1), ("so_gram", "dims"),
               ("embedding_dim", 64), ("lr", 0.01)]}
-    assert len(names) == 6 and make_run_name(PARAMS) not in names
+    assert len(names) == 6 and make_run_name(PARAMS, resolve=False) not in names
+    resolved = {make_run_name({**PARAMS, key: value}) for key, value in
+                [("so_lambda", 0.2), ("epochs", 5), ("seed", 1), ("so_gram", "dims")]}
+    assert len(resolved) == 4 and make_run_name(PARAMS) not in resolved
 
 
 def test_run_name_ignores_device_workers_verbosity_and_data_location():
     other = {**PARAMS, "device": "cuda", "num_workers": 8, "quiet": False, "data_root": "/d"}
     assert make_run_name(other) == make_run_name(PARAMS)
+    assert make_run_name(other, resolve=False) == make_run_name(PARAMS, resolve=False)
     assert "device" not in run_identity(other)
 
 
