@@ -153,6 +153,22 @@ def _record_dict(record: StudyRecord) -> dict[str, Any]:
     }
 
 
+def runs_table(config: StudyConfig) -> pd.DataFrame:
+    """Every run of the grid: the cells it serves and its R@1 / MAP@R (%), or "missing"."""
+    specs = expand_grid(config)
+    frame = grid_results(specs, config.results_dir)
+    metrics = frame.drop_duplicates("run_name").set_index("run_name") if len(frame) else frame
+    rows = []
+    for run in dict.fromkeys(s.run_name for s in specs):
+        cells = sorted({f"{s.group}/{s.variant}" for s in specs if s.run_name == run})
+        row = {"run": run, "grid cells": ", ".join(cells)}
+        for metric in ("R@1", "MAP@R"):
+            finished = run in metrics.index and metric in metrics.columns
+            row[metric] = f"{100 * metrics.loc[run, metric]:.1f}" if finished else "missing"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["run", "grid cells", "R@1", "MAP@R"])
+
+
 def _headline_text(config: StudyConfig, record: StudyRecord) -> str:
     spec = config.headline
     return (
@@ -176,6 +192,13 @@ def _markdown(config: StudyConfig, record: StudyRecord) -> str:
         lines.append(
             f"| [{nb.notebook}]({nb.notebook}) | {nb.status} | {nb.seconds:.0f} s | {rendered} |"
         )
+    runs = runs_table(config) if config.groups else pd.DataFrame()
+    if len(runs):
+        lines += ["", "## Training runs", "",
+                  "Each run's executed `02_train` notebook is in `runs/`.", "",
+                  "| run | grid cells | R@1 | MAP@R |", "|---|---|---|---|"]
+        for run, cells, r1, mapr in runs.itertuples(index=False):
+            lines.append(f"| [{run}](runs/{run}.ipynb) | {cells} | {r1} | {mapr} |")
     failed = [nb for nb in record.notebooks if nb.error]
     for nb in failed:
         lines += ["", f"**{nb.notebook} failed:**", "", "```", nb.error or "", "```"]
@@ -240,6 +263,15 @@ def _html(config: StudyConfig, record: StudyRecord) -> str:
             f"<td>{nb.seconds:.0f} s</td><td>{rendered}</td></tr>"
         )
     parts.append("</table>")
+    runs = runs_table(config) if config.groups else pd.DataFrame()
+    if len(runs):
+        parts.append("<h2>Training runs</h2><p>Executed <code>02_train</code> notebook of each "
+                     "run:</p><table><tr><th>run</th><th>grid cells</th><th>R@1</th>"
+                     "<th>MAP@R</th></tr>")
+        for run, cells, r1, mapr in runs.itertuples(index=False):
+            parts.append(f"<tr><td><a href='runs/{esc(run)}.ipynb'>{esc(run)}</a></td>"
+                         f"<td>{esc(cells)}</td><td>{esc(r1)}</td><td>{esc(mapr)}</td></tr>")
+        parts.append("</table>")
     for nb in record.notebooks:
         if nb.error:
             parts.append(f"<h3 class='failed'>{esc(nb.notebook)} failed</h3>"

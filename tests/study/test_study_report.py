@@ -15,6 +15,7 @@ from dml_study.study.report import (
     StudyRecord,
     headline,
     headline_table,
+    runs_table,
     write_reports,
 )
 
@@ -49,7 +50,9 @@ def test_headline_is_the_paired_comparison_of_the_finished_runs(tmp_path: Path):
 
 
 def test_headline_is_none_without_runs(tmp_path: Path):
-    assert headline(load_study_config(write_study(tmp_path))) is None
+    config = load_study_config(write_study(tmp_path))
+    assert headline(config) is None
+    assert runs_table(config)["R@1"].tolist() == ["missing", "missing"]
 
 
 def test_reports_link_notebooks_and_show_the_headline(tmp_path: Path):
@@ -66,6 +69,10 @@ def test_reports_link_notebooks_and_show_the_headline(tmp_path: Path):
     assert "| R@1 | 52.0 ± 2.0 | 57.0 ± 2.6 | +5.0 |" in text
     assert "[03_ablations.html](03_ablations.html)" in text
     assert "failed in cell 3" in text and "Wall time: 2.1 min" in text
+    # Every run is listed with the grid cells it serves and a link to its executed notebook.
+    runs = [line for line in text.splitlines() if line.startswith("| [cub200")]
+    assert len(runs) == 6 and all("(runs/" in line for line in runs)
+    assert any("so_vs_none/so | 56.0 | 28.0 |" in line for line in runs)
     html = index.read_text()
     assert "href='03_ablations.html'" in html and "52.0 ± 2.0" in html
     summary = json.loads((config.study_dir / "summary.json").read_text())
