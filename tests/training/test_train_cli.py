@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from dml_study.train import build_parser, main, parse_overrides
@@ -43,6 +44,7 @@ def test_invalid_value_exits_with_the_config_error():
     assert "optim.lr: must be > 0" in out.stderr
 
 
+@pytest.mark.slow
 def test_cli_trains_and_prints_metrics_json(cub_root, tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "dml_study.train", "--dataset", "cub200",
