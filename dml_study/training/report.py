@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
+from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
 
 from dml_study.config import ExperimentConfig
@@ -173,8 +174,16 @@ def plot_training_curves(history: list[dict[str, Any]]):
                          label=column)
     axes[0, 0].set(title="loss terms (epoch mean)", xlabel="epoch", ylabel="loss")
     if "so" in trained:
-        sns.lineplot(x=trained.index, y=trained["so"], marker="o", ax=axes[0, 1], color="C3")
-    axes[0, 1].set(title="Soft Orthogonality penalty λ‖P̂P̂ᵀ−I‖²", xlabel="epoch", ylabel="SO")
+        sns.lineplot(x=trained.index, y=trained["so"], marker="o", ax=axes[0, 1], color="C3",
+                     label="λ·SO (in the loss)")
+    if "orth_so_frobenius" in frame:
+        # The unweighted ‖P̂P̂ᵀ−I‖² is informative also when λ = 0 (no penalty applied).
+        twin = axes[0, 1].twinx()
+        sns.lineplot(x=frame.index, y=frame["orth_so_frobenius"], marker="s", ax=twin,
+                     color="C7", label="‖P̂P̂ᵀ−I‖² (right)", legend=False)
+        twin.set_ylabel("‖P̂P̂ᵀ−I‖²")
+        twin.grid(False)
+    axes[0, 1].set(title="Soft Orthogonality", xlabel="epoch", ylabel="λ·SO")
     for column, label in (("orth_mean_abs_cos", "mean |cos|"), ("orth_max_abs_cos", "max |cos|")):
         if column in frame:
             sns.lineplot(x=frame.index, y=frame[column], marker="o", ax=axes[1, 0], label=label)
@@ -185,6 +194,8 @@ def plot_training_curves(history: list[dict[str, Any]]):
             values = frame[column].dropna()
             sns.lineplot(x=values.index, y=100 * values, marker="o", ax=axes[1, 1], label=column)
     axes[1, 1].set(title="test retrieval (epoch 0 = untrained)", xlabel="epoch", ylabel="%")
+    for ax in axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
 
