@@ -24,7 +24,7 @@ def test_run_or_load_trains_once_then_loads(tiny_config):
     assert report.config_table(cfg).loc["loss.so_lambda", "value"] == 0.05
 
     curves = report.plot_training_curves(first.history)
-    assert len(curves.axes) == 4
+    assert len(curves.axes) == 5  # 2x2 panels + the twin axis of the SO panel
     so_line = curves.axes[1].lines[0]
     assert np.allclose(so_line.get_ydata(), [h["so"] for h in first.history[1:]])
     heat = report.plot_proxy_similarity(first.run_dir)
