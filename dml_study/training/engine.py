@@ -12,7 +12,7 @@ Reproducibility: model/proxy initialisation is seeded; augmentation is seeded pe
 (:mod:`dml_study.training.pipeline`); the batch order depends only on ``(seed, epoch)``; the
 checkpoint holds optimiser, scheduler, position and RNG states. A run killed mid-epoch and
 resumed from ``checkpoints/last.pt`` therefore reproduces the uninterrupted run bit for bit on
-CPU (with any ``num_workers``; tested with 0).
+CPU (tested: resume with ``num_workers=0``; identical results with 0 and 2 workers).
 """
 
 from __future__ import annotations

@@ -164,3 +164,13 @@ def test_m_per_class_larger_than_smallest_class_fails_before_training(tiny_confi
     with pytest.raises(ValueError, match=r"data.m_per_class: 16 is larger than the smallest"):
         train(cfg)
     assert not (tmp_path / "results" / "runs" / "bigm").exists()
+
+
+@pytest.mark.slow
+def test_augmentation_does_not_depend_on_the_number_of_workers(tiny_config):
+    # Per-sample seeds: worker processes draw exactly the crops/flips of the main process.
+    a = train(tiny_config(run_name="w0", epochs=2, num_workers=0))
+    b = train(tiny_config(run_name="w2", epochs=2, num_workers=2))
+    for key in RETRIEVAL_KEYS:
+        assert a.metrics[key] == b.metrics[key], key
+    np.testing.assert_array_equal(np.load(a.run_dir.proxies), np.load(b.run_dir.proxies))
