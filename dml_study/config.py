@@ -37,6 +37,8 @@ from typing import Any, Literal, Union
 import numpy as np
 import yaml
 
+from dml_study.typed_fields import coerce, field_types
+
 #: Loss names of :func:`dml_study.losses.create_loss` (fixed by the project interface).
 LOSS_NAMES: tuple[str, ...] = ("proxy_anchor", "normsoftmax", "additive_margin", "adaptive_margin")
 
@@ -267,71 +269,9 @@ def resolve_key(key: str) -> str:
 # --------------------------------------------------------------------------- types
 
 
-def _type_name(annotation: Any) -> str:
-    return str(annotation).replace("typing.", "")
-
-
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check ``value`` against a field annotation; return it normalised (list→tuple, int→float)."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if annotation is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list ({_type_name(annotation)}), got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key) for v in value)
-        if len(value) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if annotation is bool:
-        if not isinstance(value, bool | np.bool_):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
-        return bool(value)
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return int(value)
-    if annotation is float:
-        if isinstance(value, str):
-            # PyYAML (YAML 1.1) reads "3e-5" (no dot) as a string; accept what float() accepts.
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # programming error
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    return coerce(value, annotation, key, ConfigError)
 
 
 def parse_cli_value(raw: str, dotted: str) -> Any:
@@ -342,7 +282,7 @@ def parse_cli_value(raw: str, dotted: str) -> Any:
     everything else (booleans, lists, mappings) uses YAML syntax.
     """
     section, name = dotted.split(".")
-    annotation = _field_types(SECTIONS[section])[name]
+    annotation = field_types(SECTIONS[section])[name]
     args = typing.get_args(annotation)
     is_union = typing.get_origin(annotation) in (Union, types.UnionType)
     if raw.lower() in {"none", "null", "~"} and is_union and type(None) in args:
@@ -434,7 +374,7 @@ def build_config(values: dict[str, dict[str, Any]]) -> ExperimentConfig:
     """Type-check nested ``values`` against the dataclasses and validate ranges."""
     sections = {}
     for section, cls in SECTIONS.items():
-        hints = _field_types(cls)
+        hints = field_types(cls)
         given = values.get(section, {})
         kwargs = {}
         for name, value in given.items():

@@ -17,13 +17,13 @@ whether it is run from the command line, from ``make`` or from a notebook in
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from dml_study.typed_fields import coerce, field_types
 
 #: Parameters of ``notebooks/02_train.ipynb`` (fixed by the project's interface). ``None``
 #: means "from the dataset preset".
@@ -239,7 +239,7 @@ def study_config_from_dict(
                    "stats": StatsConfig, "execution": ExecutionConfig}[key]
             values[key] = _build_section(cls, value, f"{where}: {key}")
         else:
-            values[key] = _coerce(value, _field_types(StudyConfig)[key], f"{where}: {key}")
+            values[key] = _coerce(value, field_types(StudyConfig)[key], f"{where}: {key}")
     for key in ("results_dir", "notebooks_dir", "data_root"):
         if values.get(key) is not None:
             values[key] = (root / values[key]).resolve()
@@ -281,7 +281,7 @@ def _build_section(cls: type, raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise StudyConfigError(f"{where}: expected a mapping, got {raw!r}")
     _check_keys(raw, cls, where)
-    types_ = _field_types(cls)
+    types_ = field_types(cls)
     return cls(**{k: _coerce(v, types_[k], f"{where}.{k}") for k, v in raw.items()})
 
 
@@ -367,54 +367,6 @@ def _variant_names(group: GroupConfig) -> list[str]:
 # --------------------------------------------------------------------------- coercion
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Check ``value`` against a dataclass field annotation, converting lists to tuples."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except StudyConfigError as exc:
-                errors.append(str(exc))
-        raise StudyConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise StudyConfigError(f"{where}: expected a list, got {value!r}")
-        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict or annotation is dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise StudyConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if annotation is Path:
-        if not isinstance(value, (str, Path)):
-            raise StudyConfigError(f"{where}: expected a path, got {value!r}")
-        return Path(value)
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise StudyConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise StudyConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise StudyConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if annotation is str:
-        if not isinstance(value, str):
-            raise StudyConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
+    return coerce(value, annotation, where, StudyConfigError)
