@@ -51,3 +51,32 @@ def test_core_stack_imports():
     import sklearn  # noqa: F401
     import timm  # noqa: F401
     import torchvision  # noqa: F401
+
+
+def test_atomic_writes_are_world_readable_and_leave_no_temp_files(tmp_path):
+    from dml_study.atomic_io import atomic_write_csv, atomic_write_json
+
+    atomic_write_json(tmp_path / "m.json", {"R@1": __import__("numpy").float32(0.5)})
+    atomic_write_csv(tmp_path / "h.csv", [{"a": 1}, {"a": 2, "b": 3}])
+    assert json.loads((tmp_path / "m.json").read_text()) == {"R@1": 0.5}
+    assert (tmp_path / "h.csv").read_text() == "a,b\n1,\n2,3\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.csv", "m.json"]
+    assert ((tmp_path / "m.json").stat().st_mode & 0o777) == 0o644
+
+
+def test_failed_atomic_write_keeps_the_old_file(tmp_path):
+    import pytest
+
+    from dml_study.atomic_io import atomic_write_text, atomic_write_with
+
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "old")
+
+    def crash(fh):
+        fh.write(b"half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_with(target, crash)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

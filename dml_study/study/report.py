@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from dml_study.atomic_io import atomic_write_text
 from dml_study.study.collect import grid_results
 from dml_study.study.config import StudyConfig
 from dml_study.study.grid import expand_grid
@@ -130,13 +131,11 @@ def write_reports(config: StudyConfig, record: StudyRecord) -> tuple[Path, Path]
     """Write ``summary.json``, ``README.md`` and ``index.html`` into the study directory."""
     out = config.study_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(
-        json.dumps(_record_dict(record), indent=2, default=str), encoding="utf-8"
-    )
+    atomic_write_text(out / "summary.json", json.dumps(_record_dict(record), indent=2, default=str))
     readme = out / "README.md"
-    readme.write_text(_markdown(config, record), encoding="utf-8")
+    atomic_write_text(readme, _markdown(config, record))
     index = out / "index.html"
-    index.write_text(_html(config, record), encoding="utf-8")
+    atomic_write_text(index, _html(config, record))
     return readme, index
 
 

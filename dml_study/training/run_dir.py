@@ -12,25 +12,28 @@ Layout::
     proxies.npy          final proxies
     test_embeddings.npz  final test embeddings and labels
 
-Every file is written to a temporary sibling and moved into place with :func:`os.replace`, so
-a killed process never leaves a half-written file behind.
+Every file is written through :mod:`dml_study.atomic_io`, so a killed process never leaves a
+half-written file behind.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dml_study.atomic_io import (  # noqa: F401  (re-exported: the trainer writes through these)
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_with,
+)
 from dml_study.training.errors import RunExistsError
 
 
@@ -47,58 +50,6 @@ def default_results_dir() -> Path:
     if (checkout / "pyproject.toml").is_file() and (checkout / "dml_study").is_dir():
         return checkout / "results"
     return Path.cwd() / "results"
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory + rename)."""
-    atomic_write_with(path, lambda fh: fh.write(data))
-
-
-def atomic_write_with(path: str | Path, writer: Callable[[Any], Any]) -> None:
-    """Call ``writer(binary_file_handle)`` on a temp file and atomically move it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def atomic_write_csv(path: str | Path, records: Sequence[dict[str, Any]]) -> None:
-    """Records → CSV with the union of their keys as columns (first-seen order)."""
-    columns: list[str] = []
-    for record in records:
-        columns.extend(k for k in record if k not in columns)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for record in records:
-        writer.writerow({k: record.get(k, "") for k in columns})
-    atomic_write_text(path, buf.getvalue())
 
 
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
