@@ -8,9 +8,8 @@
 - :func:`build_dataloader` and the :class:`DecodedImageCache` for decode-free epochs.
 """
 
-from .base import DatasetLayoutError, DatasetSizeWarning, DMLDataset
+from .base import DatasetLayoutError, DatasetSizeWarning, DMLDataset, IconBuildError
 from .cache import DecodedImageCache
-from .icons import IconBuildError
 from .images import CorruptImageError
 from .layout import DATA_ROOT_ENV, resolve_data_root
 from .loader import build_dataloader

@@ -24,6 +24,14 @@ from .images import CorruptImageError, load_rgb
 ON_CORRUPT_CHOICES = ("raise", "skip")
 
 
+class IconBuildError(RuntimeError):
+    """The icon dataset can be neither built (packages unavailable) nor read from the cache.
+
+    Defined here rather than in :mod:`dml_study.data.icons` so that importing the package does
+    not import the builder (``python -m dml_study.data.icons`` would otherwise warn).
+    """
+
+
 class DatasetLayoutError(FileNotFoundError):
     """A data root, metadata file or folder does not match the official layout."""
 

@@ -55,7 +55,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .base import SplitRecords
+from .base import IconBuildError, SplitRecords
 from .images import to_rgb
 
 CACHE_ENV = "DML_STUDY_CACHE"
@@ -65,10 +65,6 @@ DEFAULT_MIN_INSTANCES = 8
 #: Below this nominal size a PNG is too coarse to upscale to the output size.
 MIN_SOURCE_PX = 32
 _SVG_SCALABLE = 10**6  # nominal size given to "scalable" folders
-
-
-class IconBuildError(RuntimeError):
-    """The icon dataset can be neither built (packages unavailable) nor read from the cache."""
 
 
 @dataclass(frozen=True)
