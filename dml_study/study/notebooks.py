@@ -93,10 +93,26 @@ def execute_notebook(
             progress_bar=progress_bar,
             stdout_file=stdout,
             execution_timeout=cell_timeout,
+            config=_local_kernel_config(),
         )
     except PapermillExecutionError as exc:
         raise _execution_error(notebook, output, exc) from None
     return output
+
+
+def _local_kernel_config() -> Any:
+    """Kernel-manager settings: IPC sockets instead of TCP on POSIX systems.
+
+    The kernel always runs on this machine, so nothing needs a network port; with TCP,
+    ipykernel warns on every start that code and outputs travel in plain text (one alarming
+    line per training run of the study). Windows has no IPC transport and keeps TCP.
+    """
+    from traitlets.config import Config
+
+    config = Config()
+    if sys.platform != "win32":
+        config.KernelManager.transport = "ipc"
+    return config
 
 
 def check_parameters(notebook: str | Path, parameters: dict[str, Any]) -> None:

@@ -75,3 +75,10 @@ def test_unknown_parameter_is_rejected_before_execution(tmp_path: Path):
     with pytest.raises(ValueError, match="gamma"):
         execute_notebook(source, tmp_path / "o.ipynb", {"gamma": 1})
     assert not (tmp_path / "o.ipynb").exists()
+
+
+def test_local_kernel_talks_over_ipc_without_the_plaintext_tcp_warning(tmp_path: Path, capfd):
+    path = write_notebook(tmp_path / "tiny.ipynb", "x = 1", "print(x + 1)")
+    out = execute_notebook(path, tmp_path / "out.ipynb", {"x": 2})
+    assert nbformat.read(out, as_version=4).cells[-1].outputs[0]["text"] == "3\n"
+    assert "without encryption" not in capfd.readouterr().err
