@@ -40,12 +40,15 @@ def git_commit(path: str | os.PathLike[str] | None = None) -> str | None:
     """The commit checked out at ``path`` (default: this package's source tree).
 
     A ``-dirty`` suffix marks uncommitted changes, because such a result cannot be
-    reproduced from the commit alone. ``None`` outside a git checkout.
+    reproduced from the commit alone. Changes under the checkout's ``results/`` do not count:
+    they are this project's generated outputs (a study regenerates them while it runs), not
+    code that changes a number. ``None`` outside a git checkout.
     """
     where = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
         commit = _git(where, "rev-parse", "HEAD")
-        dirty = _git(where, "status", "--porcelain", "--untracked-files=no")
+        status = ("status", "--porcelain", "--untracked-files=no")
+        dirty = _git(where, *status, "--", ":/", ":(top,exclude)results")
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("-dirty" if dirty else "")
