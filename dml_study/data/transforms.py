@@ -40,6 +40,7 @@ def build_transforms(
     std: Sequence[float] = IMAGENET_STD,
     resize_ratio: float = 256 / 224,
     interpolation: str = "bilinear",
+    crop_scale: tuple[float, float] = (0.08, 1.0),
 ) -> T.Compose:
     """The standard DML transform pipeline (PIL image in, normalised float tensor out).
 
@@ -50,6 +51,8 @@ def build_transforms(
         resize_ratio: eval resizes the shorter side to ``round(image_size * resize_ratio)``
             before the centre crop (256/224 as in the Proxy Anchor / ProxyNCA++ protocol).
         interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
+        crop_scale: area range of the training crop (torchvision's default 8–100 %; tiny
+            images such as 64 px icons lose their identity in 8 % crops).
     """
     if image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
@@ -61,7 +64,7 @@ def build_transforms(
     normalize = [T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))]
     if train:
         geometric = [
-            T.RandomResizedCrop(image_size, interpolation=interp),
+            T.RandomResizedCrop(image_size, scale=tuple(crop_scale), interpolation=interp),
             T.RandomHorizontalFlip(),
         ]
     else:

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.utils.data
-from torchvision import transforms as T
 
 from dml_study.config import ExperimentConfig
 from dml_study.data import (
@@ -36,12 +35,6 @@ from dml_study.data import (
     default_recall_ks,
     get_dataset,
 )
-
-_INTERP = {
-    "bilinear": T.InterpolationMode.BILINEAR,
-    "bicubic": T.InterpolationMode.BICUBIC,
-    "nearest": T.InterpolationMode.NEAREST,
-}
 
 SampleKey = tuple[int, int, int, int, int]  # (index, epoch, batch, repeat, seed)
 
@@ -192,18 +185,7 @@ def model_transforms(
     eval_tf = build_transforms(False, **common)
     if not d.augment:
         return eval_tf, eval_tf
-    # The data layer's train transform with a configurable crop area: tiny images such as
-    # 64 px icons lose their identity in torchvision's default 8 %-area crops.
-    train_tf = T.Compose(
-        [
-            T.RandomResizedCrop(
-                d.image_size, scale=tuple(d.crop_scale), interpolation=_INTERP[interpolation]
-            ),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(mean=list(mean), std=list(std)),
-        ]
-    )
+    train_tf = build_transforms(True, crop_scale=tuple(d.crop_scale), **common)
     return train_tf, eval_tf
 
 

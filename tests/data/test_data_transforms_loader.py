@@ -133,3 +133,15 @@ def test_dataloader_argument_errors(fixture_root: Path) -> None:
         build_dataloader(ds)
     with pytest.raises(ValueError, match="not both"):
         build_dataloader(ds, batch_sampler=[[0]], batch_size=2)
+
+
+def test_train_crop_scale_is_configurable_and_defaults_to_torchvision():
+    from torchvision import transforms as T
+
+    from dml_study.data import build_transforms
+
+    def crop(tf):
+        return next(t for t in tf.transforms if isinstance(t, T.RandomResizedCrop))
+
+    assert crop(build_transforms(True, image_size=32)).scale == (0.08, 1.0)
+    assert crop(build_transforms(True, image_size=32, crop_scale=(0.5, 1.0))).scale == (0.5, 1.0)
