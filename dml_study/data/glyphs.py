@@ -52,10 +52,12 @@ import shutil
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -372,41 +374,48 @@ def face_coverage(path: str | os.PathLike[str], index: int) -> set[int]:
     return {cp for cp in cmap if BLOCK[0] <= cp <= BLOCK[1]}
 
 
-def _render_job(job: tuple[str, int, int, tuple[int, ...]]) -> list[tuple[int, np.ndarray | None]]:
-    """Render code points ``cps`` in one face; a rendering equal to ``.notdef`` counts as None."""
+Rendering = np.ndarray | str  # an image, or why there is none: "tofu" / "empty"
+
+
+def _render_job(job: tuple[str, int, int, tuple[int, ...]]) -> list[tuple[int, Rendering]]:
+    """Render code points ``cps`` in one face: the image, ``"empty"`` (no ink) or ``"tofu"``
+    (the rendering is the face's ``.notdef`` glyph)."""
     path, index, size, cps = job
     font = load_face(path, index, size)
     notdef = notdef_glyph(font, size)
-    out = []
+    out: list[tuple[int, Rendering]] = []
     for cp in cps:
         image = render_glyph(font, chr(cp), size)
-        if image is not None and notdef is not None and np.array_equal(image, notdef):
-            image = None
-        out.append((cp, image))
+        if image is None:
+            out.append((cp, "empty"))
+        elif notdef is not None and np.array_equal(image, notdef):
+            out.append((cp, "tofu"))
+        else:
+            out.append((cp, image))
     return out
 
 
-def _run_jobs(jobs: list, num_workers: int, progress: bool, desc: str) -> list:
-    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
-    results = []
-    if num_workers > 1 and len(jobs) > 1:
-        with get_context("spawn").Pool(num_workers) as pool:
-            for result in pool.imap(_render_job, jobs):
-                results.append(result)
-                bar.update()
-    else:
-        for job in jobs:
-            results.append(_render_job(job))
-            bar.update()
-    bar.close()
-    return results
+def _run_jobs(jobs: list, pool: Any, progress: bool = False, desc: str = "") -> list:
+    """``_render_job`` over ``jobs``, in ``pool`` (a process pool) or here when it is None."""
+    results = pool.imap(_render_job, jobs) if pool is not None else map(_render_job, jobs)
+    return list(tqdm(results, total=len(jobs), desc=desc, disable=not progress))
+
+
+@contextmanager
+def _pool(num_workers: int) -> Iterator[Any]:
+    """A spawn process pool of ``num_workers`` (None for 1: render in this process)."""
+    if num_workers <= 1:
+        yield None
+        return
+    with get_context("spawn").Pool(num_workers) as pool:
+        yield pool
 
 
 # --------------------------------------------------------------------------- designs
 
 
 def dedupe_faces(
-    sources: Sequence[FaceSource], size: int, num_workers: int = 2, progress: bool = True,
+    sources: Sequence[FaceSource], size: int, pool: Any = None, progress: bool = True,
 ) -> tuple[list[FaceSource], list[dict]]:
     """Drop faces near-identical to an earlier one on :data:`PROBE`; returns (kept, dropped).
 
@@ -415,8 +424,8 @@ def dedupe_faces(
     probe = tuple(sorted({ord(c) for c in PROBE}))
     jobs = [(str(s.file), s.face.index, size, probe) for s in sources]
     masks = []
-    for result in _run_jobs(jobs, num_workers, progress, "probe font designs"):
-        masks.append({cp: binarise(img) for cp, img in result if img is not None})
+    for result in _run_jobs(jobs, pool, progress, "probe font designs"):
+        masks.append({cp: binarise(img) for cp, img in result if not isinstance(img, str)})
     covered = [face_coverage(s.file, s.face.index) for s in sources]
     kept: list[int] = []
     dropped: list[dict] = []
@@ -442,23 +451,25 @@ def dedupe_faces(
 
 
 def select_instances(
-    renders: Mapping[str, np.ndarray | None],
+    renders: Mapping[str, Rendering | None],
     covered: Mapping[str, bool],
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Instances of one character: ``renders`` by design (in :data:`FACES` order).
+    """Instances of one character: ``renders`` by design (in :data:`FACES` order; ``None`` =
+    not rendered, a string = why not, see :func:`_render_job`).
 
     Returns ``(kept images, {design: rejection reason})`` with reasons ``"tofu"`` (not in the
-    cmap, or the ``.notdef`` glyph), ``"empty"`` and ``"near-duplicate"``.
+    cmap, or the ``.notdef`` glyph), ``"empty"`` and ``"near-duplicate"`` (IoU with an earlier
+    kept instance above :data:`GLYPH_IOU_THRESHOLD`).
     """
     kept: dict[str, np.ndarray] = {}
     kept_masks: list[np.ndarray] = []
     rejected: dict[str, str] = {}
     for design, image in renders.items():
-        if not covered.get(design, False):
+        if not covered.get(design, False) or image is None:
             rejected[design] = "tofu"
             continue
-        if image is None:
-            rejected[design] = "empty"
+        if isinstance(image, str):
+            rejected[design] = image
             continue
         mask = binarise(image)
         if not mask.any():
@@ -493,52 +504,9 @@ def build_from_sources(
     run out), so the build cost grows with ``num_classes``, not with the fonts' coverage.
     """
     embedded.check_positive(size=size, min_designs=min_designs, num_classes=num_classes)
-    faces, dropped = dedupe_faces(sources, size, num_workers, progress)
-    coverage = {s.face.design: face_coverage(s.file, s.face.index) for s in faces}
-    counts: dict[int, int] = defaultdict(int)
-    for cps in coverage.values():
-        for cp in cps:
-            counts[cp] += 1
-    eligible = sorted(cp for cp, n in counts.items() if n >= min_designs)
-    roots = variant_components(eligible, unihan)
-    queues: dict[str, list[int]] = {"train": [], "test": []}
-    for cp in sorted(eligible, key=lambda c: (-counts[c], c)):
-        queues[split_of(roots[cp])].append(cp)
-    target = num_classes // 2
-    accepted: dict[str, list[int]] = {"train": [], "test": []}
-    images: dict[int, dict[str, np.ndarray]] = {}
-    rejected: dict[str, dict[str, int]] = {s.face.design: defaultdict(int) for s in faces}
-    bar = tqdm(total=2 * target, desc=f"render glyphs ({size}px)", disable=not progress)
-    while any(len(accepted[s]) < target and queues[s] for s in accepted):
-        chunk: list[int] = []
-        for split, queue in queues.items():
-            need = target - len(accepted[split])
-            if need > 0:
-                take = min(512, max(32, need + need // 4))  # bounded memory per chunk
-                chunk += queue[:take]
-                del queue[:take]
-        # Each face renders only what its cmap covers; the rest is tofu by definition.
-        jobs = [(str(s.file), s.face.index, size,
-                 tuple(cp for cp in chunk if cp in coverage[s.face.design])) for s in faces]
-        renders: dict[int, dict[str, np.ndarray | None]] = defaultdict(dict)
-        for src, result in zip(faces, _run_jobs(jobs, num_workers, False, ""), strict=True):
-            for cp, image in result:
-                renders[cp][src.face.design] = image
-        for cp in chunk:
-            split = split_of(roots[cp])
-            if len(accepted[split]) >= target:
-                continue
-            ordered = {s.face.design: renders[cp].get(s.face.design) for s in faces}
-            covered = {d: cp in coverage[d] for d in ordered}
-            kept, why = select_instances(ordered, covered)
-            if len(kept) < min_designs:
-                continue
-            for design, reason in why.items():
-                rejected[design][reason] += 1
-            images[cp] = kept
-            accepted[split].append(cp)
-            bar.update()
-    bar.close()
+    with _pool(num_workers) as pool:
+        faces, dropped, images, accepted, rejected = _render_classes(
+            sources, unihan, size, min_designs, num_classes, pool, progress)
     classes = sorted(images)
     files = {f"images/{class_id(cp)}/{design}.png": png_bytes(image)
              for cp in classes for design, image in sorted(images[cp].items())}
@@ -570,6 +538,62 @@ def build_from_sources(
     }
     manifest["packages"] = [{"package": p, "version": v} for p, v in manifest["packages"]]
     return embedded.publish(out_dir, files, manifest)
+
+
+def _render_classes(
+    sources: Sequence[FaceSource], unihan: Unihan, size: int, min_designs: int,
+    num_classes: int, pool: Any, progress: bool,
+) -> tuple[list[FaceSource], list[dict], dict[int, dict[str, np.ndarray]],
+           dict[str, list[int]], dict[str, dict[str, int]]]:
+    """Drop near-identical faces, then render candidates chunk by chunk (see the caller)."""
+    faces, dropped = dedupe_faces(sources, size, pool, progress)
+    coverage = {s.face.design: face_coverage(s.file, s.face.index) for s in faces}
+    counts: dict[int, int] = defaultdict(int)
+    for cps in coverage.values():
+        for cp in cps:
+            counts[cp] += 1
+    eligible = sorted(cp for cp, n in counts.items() if n >= min_designs)
+    roots = variant_components(eligible, unihan)
+    queues: dict[str, list[int]] = {"train": [], "test": []}
+    for cp in sorted(eligible, key=lambda c: (-counts[c], c)):
+        queues[split_of(roots[cp])].append(cp)
+    target = num_classes // 2
+    accepted: dict[str, list[int]] = {"train": [], "test": []}
+    images: dict[int, dict[str, np.ndarray]] = {}
+    rejected: dict[str, dict[str, int]] = {s.face.design: defaultdict(int) for s in faces}
+    bar = tqdm(total=2 * target, desc=f"render glyphs ({size}px)", disable=not progress)
+    while any(len(accepted[s]) < target and queues[s] for s in accepted):
+        chunk: list[int] = []
+        for split, queue in queues.items():
+            need = target - len(accepted[split])
+            if need > 0:
+                take = min(512, max(32, need + need // 4))  # bounded memory per chunk
+                chunk += queue[:take]
+                del queue[:take]
+        # Each face renders only what its cmap covers; the rest is tofu by definition.
+        jobs = [(str(s.file), s.face.index, size,
+                 tuple(cp for cp in chunk if cp in coverage[s.face.design])) for s in faces]
+        renders: dict[int, dict[str, Rendering]] = defaultdict(dict)
+        for src, result in zip(faces, _run_jobs(jobs, pool), strict=True):
+            for cp, image in result:
+                renders[cp][src.face.design] = image
+        for cp in chunk:
+            split = split_of(roots[cp])
+            if len(accepted[split]) >= target:
+                continue
+            ordered = {s.face.design: renders[cp].get(s.face.design) for s in faces}
+            covered = {d: cp in coverage[d] for d in ordered}
+            kept, why = select_instances(ordered, covered)
+            for design, reason in why.items():
+                if covered[design]:  # outside its cmap a face makes no claim
+                    rejected[design][reason] += 1
+            if len(kept) < min_designs:
+                continue
+            images[cp] = kept
+            accepted[split].append(cp)
+            bar.update()
+    bar.close()
+    return faces, dropped, images, accepted, rejected
 
 
 def _freetype_version() -> str:
