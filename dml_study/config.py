@@ -100,7 +100,9 @@ class LossConfig:
     so_lambda: float = 0.0
     so_gram: Literal["classes", "dims"] = "classes"
     so_normalize: bool = True
-    so_reduction: Literal["sum", "mean"] = "sum"
+    #: ``sum`` (plain ‖P̂P̂ᵀ − I‖²_F), ``mean`` (÷ C(C−1)) or ``excess_mean`` ((· − floor) ÷ C(C−1));
+    #: see :mod:`dml_study.losses.soft_orthogonality`.
+    so_reduction: Literal["sum", "mean", "excess_mean"] = "sum"
     proxy_init: Literal["kaiming", "orthogonal", "normal"] = "kaiming"
     #: Further loss-specific keyword arguments (e.g. ``margin``, ``alpha``, ``scale``).
     params: dict[str, Any] = field(default_factory=dict)
