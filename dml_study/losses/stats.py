@@ -17,7 +17,8 @@ def orthogonality_stats(proxies: Tensor | np.ndarray, chunk: int = 2048) -> dict
     ‖P̂P̂ᵀ − I‖²_F (factorised, no C × C matrix), ``so_floor`` = max(0, C²/d − C) (the minimum
     for unit rows), ``so_mean`` = so_frobenius / C(C−1) (mean squared off-diagonal cosine),
     ``so_excess_mean`` = (so_frobenius − so_floor) / C(C−1) (the ``excess_mean`` SO reduction:
-    0 for the best arrangement that exists for this C and d), ``effective_rank`` = exp(entropy of the normalised singular values) (Roy &
+    0 for the best arrangement that exists for this C and d), ``effective_rank`` =
+    exp(entropy of the normalised singular values) (Roy &
     Vetterli, 2007), and ``num_proxies``, ``dim``. Off-diagonal cosines are computed in row
     chunks so C = 11,318 stays cheap in memory.
     """

@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dml_study.losses import ProxyAnchorLoss, SoftOrthogonality
-from dml_study.losses import orthogonality_stats
+from dml_study.losses import ProxyAnchorLoss, SoftOrthogonality, orthogonality_stats
 from dml_study.losses.soft_orthogonality import (
     gram_residual_sq_brute,
     gram_residual_sq_factorized,
