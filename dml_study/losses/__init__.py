@@ -2,7 +2,7 @@
 adaptive additive margin (text-derived per-negative margins), and the Soft Orthogonality
 regulariser on proxies. Build them with :func:`create_loss`."""
 
-from dml_study.losses.adaptive_margin import AdaptiveMarginLoss, TextDistanceTable
+from dml_study.losses.adaptive_margin import AdaptiveMarginLoss, TextDistanceTable, mean_margin
 from dml_study.losses.additive_margin import AdditiveMarginLoss, NormSoftmaxLoss
 from dml_study.losses.base import PROXY_INITS, ProxyLoss, init_proxies
 from dml_study.losses.proxy_anchor import ProxyAnchorLoss
@@ -22,5 +22,6 @@ __all__ = [
     "TextDistanceTable",
     "create_loss",
     "init_proxies",
+    "mean_margin",
     "orthogonality_stats",
 ]
