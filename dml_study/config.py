@@ -19,7 +19,8 @@ Resolution order in :func:`load_config` (later wins):
 
 Validation happens before anything is trained: unknown keys (the error lists the valid ones),
 wrong types and out-of-range values raise :class:`ConfigError` naming the key.
-Dataset-dependent checks (``m_per_class`` versus the smallest class) live in
+Dataset-dependent checks (enough classes for a batch; a warning when ``m_per_class`` exceeds
+the smallest class, whose images the sampler then repeats) live in
 :func:`validate_against_labels`, which the trainer calls once the training labels are known.
 """
 
@@ -29,6 +30,7 @@ import dataclasses
 import difflib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -100,7 +102,9 @@ class LossConfig:
     so_lambda: float = 0.0
     so_gram: Literal["classes", "dims"] = "classes"
     so_normalize: bool = True
-    so_reduction: Literal["sum", "mean"] = "sum"
+    #: ``sum`` (plain ‖P̂P̂ᵀ − I‖²_F), ``mean`` (÷ C(C−1)) or ``excess_mean`` ((· − floor) ÷ C(C−1));
+    #: see :mod:`dml_study.losses.soft_orthogonality`.
+    so_reduction: Literal["sum", "mean", "excess_mean"] = "sum"
     proxy_init: Literal["kaiming", "orthogonal", "normal"] = "kaiming"
     #: Further loss-specific keyword arguments (e.g. ``margin``, ``alpha``, ``scale``).
     params: dict[str, Any] = field(default_factory=dict)
@@ -498,12 +502,18 @@ def validate_against_labels(config: ExperimentConfig, labels: np.ndarray) -> Non
     m = config.data.m_per_class
     if m > 0:
         smallest = int(counts.min())
-        _require(
-            m <= smallest,
-            "data.m_per_class",
-            f"{m} is larger than the smallest training class of {config.data.dataset!r} "
-            f"({smallest} images); valid: 1..{smallest} (or 0 for random batches)",
-        )
+        if m > smallest:
+            small = int((counts < m).sum())
+            # The sampler tops such classes up with replacement (see MPerClassBatchSampler),
+            # so this trains; it is worth knowing because those batches repeat images.
+            warnings.warn(
+                f"data.m_per_class={m} is larger than the smallest training class of "
+                f"{config.data.dataset!r} ({smallest} images; {small} of {len(counts)} classes "
+                f"have fewer than {m}): their chunks are topped up by drawing their images "
+                f"again (with replacement). Set m_per_class <= {smallest} to avoid repeats.",
+                UserWarning,
+                stacklevel=2,
+            )
         classes_per_batch = config.data.batch_size // m
         _require(
             classes_per_batch <= len(counts),

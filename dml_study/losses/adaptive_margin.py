@@ -27,6 +27,17 @@ The paper does not publish its mapping f, so it is a parameter here:
 * ``"linear"``: :math:`m_{y,j} = m_{\min} + (m_{\max} - m_{\min})\,\tilde d(y,j)`: far classes
   get the largest margin, i.e. the embedding keeps the text modality's semantic layout.
 * ``"constant"``: :math:`m_{y,j} = m_{\max}` (a CosFace control with the same machinery).
+* ``"matched_constant"``: :math:`m_{y,j} = \bar m`, the mean of the ``match_mapping``
+  margins (default ``"inverse"``) over all ordered class pairs (:func:`mean_margin`). This is
+  the control of an adaptive arm: a constant additive margin (CosFace, since a constant
+  margin on the negatives is the same loss as ``−m`` on the positive) with the *same mean
+  margin*, so a difference between the two arms is due to how the margin is distributed over
+  class pairs, not to its overall size.
+
+**Equal mean margin.** :math:`\bar m = \frac{1}{C(C-1)}\sum_{y \ne j} m_{y,j}` weights
+every class equally (each class is a row of C − 1 negatives). Because the mappings are affine
+in the normalised distance, :math:`\bar m = f(\bar d)` with :math:`\bar d` the mean
+normalised text distance, computed in row chunks (no C × C matrix for SOP-sized C).
 """
 
 from __future__ import annotations
@@ -42,8 +53,10 @@ from dml_study.losses.additive_margin import cosine_logits, margin_cross_entropy
 from dml_study.losses.base import ProxyInit, ProxyLoss
 from dml_study.losses.soft_orthogonality import SoftOrthogonality
 
-MAPPINGS = ("inverse", "linear", "constant")
-Mapping = Literal["inverse", "linear", "constant"]
+MAPPINGS = ("inverse", "linear", "constant", "matched_constant")
+Mapping = Literal["inverse", "linear", "constant", "matched_constant"]
+#: Mappings whose mean a ``"matched_constant"`` margin can match.
+ADAPTIVE_MAPPINGS = ("inverse", "linear", "constant")
 
 
 def map_distances_to_margins(
@@ -56,6 +69,11 @@ def map_distances_to_margins(
         return m_min + (m_max - m_min) * normalized_distance
     if mapping == "constant":
         return torch.full_like(normalized_distance, m_max)
+    if mapping == "matched_constant":
+        raise ValueError(
+            "mapping='matched_constant' has no per-pair formula: its margin is mean_margin(...) "
+            "of another mapping; use AdaptiveMarginLoss(mapping='matched_constant')"
+        )
     raise ValueError(f"mapping={mapping!r} is not valid; choose one of {list(MAPPINGS)}")
 
 
@@ -130,6 +148,51 @@ class TextDistanceTable(nn.Module):
         return ((raw - self.lo) / span).clamp(0.0, 1.0)
 
 
+def mean_normalized_distance(table: TextDistanceTable, chunk: int = 2048) -> float:
+    """Mean min–max-normalised text distance over ordered class pairs y ≠ j (chunked)."""
+    c = table.num_classes
+    if c < 2:
+        raise ValueError(f"a mean over class pairs needs >= 2 classes, got {c}")
+    total = 0.0
+    for start in range(0, c, chunk):
+        labels = torch.arange(start, min(start + chunk, c))
+        rows = table.rows(labels).to(torch.float64)
+        rows[torch.arange(len(labels)), labels] = 0.0  # exclude y = j
+        total += float(rows.sum())
+    return total / (c * (c - 1))
+
+
+def mean_margin(
+    text: TextDistanceTable | np.ndarray | Tensor,
+    m_min: float = 0.05,
+    m_max: float = 0.25,
+    mapping: Mapping = "inverse",
+    *,
+    distances: bool = True,
+) -> float:
+    r"""Mean adaptive margin :math:`\bar m = \frac{1}{C(C-1)}\sum_{y\ne j} m_{y,j}`.
+
+    Args:
+        text: a :class:`TextDistanceTable`, or a C × C matrix of raw text distances
+            (``distances=True``, default) or C × k class text embeddings (``distances=False``);
+            distances are min–max normalised over off-diagonal pairs exactly as in the loss.
+        m_min, m_max, mapping: as in :class:`AdaptiveMarginLoss` (``"inverse"``, ``"linear"``
+            or ``"constant"``).
+
+    Returns the margin a constant-margin control needs to have the same mean margin as the
+    adaptive arm (what ``mapping="matched_constant"`` uses).
+    """
+    if mapping not in ADAPTIVE_MAPPINGS:
+        raise ValueError(
+            f"mapping={mapping!r}: mean_margin needs one of {list(ADAPTIVE_MAPPINGS)}"
+        )
+    if not isinstance(text, TextDistanceTable):
+        text = (TextDistanceTable(text_distances=text) if distances
+                else TextDistanceTable(text_embeddings=text))
+    mean_d = torch.tensor(mean_normalized_distance(text), dtype=torch.float64)
+    return float(map_distances_to_margins(mean_d, m_min, m_max, mapping))
+
+
 class AdaptiveMarginLoss(ProxyLoss):
     """Normalised softmax with per-negative margins ``m_{y,j} = f(d̃_text(y, j))``.
 
@@ -140,8 +203,9 @@ class AdaptiveMarginLoss(ProxyLoss):
         text_distances: a precomputed C × C distance matrix (exactly one of the two).
         scale: s (default 20).
         m_min, m_max: margin range (defaults 0.05, 0.25).
-        mapping: ``"inverse"`` (close names → large margin; default), ``"linear"`` or
-            ``"constant"``; see the module docstring for the reasoning.
+        mapping: ``"inverse"`` (close names → large margin; default), ``"linear"``,
+            ``"constant"`` or ``"matched_constant"``; see the module docstring.
+        match_mapping: the mapping whose mean margin ``"matched_constant"`` uses.
         proxy_init, regularizer, seed: see :class:`ProxyLoss`.
     """
 
@@ -157,6 +221,7 @@ class AdaptiveMarginLoss(ProxyLoss):
         m_min: float = 0.05,
         m_max: float = 0.25,
         mapping: Mapping = "inverse",
+        match_mapping: Mapping = "inverse",
         proxy_init: ProxyInit = "kaiming",
         regularizer: SoftOrthogonality | None = None,
         seed: int = 0,
@@ -177,11 +242,25 @@ class AdaptiveMarginLoss(ProxyLoss):
         self.scale = float(scale)
         self.m_min, self.m_max = float(m_min), float(m_max)
         self.mapping: Mapping = mapping
+        if match_mapping not in ADAPTIVE_MAPPINGS:
+            raise ValueError(
+                f"match_mapping={match_mapping!r} is not valid; choose one of "
+                f"{list(ADAPTIVE_MAPPINGS)}"
+            )
+        self.match_mapping: Mapping = match_mapping
+        #: The constant margin of ``"matched_constant"`` (None for the other mappings).
+        self.matched_margin: float | None = (
+            mean_margin(self.table, self.m_min, self.m_max, match_mapping)
+            if mapping == "matched_constant" else None
+        )
 
     def margins(self, labels: Tensor) -> Tensor:
         """Additive margins (B, C): ``m_{y_b, j}`` at negatives, exactly 0 at the positive."""
         dist = self.table.rows(labels)
-        margins = map_distances_to_margins(dist, self.m_min, self.m_max, self.mapping)
+        if self.matched_margin is not None:
+            margins = torch.full_like(dist, self.matched_margin)
+        else:
+            margins = map_distances_to_margins(dist, self.m_min, self.m_max, self.mapping)
         return margins.masked_fill(F.one_hot(labels, self.num_classes).bool(), 0.0)
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
@@ -193,4 +272,6 @@ class AdaptiveMarginLoss(ProxyLoss):
         return (
             f"{super().extra_repr()}, scale={self.scale}, m_min={self.m_min}, "
             f"m_max={self.m_max}, mapping={self.mapping!r}"
+            + (f", matched_margin={self.matched_margin:.4f}" if self.matched_margin is not None
+               else "")
         )

@@ -125,6 +125,26 @@ def _frozen_names(
     return names
 
 
+def _follow_input_size(model: nn.Module, backbone: str, size: int) -> None:
+    """Make a fixed-geometry (ViT-style) backbone accept ``size`` × ``size`` images."""
+    patch_embed = getattr(model, "patch_embed", None)
+    native = getattr(patch_embed, "img_size", None)
+    if native is None or tuple(native) == (size, size):
+        return  # a CNN (any size), or already the right size
+    patch = tuple(getattr(patch_embed, "patch_size", (1, 1)))
+    if size < max(patch):
+        raise ValueError(
+            f"data.image_size={size} is smaller than the {patch[0]}-px patches of backbone "
+            f"{backbone!r}; use image_size >= {max(patch)} (or a smaller model.patch_size)"
+        )
+    if not hasattr(model, "set_input_size"):
+        raise ValueError(
+            f"backbone {backbone!r} takes {tuple(native)} images and timm cannot resize it; "
+            f"set data.image_size={native[0]} or set model.set_img_size=true"
+        )
+    model.set_input_size(img_size=(size, size))
+
+
 def create_embedder(
     backbone: str = DEFAULT_BACKBONE,
     embedding_dim: int | None = None,
@@ -133,6 +153,7 @@ def create_embedder(
     l2_normalize: bool = False,
     img_size: int | None = None,
     patch_size: int | None = None,
+    input_size: int | None = None,
     freeze_patch_embed: bool = False,
     freeze_bn: bool = False,
     frozen_backbone: bool = False,
@@ -148,6 +169,12 @@ def create_embedder(
         pretrained_path: local checkpoint (.safetensors/.pth) instead of the hub.
         l2_normalize: L2-normalise the output.
         img_size, patch_size: ViT geometry (e.g. 32/8 for CPU tests); passed to timm.
+        input_size: the image size the model will be fed (``data.image_size``). A backbone
+            with a fixed input geometry (a ViT: patch embedding + absolute position
+            embedding) is adapted to it with timm's ``set_input_size`` (position embedding
+            resampled, pretrained weights kept), so ``deit_*_224`` trains on 32 px images
+            without further options; a fixed-size backbone timm cannot resize is refused
+            here, before anything runs. CNNs take any size and are left unchanged.
         freeze_patch_embed: freeze the ViT patch embedding.
         freeze_bn: freeze BatchNorm statistics and affine parameters (CNNs).
         frozen_backbone: freeze the whole backbone (train only head and proxies); it is also
@@ -174,10 +201,13 @@ def create_embedder(
         raise
     if hasattr(model, "set_distilled_training"):
         model.set_distilled_training(False)  # pooled (cls + dist) / 2 in train mode too
+    if img_size is None and input_size is not None:
+        _follow_input_size(model, backbone, input_size)
     data_config = resolve_data_config({}, model=model)
     data_config.update(norm_override)
-    if img_size is not None:
-        data_config["input_size"] = (3, img_size, img_size)
+    size = img_size if img_size is not None else input_size
+    if size is not None:
+        data_config["input_size"] = (3, size, size)
     frozen = _frozen_names(model, freeze_patch_embed, freeze_bn, frozen_backbone)
     return Embedder(
         model, embedding_dim, l2_normalize, data_config, freeze_bn, frozen, frozen_backbone

@@ -2,6 +2,9 @@
 
 Executes the study's notebooks in order and writes ``results/<study>/``. ``--list-runs``
 prints the ablation grid (run names, finished or not) without running anything.
+``--smoke`` runs the whole grid and every notebook with a tiny CPU recipe (minutes; checks
+the data root and the pipeline, see :mod:`dml_study.study.smoke`); ``--results-dir DIR``
+writes runs and report under DIR instead of the study's ``results_dir``.
 Exit status 1 with the failing notebook and cell when a notebook fails.
 """
 
@@ -25,14 +28,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.add_argument("--list-runs", action="store_true",
                         help="print the ablation grid's runs and whether they are finished")
+    parser.add_argument("--smoke", action="store_true",
+                        help="whole grid and every notebook with a tiny CPU recipe (1 epoch, "
+                        "DeiT-Tiny without pretrained weights, 32 px): checks data + pipeline")
+    parser.add_argument("--results-dir", metavar="DIR",
+                        help="write runs and report under DIR (default: the study's "
+                        "results_dir; with --smoke: <results_dir>/smoke)")
     args = parser.parse_args(argv)
     try:
         config = load_study_config(args.config)
+        if args.smoke or args.results_dir:
+            from dml_study.study.smoke import derived_study_file
+
+            results_dir = args.results_dir or config.results_dir / "smoke"
+            config = load_study_config(
+                derived_study_file(args.config, results_dir, smoke=args.smoke)
+            )
     except StudyConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.list_runs:
         return _list_runs(config)
+    if args.smoke:
+        from dml_study.study.smoke import check_data
+
+        try:
+            check_data(config)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: smoke check of the data root failed: {exc}", file=sys.stderr)
+            return 2
     from dml_study.study.runner import run_study
 
     try:

@@ -62,7 +62,7 @@ TRAIN_CHOICES: dict[str, tuple[Any, ...]] = {
     "dataset": ("cub200", "cars196", "sop", "inshop", "icons"),
     "loss": ("proxy_anchor", "normsoftmax", "additive_margin", "adaptive_margin"),
     "so_gram": ("classes", "dims"),
-    "so_reduction": ("sum", "mean"),
+    "so_reduction": ("sum", "mean", "excess_mean"),
     "proxy_init": ("kaiming", "orthogonal", "normal"),
 }
 

@@ -50,7 +50,8 @@ def comparison_table(
 ) -> pd.DataFrame:
     """One table for ``dataset``: published entries, then ours, with ``metric`` in %.
 
-    Published values that could not be verified show as "not verified" instead of a number.
+    Published values that could not be verified show as "not verified" (beside the number
+    when one is quoted).
     """
     rows = []
     for entry in published_results(dataset):
@@ -61,7 +62,8 @@ def comparison_table(
             "method": entry.method,
             "backbone": entry.backbone,
             "recipe": "paper",
-            metric: f"{entry.value:.1f}" if entry.value is not None else "not verified",
+            metric: "not verified" if entry.value is None
+            else f"{entry.value:.1f}" + ("" if entry.verified else " (not verified)"),
             "seeds": "–",
             "reference": entry.source or entry.note,
         })

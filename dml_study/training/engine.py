@@ -216,6 +216,7 @@ class Trainer:
             l2_normalize=m.l2_normalize,
             img_size=d.image_size if m.set_img_size else None,
             patch_size=m.patch_size,
+            input_size=d.image_size,  # a ViT follows data.image_size (issue #15)
             freeze_patch_embed=m.freeze_patch_embed,
             freeze_bn=m.freeze_bn,
             **dict(m.timm_kwargs),

@@ -12,6 +12,7 @@ from dml_study.losses import (
     AdditiveMarginLoss,
     NormSoftmaxLoss,
     TextDistanceTable,
+    mean_margin,
 )
 from dml_study.losses.text import cosine_distances
 
@@ -166,3 +167,61 @@ def test_adaptive_bad_input(kw, match):
     args = {"text_embeddings": TEXT, **kw}
     with pytest.raises(ValueError, match=match):
         AdaptiveMarginLoss(5, 6, **args)
+
+
+# ------------------------------------------------------------ equal mean margin (controls)
+
+
+def test_mean_margin_hand_computed():
+    # Off-diagonal distances 0.2, 1.0, 0.6 (each twice): min 0.2, max 1.0 → normalised
+    # 0, 1, 0.5; mean 0.5. Inverse: 0.5 − 0.4·0.5 = 0.3; linear: 0.1 + 0.4·0.5 = 0.3.
+    dist = np.array([[0.0, 0.2, 1.0], [0.2, 0.0, 0.6], [1.0, 0.6, 0.0]])
+    assert mean_margin(dist, 0.1, 0.5, "inverse") == pytest.approx(0.3)
+    # Skewed: distances 0.2, 0.3, 1.0 → normalised 0, 0.125, 1; mean 0.375.
+    skew = np.array([[0.0, 0.2, 1.0], [0.2, 0.0, 0.3], [1.0, 0.3, 0.0]])
+    assert mean_margin(skew, 0.1, 0.5, "inverse") == pytest.approx(0.5 - 0.4 * 0.375)
+    assert mean_margin(skew, 0.1, 0.5, "linear") == pytest.approx(0.1 + 0.4 * 0.375)
+    assert mean_margin(skew, 0.1, 0.5, "constant") == pytest.approx(0.5)
+
+
+def test_mean_margin_equals_brute_force_mean_of_loss_margins():
+    ad = AdaptiveMarginLoss(5, 6, text_embeddings=TEXT, m_min=0.05, m_max=0.25)
+    margins = ad.margins(torch.arange(5)).double()  # (5, 5), zero on the diagonal
+    brute = margins.sum().item() / (5 * 4)
+    assert mean_margin(ad.table) == pytest.approx(brute, rel=1e-6)
+    assert mean_margin(TEXT, distances=False) == pytest.approx(brute, rel=1e-6)
+    # Chunked rows give the same mean.
+    from dml_study.losses.adaptive_margin import mean_normalized_distance
+
+    assert mean_normalized_distance(ad.table, chunk=2) == pytest.approx(
+        mean_normalized_distance(ad.table), rel=1e-12
+    )
+
+
+def test_matched_constant_is_cosface_at_the_adaptive_mean():
+    ad = AdaptiveMarginLoss(5, 6, text_embeddings=TEXT, mapping="inverse")
+    matched = AdaptiveMarginLoss(5, 6, text_embeddings=TEXT, mapping="matched_constant")
+    m_bar = mean_margin(ad.table)
+    assert matched.matched_margin == pytest.approx(m_bar)
+    cosface = _copy_proxies(AdditiveMarginLoss(5, 6, margin=m_bar).double(), matched.double())
+    assert matched(EMB, LABELS).item() == pytest.approx(cosface(EMB, LABELS).item(), rel=1e-9)
+    # Same mean margin as the adaptive arm over all class pairs, but constant.
+    margins = matched.margins(torch.arange(5))
+    off = ~torch.eye(5, dtype=torch.bool)
+    assert margins[off].mean().item() == pytest.approx(
+        ad.margins(torch.arange(5))[off].mean().item(), rel=1e-6
+    )
+    assert margins[off].std().item() == pytest.approx(0.0, abs=1e-7)
+    linear = AdaptiveMarginLoss(5, 6, text_embeddings=TEXT, mapping="matched_constant",
+                                match_mapping="linear")
+    assert linear.matched_margin == pytest.approx(mean_margin(ad.table, mapping="linear"))
+
+
+def test_matched_constant_bad_input():
+    with pytest.raises(ValueError, match="match_mapping='matched_constant' is not valid"):
+        AdaptiveMarginLoss(5, 6, text_embeddings=TEXT, mapping="matched_constant",
+                           match_mapping="matched_constant")
+    with pytest.raises(ValueError, match="mean_margin needs one of"):
+        mean_margin(TEXT, mapping="matched_constant", distances=False)
+    with pytest.raises(ValueError, match=">= 2 classes"):
+        mean_margin(np.zeros((1, 1)))

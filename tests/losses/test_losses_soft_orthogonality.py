@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dml_study.losses import ProxyAnchorLoss, SoftOrthogonality
+from dml_study.losses import ProxyAnchorLoss, SoftOrthogonality, orthogonality_stats
 from dml_study.losses.soft_orthogonality import (
     gram_residual_sq_brute,
     gram_residual_sq_factorized,
+    so_floor,
 )
 
 
@@ -89,7 +90,7 @@ def test_random_proxies_stay_above_floor(seed):
 
 @pytest.mark.parametrize("method", ["brute", "factorized"])
 @pytest.mark.parametrize("gram", ["classes", "dims"])
-@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("reduction", ["sum", "mean", "excess_mean"])
 def test_gradcheck(method, gram, reduction):
     p = _random(6, 4, seed=3).requires_grad_(True)
     so = SoftOrthogonality(0.7, gram=gram, reduction=reduction, method=method)
@@ -140,3 +141,64 @@ def test_composes_with_proxy_loss_and_reports_separately():
     total.backward()
     expected_grad = torch.autograd.grad(main + so(plain.proxies), plain.proxies)[0]
     torch.testing.assert_close(loss.proxies.grad, expected_grad)
+
+
+# ----------------------------------------------------------------- excess_mean reduction
+
+
+def test_so_floor_hand_worked_values():
+    # SOP: C = 11,318 proxies in d = 384: 11318² / 384 − 11318 = 322,268.26
+    assert so_floor(11318, 384) == pytest.approx(11318**2 / 384 - 11318)
+    assert so_floor(11318, 384) == pytest.approx(322268.26, abs=0.01)
+    assert so_floor(100, 384) == 0.0  # CUB: C <= d, orthonormal proxies exist
+    assert so_floor(6, 2) == pytest.approx(12.0)  # 36/2 − 6
+    assert so_floor(6, 2, "dims") == pytest.approx(8.0)  # (6 − 2)² / 2
+    with pytest.raises(ValueError, match="so_gram"):
+        so_floor(3, 2, "rows")
+
+
+@pytest.mark.parametrize("frame", [_union_of_bases(3, 8), _harmonic_frame(5), _harmonic_frame(9)])
+@pytest.mark.parametrize("gram", ["classes", "dims"])
+def test_excess_mean_is_zero_at_tight_frames(frame, gram):
+    """A tight frame is the best arrangement for C > d: the excess over the floor is 0."""
+    so = SoftOrthogonality(1.0, gram=gram, reduction="excess_mean")
+    assert so(frame).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_excess_mean_hand_worked_example():
+    # Three unit vectors in R²: e1, e2 and (e1 + e2)/√2. Cosines: 0, 1/√2, 1/√2.
+    p = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    frob = 2 * (0.0 + 0.5 + 0.5)  # ordered off-diagonal pairs
+    floor = 9 / 2 - 3
+    assert SoftOrthogonality(1.0)(p).item() == pytest.approx(frob)
+    so = SoftOrthogonality(2.0, reduction="excess_mean")
+    assert so(p).item() == pytest.approx(2.0 * (frob - floor) / 6)
+
+
+@pytest.mark.parametrize(("c", "d"), [(7, 12), (40, 6)])
+def test_excess_mean_equals_mean_minus_floor_and_has_the_same_gradient(c, d):
+    p = _random(c, d, seed=5).requires_grad_(True)
+    mean = SoftOrthogonality(1.0, reduction="mean")(p)
+    excess = SoftOrthogonality(1.0, reduction="excess_mean")(p)
+    assert excess.item() == pytest.approx(mean.item() - so_floor(c, d) / (c * (c - 1)))
+    g_mean = torch.autograd.grad(mean, p)[0]
+    g_excess = torch.autograd.grad(excess, p)[0]
+    torch.testing.assert_close(g_mean, g_excess)
+
+
+def test_excess_mean_unnormalised_has_no_floor():
+    p = _random(10, 3, seed=6)
+    mean = SoftOrthogonality(1.0, normalize=False, reduction="mean")(p)
+    excess = SoftOrthogonality(1.0, normalize=False, reduction="excess_mean")(p)
+    assert excess.item() == pytest.approx(mean.item())
+
+
+def test_stats_report_each_form_consistently():
+    p = _random(30, 6, seed=7)
+    stats = orthogonality_stats(p)
+    pairs = 30 * 29
+    assert stats["so_frobenius"] == pytest.approx(SoftOrthogonality(1.0)(p).item())
+    assert stats["so_mean"] == pytest.approx(stats["so_frobenius"] / pairs)
+    expected = SoftOrthogonality(1.0, reduction="excess_mean")(p).item()
+    assert stats["so_excess_mean"] == pytest.approx(expected)
+    assert stats["so_excess_mean"] > 0

@@ -192,3 +192,37 @@ def test_feature_dim_matches_pre_logits_output_for_mobilenetv3():
     model = create_embedder("mobilenetv3_small_050", embedding_dim=16, pretrained=False)
     assert model.feature_dim == 1024  # conv head width, not num_features (288)
     assert model.eval()(_x(2, 64)).shape == (2, 16)
+
+
+# ------------------------------------------------ a ViT follows data.image_size (issue #15)
+
+
+def test_vit_follows_input_size_without_set_img_size():
+    model = create_embedder("deit_tiny_patch16_224", pretrained=False, input_size=32,
+                            embedding_dim=8)
+    assert tuple(model.backbone.patch_embed.img_size) == (32, 32)
+    assert model.data_config["input_size"] == (3, 32, 32)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 8)
+
+
+def test_input_size_keeps_the_weights_and_resamples_the_position_embedding():
+    native = create_embedder(DEIT, pretrained=False, patch_size=8, img_size=32)
+    torch.manual_seed(0)
+    resized = create_embedder(DEIT, pretrained=False, patch_size=8, img_size=32)
+    resized.load_state_dict(native.state_dict())
+    resized.backbone.set_input_size(img_size=(48, 48))
+    assert resized.backbone.pos_embed.shape[1] == 2 + 6 * 6  # cls + dist + 6×6 patches
+    torch.testing.assert_close(resized.backbone.blocks[0].attn.qkv.weight,
+                               native.backbone.blocks[0].attn.qkv.weight)
+
+
+def test_input_size_is_a_no_op_for_cnns_and_native_vits():
+    cnn = create_embedder("resnet18", pretrained=False, input_size=40)
+    assert cnn(torch.randn(1, 3, 40, 40)).shape == (1, 512)
+    vit = create_embedder(DEIT, pretrained=False, patch_size=8, img_size=32, input_size=32)
+    assert tuple(vit.backbone.patch_embed.img_size) == (32, 32)
+
+
+def test_input_size_smaller_than_a_patch_is_refused_clearly():
+    with pytest.raises(ValueError, match="smaller than the 16-px patches"):
+        create_embedder("deit_tiny_patch16_224", pretrained=False, input_size=8)
