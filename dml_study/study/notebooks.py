@@ -194,8 +194,12 @@ def check_notebook(path: str | Path) -> list[str]:
     """Problems with the committed form of a notebook (empty list: fine).
 
     Checked: valid nbformat 4, a cell tagged ``parameters``, no outputs or execution
-    counts, and the generic ``python3`` kernel spec (so it opens in any JupyterLab).
+    counts, the generic ``python3`` kernel spec (so it opens in any JupyterLab), and the
+    exact form JupyterLab saves (:mod:`dml_study.study.nbtidy`), so that opening the
+    notebook does not mark it modified.
     """
+    from dml_study.study.nbtidy import tidy
+
     path = Path(path)
     problems: list[str] = []
     notebook = nbformat.read(path, as_version=nbformat.NO_CONVERT)
@@ -213,6 +217,9 @@ def check_notebook(path: str | Path) -> list[str]:
     kernelspec = notebook.metadata.get("kernelspec", {})
     if kernelspec.get("name") != "python3" or kernelspec.get("language") != "python":
         problems.append(f"kernelspec {kernelspec!r}, expected name python3, language python")
+    if tidy(path, check=True):
+        problems.append("not in the form JupyterLab saves (opening it would mark it modified); "
+                        f"run: python -m dml_study.study.nbtidy {path}")
     return problems
 
 
