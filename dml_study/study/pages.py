@@ -187,4 +187,6 @@ math[display="block"] { margin: 0.6rem 0; }
 .dataframe thead th { text-align: right; }
 .text_cell_render { padding: 0.2rem 0; }
 .anchor-link { display: none; }
+.celltag_injected-parameters .input_area::before { content: "parameters this run was executed with";
+  display: block; color: var(--muted); font-size: 0.8rem; font-family: system-ui, sans-serif; }
 """

@@ -254,7 +254,8 @@ def render_study_pages(config: StudyConfig, html: bool = True) -> list[Path]:
     """Relativise every executed notebook of the study and render it (returns the pages).
 
     Study notebooks get a page ``<name>.html``, runs ``runs/<run>.html``; each links back
-    to the index. A page is rendered again only when its notebook is newer.
+    to the index. Study notebook pages are always rendered again (there are few); a run's
+    page only when its notebook is newer (a study can hold many runs).
     """
     out = config.study_dir
     pages = []
@@ -264,7 +265,8 @@ def render_study_pages(config: StudyConfig, html: bool = True) -> list[Path]:
             continue
         page = notebook.with_suffix(".html")
         back = "index.html" if notebook.parent == out else "../index.html"
-        if not page.is_file() or page.stat().st_mtime < notebook.stat().st_mtime:
+        stale = not page.is_file() or page.stat().st_mtime < notebook.stat().st_mtime
+        if notebook.parent == out or stale:
             render_html(notebook, page, back_link=back)
         pages.append(page)
     return pages
@@ -426,13 +428,16 @@ def _inline_html(text: str) -> str:
     return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r"<a href='\2'>\1</a>", out)
 
 
+#: A number, interval or mean ± std, optionally with a unit word: right-aligned in tables.
+_NUMBER = re.compile(r"–|[-+–\[(]{0,2}\d[\d.,+\-–±\[\]() %]*(?: ?[a-z]+)?")
+
+
 def _html_cell(cell: Cell, tag: str = "td", css: str = "") -> str:
     if isinstance(cell, tuple):
         body = f"<a href='{html.escape(cell[1])}'>{html.escape(cell[0])}</a>"
     else:
         body = html.escape(str(cell))
-    numeric = re.fullmatch(r"[-+–\[\]0-9.,% ±()a-z]*", str(cell)) and any(
-        ch.isdigit() for ch in str(cell))
+    numeric = _NUMBER.fullmatch(cell[0] if isinstance(cell, tuple) else str(cell))
     classes = " ".join(c for c in (css, "" if numeric else "text") if c)
     return f"<{tag}{f' class={chr(39)}{classes}{chr(39)}' if classes else ''}>{body}</{tag}>"
 
