@@ -1,6 +1,7 @@
 # One entry point for set-up and the two jobs the README names.
 #   make study  - the whole study on the embedded offline dataset (the main job)
 #   make test   - the full test suite, slow end-to-end tests included (what CI runs)
+#   make check-report - the committed study's pages: files scanned, every page opened in chromium
 # Each target creates .venv and installs the project into it when missing, so either
 # works as the first command typed on a fresh clone.
 
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.dml_study-installed
 STUDY ?= studies/embedded.yaml
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install study test test-fast lint bench clean-venv
+.PHONY: install study test test-fast lint bench check-report clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +29,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest
+
+check-report: $(STAMP)
+	$(BIN)/python -m dml_study.study.pagecheck results/$(basename $(notdir $(STUDY))) \
+		--min-figures 3 --browser --screenshots $(VENV)/report-screenshots
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -5,6 +5,11 @@
   ``02_train`` for every missing run (finished runs are reused).
 - :mod:`~dml_study.study.runner` — executes a study's notebooks in order (papermill),
   renders HTML (nbconvert) and writes ``results/<study>/index.html`` and ``README.md``.
+- :mod:`~dml_study.study.report` (front page: claims, figures, headline, links),
+  :mod:`~dml_study.study.pages` (self-contained pages, math as MathML),
+  :mod:`~dml_study.study.machine_paths` (no absolute paths in ``results/``),
+  :mod:`~dml_study.study.pagecheck` (file scan + headless-Chromium check of the pages),
+  :mod:`~dml_study.study.nbtidy` (notebooks in the form JupyterLab saves).
 - :mod:`~dml_study.study.collect`, :mod:`~dml_study.study.stats`,
   :mod:`~dml_study.study.tables`, :mod:`~dml_study.study.published` — tables: runs,
   mean ± std over seeds, paired SO-vs-no-SO tests, published reference numbers.

@@ -3,9 +3,13 @@
 :func:`execute_notebook` wraps :func:`papermill.execute_notebook` so that a failure raises
 :class:`NotebookExecutionError` naming the notebook, the failing cell (its index in the
 source notebook, its execution count and first source line) and the executed copy that
-was kept with the error in it. :func:`render_html` turns an executed notebook into a
-self-contained HTML page (figures are embedded PNGs). :func:`check_notebook` validates
-the committed form of a notebook (nbformat 4, outputs cleared, generic kernel spec).
+was kept with the error in it. Executed notebooks hold no absolute machine paths: path
+parameters under the working directory are passed relative to it, and what the kernel
+printed is relativised afterwards (:mod:`dml_study.study.machine_paths`).
+:func:`render_html` turns an executed notebook into a self-contained HTML page
+(:mod:`dml_study.study.pages`: no script or style from the network, math as MathML,
+figures embedded). :func:`check_notebook` validates the committed form of a notebook
+(nbformat 4, outputs cleared, generic kernel spec, the form JupyterLab saves).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import nbformat
+
+from dml_study.study.machine_paths import relative_parameters, relativise_notebook
 
 #: Tags papermill puts on the cells it adds to an executed notebook.
 _PAPERMILL_TAGS = ("injected-parameters", "papermill-error-cell-tag")
@@ -68,6 +74,9 @@ def execute_notebook(
     ``parameters`` must all be parameters of the notebook (its ``parameters`` cell):
     papermill would otherwise inject them silently and the notebook would ignore them.
     ``stdout`` receives the kernel's printed output live (e.g. ``sys.stdout``).
+    Absolute path parameters under ``cwd`` are passed relative to it, and the executed copy
+    is rewritten without the machine's paths (:func:`~dml_study.study.machine_paths.
+    relativise_notebook`), so ``results/`` reads the same on every machine.
     On failure the executed copy (with the traceback in the failing cell) stays at
     ``output`` and :class:`NotebookExecutionError` is raised.
     """
@@ -79,6 +88,8 @@ def execute_notebook(
         raise FileNotFoundError(f"notebook {notebook} does not exist")
     parameters = dict(parameters or {})
     check_parameters(notebook, parameters)
+    workdir = Path(cwd) if cwd is not None else notebook.parent
+    parameters = relative_parameters(parameters, workdir)
     output.parent.mkdir(parents=True, exist_ok=True)
     # papermill logs every cell at INFO through its own logger; keep the terminal for the
     # study's own progress lines unless the caller configured logging otherwise.
@@ -89,15 +100,22 @@ def execute_notebook(
             str(output),
             parameters=parameters,
             kernel_name=kernel_name,
-            cwd=str(cwd) if cwd is not None else str(notebook.parent),
+            cwd=str(workdir),
             progress_bar=progress_bar,
             stdout_file=stdout,
             execution_timeout=cell_timeout,
             config=_local_kernel_config(),
         )
     except PapermillExecutionError as exc:
+        _relativise(output, workdir)
         raise _execution_error(notebook, output, exc) from None
+    _relativise(output, workdir)
     return output
+
+
+def _relativise(output: Path, workdir: Path) -> None:
+    if output.is_file():
+        relativise_notebook(output, workdir)
 
 
 def _local_kernel_config() -> Any:
@@ -157,29 +175,31 @@ def _tags(cell: Any) -> list[str]:
     return list(cell.get("metadata", {}).get("tags", []))
 
 
-def render_html(executed: str | Path, output: str | Path | None = None) -> Path:
-    """Render an executed notebook to a self-contained HTML file next to it (or ``output``).
+def render_html(
+    executed: str | Path, output: str | Path | None = None, back_link: str | None = None
+) -> Path:
+    """Render an executed notebook to a self-contained HTML page next to it (or ``output``).
 
-    Papermill's injected-parameters cell stays visible: it records what the notebook was
-    run with. Figures are the PNGs the notebook embedded, so the page has no side files.
+    No script, style or font comes from the network and math is MathML (see
+    :mod:`dml_study.study.pages`), so the page looks the same offline. Papermill's
+    injected-parameters cell stays visible: it records what the notebook was run with.
+    ``back_link`` (e.g. ``"index.html"``) adds a link to the study index at the top.
     """
-    from nbconvert import HTMLExporter
+    from dml_study.study.pages import render_notebook
 
-    executed = Path(executed)
-    output = Path(output) if output is not None else executed.with_suffix(".html")
-    notebook = nbformat.read(executed, as_version=4)
-    exporter = HTMLExporter(template_name="lab")
-    body, _ = exporter.from_notebook_node(notebook)
-    output.write_text(body, encoding="utf-8")
-    return output
+    return render_notebook(executed, output, back_link=back_link)
 
 
 def check_notebook(path: str | Path) -> list[str]:
     """Problems with the committed form of a notebook (empty list: fine).
 
     Checked: valid nbformat 4, a cell tagged ``parameters``, no outputs or execution
-    counts, and the generic ``python3`` kernel spec (so it opens in any JupyterLab).
+    counts, the generic ``python3`` kernel spec (so it opens in any JupyterLab), and the
+    exact form JupyterLab saves (:mod:`dml_study.study.nbtidy`), so that opening the
+    notebook does not mark it modified.
     """
+    from dml_study.study.nbtidy import tidy
+
     path = Path(path)
     problems: list[str] = []
     notebook = nbformat.read(path, as_version=nbformat.NO_CONVERT)
@@ -197,6 +217,9 @@ def check_notebook(path: str | Path) -> list[str]:
     kernelspec = notebook.metadata.get("kernelspec", {})
     if kernelspec.get("name") != "python3" or kernelspec.get("language") != "python":
         problems.append(f"kernelspec {kernelspec!r}, expected name python3, language python")
+    if tidy(path, check=True):
+        problems.append("not in the form JupyterLab saves (opening it would mark it modified); "
+                        f"run: python -m dml_study.study.nbtidy {path}")
     return problems
 
 

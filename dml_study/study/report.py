@@ -1,4 +1,10 @@
-"""The study's front page: headline numbers and links, as ``README.md`` and ``index.html``.
+"""The study's front page, as ``index.html`` and ``README.md`` (same content), and ``summary.json``.
+
+The front page reads top to bottom as a reader wants it: the claims scorecard
+(``claims.json``, when the study wrote one), the figures listed in ``figures/index.json``,
+the headline table, then links to every notebook page and every run page. Every number
+carries its unit; tables have no pandas index rows. The pages are self-contained
+(:mod:`dml_study.study.pages`) and hold no absolute machine path.
 
 The headline is the paired comparison of the study's headline group (by default Proxy
 Anchor with vs without SO over all its seeds): mean ± std of each headline metric per
@@ -12,6 +18,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +29,11 @@ from dml_study.atomic_io import atomic_write_text
 from dml_study.study.collect import grid_results
 from dml_study.study.config import StudyConfig
 from dml_study.study.grid import expand_grid
+from dml_study.study.machine_paths import relativise_notebook
+from dml_study.study.notebooks import render_html
+from dml_study.study.pages import page
 from dml_study.study.stats import compare_arms, format_mean_std
+from dml_study.study.tables import run_page
 
 
 @dataclass
@@ -84,33 +95,124 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def headline_table(summary: dict[str, Any]) -> pd.DataFrame:
-    """The headline as a display table (percent; one row per metric)."""
+    """The headline as a display table, one row per metric (column ``metric``, no index).
+
+    Means ± std in %, the paired difference and its intervals in percentage points.
+    """
     rows = []
     level = round(100 * summary["confidence"])
     for metric, c in summary["metrics"].items():
         rows.append({
             "metric": metric,
-            f"{summary['baseline']} (mean ± std)": format_mean_std(
+            f"{summary['baseline']} (%, mean ± std)": format_mean_std(
                 c["baseline_mean"], _nan(c["baseline_std"])),
-            f"{summary['treatment']} (mean ± std)": format_mean_std(
+            f"{summary['treatment']} (%, mean ± std)": format_mean_std(
                 c["treatment_mean"], _nan(c["treatment_std"])),
             "Δ (pp)": _signed(c["mean_difference"]),
-            f"{level}% t CI": _interval(c["t_ci_low"], c["t_ci_high"]),
-            f"{level}% bootstrap CI": _interval(c["bootstrap_ci_low"], c["bootstrap_ci_high"]),
+            f"{level}% t CI (pp)": _interval(c["t_ci_low"], c["t_ci_high"]),
+            f"{level}% bootstrap CI (pp)": _interval(c["bootstrap_ci_low"],
+                                                   c["bootstrap_ci_high"]),
             "paired t p": "–" if c["p_value"] is None else f"{c['p_value']:.3f}",
             "seeds": int(c["n"]),
         })
-    return pd.DataFrame(rows).set_index("metric")
+    return pd.DataFrame(rows)
+
+
+#: A table cell: plain text, or (text, relative link).
+Cell = str | tuple[str, str]
+
+CLAIM_KEYS = ("claim", "paper", "dataset", "regime", "tier", "metric", "unit", "effect",
+              "ci_low", "ci_high", "seeds", "verdict")
+VERDICTS = ("supported", "contradicted", "inconclusive")
+
+
+def load_claims(study_dir: Path) -> list[dict[str, Any]] | None:
+    """The claims scorecard ``<study_dir>/claims.json`` (``None`` when there is none).
+
+    Raises ``ValueError`` naming the file and the entry when it does not follow the schema
+    (a list of objects with the keys in :data:`CLAIM_KEYS`, optional ``note``).
+    """
+    path = Path(study_dir) / "claims.json"
+    if not path.is_file():
+        return None
+    try:
+        claims = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); re-run the notebook that "
+                         "writes it (05_results)") from exc
+    if not isinstance(claims, list):
+        raise ValueError(f"{path} must hold a JSON list of claims, not {type(claims).__name__}")
+    for index, claim in enumerate(claims):
+        missing = [k for k in CLAIM_KEYS if not isinstance(claim, dict) or k not in claim]
+        if missing:
+            raise ValueError(f"{path}: claim {index} lacks {', '.join(missing)}")
+        if claim["verdict"] not in VERDICTS:
+            raise ValueError(f"{path}: claim {index} has verdict {claim['verdict']!r}; "
+                             f"expected one of {', '.join(VERDICTS)}")
+    return claims
+
+
+def claims_rows(claims: list[dict[str, Any]]) -> tuple[list[str], list[list[Cell]]]:
+    """Header and rows of the claims table: effect and interval with their unit."""
+    header = ["claim", "paper", "dataset", "regime", "tier", "metric", "effect", "CI",
+              "seeds", "verdict"]
+    rows: list[list[Cell]] = []
+    for c in claims:
+        unit = str(c["unit"])
+        claim = str(c["claim"]) + (f" ({c['note']})" if c.get("note") else "")
+        rows.append([
+            claim, str(c["paper"]), str(c["dataset"]), str(c["regime"]), str(c["tier"]),
+            str(c["metric"]), _with_unit(c["effect"], unit),
+            f"[{_number(c['ci_low'], unit)}, {_number(c['ci_high'], unit)}] {unit}",
+            str(c["seeds"]), str(c["verdict"]),
+        ])
+    return header, rows
+
+
+def _number(value: Any, unit: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    digits = {"pp": 1, "%": 1, "steps": 0, "epochs": 0}.get(unit)
+    return f"{value:+.{digits}f}" if digits is not None else f"{value:+.3g}"
+
+
+def _with_unit(value: Any, unit: str) -> str:
+    return f"{_number(value, unit)} {unit}".strip()
+
+
+def load_figures(study_dir: Path) -> list[dict[str, str]]:
+    """Figures listed in ``<study_dir>/figures/index.json`` (empty when there is none).
+
+    Each entry is ``{"file": "figures/<name>.png", "title": ..., "caption": ...}`` with the
+    file relative to the study directory; a listed file that does not exist is an error.
+    """
+    path = Path(study_dir) / "figures" / "index.json"
+    if not path.is_file():
+        return []
+    try:
+        figures = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); re-run 05_results") from exc
+    if not isinstance(figures, list):
+        raise ValueError(f"{path} must hold a JSON list of figures")
+    for index, figure in enumerate(figures):
+        if not isinstance(figure, dict) or not {"file", "title"} <= set(figure):
+            raise ValueError(f"{path}: figure {index} needs keys 'file' and 'title'")
+        file = Path(figure["file"])
+        if file.is_absolute() or ".." in file.parts:
+            raise ValueError(f"{path}: figure {index} file {figure['file']!r} must be relative "
+                             "to the study directory (e.g. figures/x.png)")
+        if not (Path(study_dir) / file).is_file():
+            raise ValueError(f"{path}: figure {index} lists {figure['file']}, which does not "
+                             "exist; re-run the notebook that draws it")
+    return [{"file": f["file"], "title": f["title"], "caption": f.get("caption", "")}
+            for f in figures]
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of ``frame`` (index as the first column)."""
-    index_name = frame.index.name or ""
-    header = [str(index_name), *map(str, frame.columns)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for index, row in frame.iterrows():
-        lines.append("| " + " | ".join([str(index), *map(str, row.tolist())]) + " |")
-    return "\n".join(lines)
+    """A GitHub-flavoured Markdown table of ``frame``'s columns (the index is not shown)."""
+    return _md_table(list(map(str, frame.columns)),
+                     [[str(v) for v in row] for row in frame.itertuples(index=False)])
 
 
 def _nan(value: float | None) -> float:
@@ -127,16 +229,47 @@ def _interval(low: float | None, high: float | None) -> str:
     return f"[{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
-def write_reports(config: StudyConfig, record: StudyRecord) -> tuple[Path, Path]:
-    """Write ``summary.json``, ``README.md`` and ``index.html`` into the study directory."""
+def write_reports(config: StudyConfig, record: StudyRecord, *, html: bool = True
+                  ) -> tuple[Path, Path]:
+    """Write ``summary.json``, ``README.md`` and ``index.html`` into the study directory.
+
+    First every executed notebook of the study (``*.ipynb`` and ``runs/*.ipynb``) is
+    rewritten without absolute machine paths and, with ``html``, rendered to a
+    self-contained page beside it, so the index can link every run's page.
+    """
     out = config.study_dir
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "summary.json", json.dumps(_record_dict(record), indent=2, default=str))
+    render_study_pages(config, html=html)
+    atomic_write_text(out / "summary.json",
+                      json.dumps(_record_dict(record), indent=2, default=str) + "\n")
+    sections = _sections(config, record)
     readme = out / "README.md"
-    atomic_write_text(readme, _markdown(config, record))
+    atomic_write_text(readme, _markdown(record, sections))
     index = out / "index.html"
-    atomic_write_text(index, _html(config, record))
+    atomic_write_text(index, _html(record, sections))
     return readme, index
+
+
+def render_study_pages(config: StudyConfig, html: bool = True) -> list[Path]:
+    """Relativise every executed notebook of the study and render it (returns the pages).
+
+    Study notebooks get a page ``<name>.html``, runs ``runs/<run>.html``; each links back
+    to the index. Study notebook pages are always rendered again (there are few); a run's
+    page only when its notebook is newer (a study can hold many runs).
+    """
+    out = config.study_dir
+    pages = []
+    for notebook in [*sorted(out.glob("*.ipynb")), *sorted(out.glob("runs/*.ipynb"))]:
+        relativise_notebook(notebook, config.root)
+        if not html:
+            continue
+        page = notebook.with_suffix(".html")
+        back = "index.html" if notebook.parent == out else "../index.html"
+        stale = not page.is_file() or page.stat().st_mtime < notebook.stat().st_mtime
+        if notebook.parent == out or stale:
+            render_html(notebook, page, back_link=back)
+        pages.append(page)
+    return pages
 
 
 def _record_dict(record: StudyRecord) -> dict[str, Any]:
@@ -168,52 +301,86 @@ def runs_table(config: StudyConfig) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "grid cells", "R@1", "MAP@R"])
 
 
-def _headline_text(config: StudyConfig, record: StudyRecord) -> str:
-    spec = config.headline
-    return (
-        f"Headline: group `{spec.group}`, `{spec.treatment}` vs `{spec.baseline}`, "
-        "paired over seeds (values in %, Δ in percentage points)."
-    )
+@dataclass
+class _Section:
+    """One part of the index, rendered both as Markdown and as HTML."""
+
+    title: str | None = None
+    text: list[str] = field(default_factory=list)  # paragraphs; `code` and [a](b) allowed
+    header: list[str] = field(default_factory=list)
+    rows: list[list[Cell]] = field(default_factory=list)
+    figures: list[dict[str, str]] = field(default_factory=list)
+    verdict_column: int | None = None
+    pre: str | None = None
+    failed: bool = False
 
 
-def _markdown(config: StudyConfig, record: StudyRecord) -> str:
-    lines = [f"# {record.title or record.name}", ""]
+def _sections(config: StudyConfig, record: StudyRecord) -> list[_Section]:
+    out = config.study_dir
+    sections: list[_Section] = []
     if config.description:
-        lines += [config.description.strip(), ""]
-    lines += [_headline_text(config, record), ""]
+        sections.append(_Section(text=[config.description.strip()]))
+    claims = load_claims(out)
+    if claims is not None:
+        header, rows = claims_rows(claims)
+        sections.append(_Section(
+            "Claims", [
+                "Each claim of the papers as tested here, with the paired effect, its "
+                "confidence interval and the verdict it implies (inconclusive when the "
+                "interval holds 0)."],
+            header, rows, verdict_column=header.index("verdict")))
+    figures = load_figures(out)
+    if figures:
+        sections.append(_Section("Figures", figures=figures))
+    headline_section = _Section("Headline", [_headline_text(config)])
     if record.headline:
-        lines += [markdown_table(headline_table(record.headline)), ""]
+        table = headline_table(record.headline)
+        headline_section.header = list(map(str, table.columns))
+        headline_section.rows = [[str(v) for v in row] for row in table.itertuples(index=False)]
     else:
-        lines += ["(no finished runs for the headline comparison yet)", ""]
-    lines += ["## Notebooks", "", "| notebook | status | time | rendered |", "|---|---|---|---|"]
-    for nb in record.notebooks:
-        rendered = f"[{nb.html}]({nb.html})" if nb.html else "–"
-        lines.append(
-            f"| [{nb.notebook}]({nb.notebook}) | {nb.status} | {nb.seconds:.0f} s | {rendered} |"
-        )
+        headline_section.text.append("(no finished runs for the headline comparison yet)")
+    sections.append(headline_section)
+    sections.append(_Section(
+        "Notebooks", ["Each notebook as executed for this study, rendered and as `.ipynb`."],
+        ["notebook", "status", "time", "executed notebook"],
+        [[(nb.notebook.removesuffix(".ipynb"), nb.html) if nb.html else nb.notebook,
+          nb.status, f"{nb.seconds:.0f} s",
+          (nb.notebook, nb.notebook) if (out / nb.notebook).is_file() else "–"]
+         for nb in record.notebooks]))
     runs = runs_table(config) if config.groups else pd.DataFrame()
     if len(runs):
-        lines += ["", "## Training runs", "",
-                  "Each run's executed `02_train` notebook is in `runs/`.", "",
-                  "| run | grid cells | R@1 | MAP@R |", "|---|---|---|---|"]
-        for run, cells, r1, mapr in runs.itertuples(index=False):
-            lines.append(f"| [{run}](runs/{run}.ipynb) | {cells} | {r1} | {mapr} |")
-    failed = [nb for nb in record.notebooks if nb.error]
-    for nb in failed:
-        lines += ["", f"**{nb.notebook} failed:**", "", "```", nb.error or "", "```"]
+        sections.append(_Section(
+            "Training runs",
+            ["Each grid run with the cells it serves and its test metrics (%); the name "
+             "links to the run's executed `02_train` notebook (curves, proxy heatmaps) when "
+             "this study trained it."],
+            ["run", "grid cells", "R@1 (%)", "MAP@R (%)"],
+            [[_run_cell(out, run), cells, r1, mapr]
+             for run, cells, r1, mapr in runs.itertuples(index=False)]))
+    for nb in record.notebooks:
+        if nb.error:
+            sections.append(_Section(f"{nb.notebook} failed", pre=nb.error, failed=True))
     env = record.environment
-    lines += [
-        "",
-        f"Wall time: {record.seconds / 60:.1f} min. Executed copies of every training run: "
-        "[runs/](runs/).",
-        "",
-        f"Environment: commit `{env.get('git_commit')}`, device `{env.get('device')}`, "
+    sections.append(_Section("Environment", [
+        f"Wall time: {record.seconds / 60:.1f} min.",
+        f"Commit `{env.get('git_commit')}`, device `{env.get('device')}`, "
         f"torch {env.get('torch')}, {env.get('threads')} threads.",
-        "",
         f"Regenerate with `python -m dml_study.study --config {_config_name(config)}`.",
-        "",
-    ]
-    return "\n".join(lines)
+    ]))
+    return sections
+
+
+def _run_cell(study_dir: Path, run: str) -> Cell:
+    link = run_page(study_dir, run)
+    return (run, link) if link else run
+
+
+def _headline_text(config: StudyConfig) -> str:
+    spec = config.headline
+    return (
+        f"Group `{spec.group}`, `{spec.treatment}` vs `{spec.baseline}`, paired over seeds "
+        "(values in %, Δ and intervals in percentage points)."
+    )
 
 
 def _config_name(config: StudyConfig) -> str:
@@ -225,65 +392,86 @@ def _config_name(config: StudyConfig) -> str:
         return str(config.source)
 
 
-_CSS = """
-body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
-       color: #222; line-height: 1.5; }
-table { border-collapse: collapse; margin: 1rem 0; }
-th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-code, pre { background: #f5f5f5; padding: 0.1rem 0.3rem; }
-.failed { color: #b00020; }
-"""
+def _md_cell(cell: Cell) -> str:
+    text = f"[{cell[0]}]({cell[1]})" if isinstance(cell, tuple) else str(cell)
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _html(config: StudyConfig, record: StudyRecord) -> str:
-    esc = html.escape
-    title = esc(record.title or record.name)
-    parts = [
-        "<!DOCTYPE html>",
-        f"<html lang='en'><head><meta charset='utf-8'><title>{title}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>{title}</h1>",
-    ]
-    if config.description:
-        parts.append(f"<p>{esc(config.description.strip())}</p>")
-    parts.append(f"<p>{esc(_headline_text(config, record)).replace('`', '')}</p>")
-    if record.headline:
-        parts.append(headline_table(record.headline).to_html(border=0))
+def _md_table(header: list[str], rows: list[list[Cell]]) -> str:
+    lines = ["| " + " | ".join(map(_md_cell, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _markdown(record: StudyRecord, sections: list[_Section]) -> str:
+    lines = [f"# {record.title or record.name}", ""]
+    for section in sections:
+        if section.title:
+            lines += [f"## {section.title}", ""]
+        for paragraph in section.text:
+            lines += [paragraph, ""]
+        if section.header:
+            lines += [_md_table(section.header, section.rows), ""]
+        for figure in section.figures:
+            lines += [f"### {figure['title']}", "", f"![{figure['title']}]({figure['file']})", ""]
+            if figure["caption"]:
+                lines += [figure["caption"], ""]
+        if section.pre is not None:
+            lines += ["```", section.pre, "```", ""]
+    return "\n".join(lines)
+
+
+def _inline_html(text: str) -> str:
+    """Escape ``text``, then turn `code` and [text](link) into HTML."""
+    out = html.escape(text, quote=False)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r"<a href='\2'>\1</a>", out)
+
+
+#: A number, interval or mean ± std, optionally with a unit word: right-aligned in tables.
+_NUMBER = re.compile(r"–|[-+–\[(]{0,2}\d[\d.,+\-–±\[\]() %]*(?: ?[a-z]+)?")
+
+
+def _html_cell(cell: Cell, tag: str = "td", css: str = "") -> str:
+    if isinstance(cell, tuple):
+        body = f"<a href='{html.escape(cell[1])}'>{html.escape(cell[0])}</a>"
     else:
-        parts.append("<p>(no finished runs for the headline comparison yet)</p>")
-    parts.append("<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th>"
-                 "<th>time</th><th>rendered</th></tr>")
-    for nb in record.notebooks:
-        rendered = f"<a href='{esc(nb.html)}'>{esc(nb.html)}</a>" if nb.html else "–"
-        status = f"<span class='failed'>{esc(nb.status)}</span>" if nb.error else esc(nb.status)
-        parts.append(
-            f"<tr><td><a href='{esc(nb.notebook)}'>{esc(nb.notebook)}</a></td><td>{status}</td>"
-            f"<td>{nb.seconds:.0f} s</td><td>{rendered}</td></tr>"
-        )
-    parts.append("</table>")
-    runs = runs_table(config) if config.groups else pd.DataFrame()
-    if len(runs):
-        parts.append("<h2>Training runs</h2><p>Executed <code>02_train</code> notebook of each "
-                     "run:</p><table><tr><th>run</th><th>grid cells</th><th>R@1</th>"
-                     "<th>MAP@R</th></tr>")
-        for run, cells, r1, mapr in runs.itertuples(index=False):
-            parts.append(f"<tr><td><a href='runs/{esc(run)}.ipynb'>{esc(run)}</a></td>"
-                         f"<td>{esc(cells)}</td><td>{esc(r1)}</td><td>{esc(mapr)}</td></tr>")
-        parts.append("</table>")
-    for nb in record.notebooks:
-        if nb.error:
-            parts.append(f"<h3 class='failed'>{esc(nb.notebook)} failed</h3>"
-                         f"<pre>{esc(nb.error)}</pre>")
-    env = record.environment
-    parts.append(
-        f"<p>Wall time: {record.seconds / 60:.1f} min. Executed copies of every training run: "
-        f"<a href='runs/'>runs/</a>.</p>"
-        f"<p>Environment: commit <code>{esc(str(env.get('git_commit')))}</code>, device "
-        f"<code>{esc(str(env.get('device')))}</code>, torch {esc(str(env.get('torch')))}, "
-        f"{esc(str(env.get('threads')))} threads.</p>"
-        f"<p>Regenerate with <code>python -m dml_study.study --config "
-        f"{esc(_config_name(config))}</code>.</p>"
-    )
-    parts.append("</body></html>")
+        body = html.escape(str(cell))
+    numeric = _NUMBER.fullmatch(cell[0] if isinstance(cell, tuple) else str(cell))
+    classes = " ".join(c for c in (css, "" if numeric else "text") if c)
+    return f"<{tag}{f' class={chr(39)}{classes}{chr(39)}' if classes else ''}>{body}</{tag}>"
+
+
+def _html_table(section: _Section) -> str:
+    parts = ["<table>", "<thead><tr>" + "".join(_html_cell(h, "th") for h in section.header)
+             + "</tr></thead>", "<tbody>"]
+    for row in section.rows:
+        cells = []
+        for index, cell in enumerate(row):
+            css = f"verdict-{cell}" if index == section.verdict_column else ""
+            cells.append(_html_cell(cell, css=css))
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</tbody></table>")
     return "\n".join(parts)
+
+
+def _html(record: StudyRecord, sections: list[_Section]) -> str:
+    title = record.title or record.name
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        if section.title:
+            css = " class='failed'" if section.failed else ""
+            parts.append(f"<h2{css}>{html.escape(section.title)}</h2>")
+        parts += [f"<p>{_inline_html(p)}</p>" for p in section.text]
+        if section.header:
+            parts.append(_html_table(section))
+        for figure in section.figures:
+            caption = html.escape(figure["caption"])
+            parts.append(
+                f"<figure><h3>{html.escape(figure['title'])}</h3>"
+                f"<img src='{html.escape(figure['file'])}' alt='{html.escape(figure['title'])}'>"
+                + (f"<figcaption>{caption}</figcaption>" if caption else "") + "</figure>"
+            )
+        if section.pre is not None:
+            parts.append(f"<pre>{html.escape(section.pre)}</pre>")
+    return page(title, "\n".join(parts))

@@ -76,7 +76,7 @@ def run_study(
     finally:
         record.seconds = time.perf_counter() - started
         record.headline = headline(config)
-        _readme, index = write_reports(config, record)
+        _readme, index = write_reports(config, record, html=html)
     say(f"finished in {record.seconds / 60:.1f} min; report: {index}")
     return record
 

@@ -1,8 +1,12 @@
-"""Result tables for ``05_results``: our runs per configuration beside published numbers."""
+"""Result tables for ``05_results``: our runs per configuration beside published numbers.
+
+:func:`run_page` gives the link to a run's rendered page, for tables that name runs.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 
@@ -22,6 +26,19 @@ CONFIG_COLUMNS: tuple[str, ...] = (
     "image_size",
     "epochs",
 )
+
+
+def run_page(study_dir: str | Path, run_name: str) -> str | None:
+    """Link (relative to ``study_dir``) to the page of a run executed by the study, or None.
+
+    The rendered page ``runs/<run>.html`` when it exists, else the executed notebook
+    ``runs/<run>.ipynb``; ``None`` when this study did not execute the run (it reused a run
+    finished earlier, whose notebook lives with the study that trained it).
+    """
+    for suffix in (".html", ".ipynb"):
+        if (Path(study_dir) / "runs" / f"{run_name}{suffix}").is_file():
+            return f"runs/{run_name}{suffix}"
+    return None
 
 
 def configuration_summary(

@@ -82,3 +82,53 @@ def test_local_kernel_talks_over_ipc_without_the_plaintext_tcp_warning(tmp_path:
     out = execute_notebook(path, tmp_path / "out.ipynb", {"x": 2})
     assert nbformat.read(out, as_version=4).cells[-1].outputs[0]["text"] == "3\n"
     assert "without encryption" not in capfd.readouterr().err
+
+
+def test_nbtidy_writes_the_form_jupyterlab_saves_and_is_idempotent(tmp_path: Path):
+    from dml_study.study.nbtidy import kernel_metadata, main, tidy
+
+    # What a hand-written notebook looks like: no cell ids, the short kernel display name,
+    # language_info without the fields the kernel reports.
+    path = write_notebook(tmp_path / "hand.ipynb", "x = 1", "print(x)")
+    book = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+    book.nbformat_minor = 4
+    for cell in book.cells:
+        cell.pop("id", None)
+    book.metadata["language_info"] = {"name": "python"}
+    path.write_text(nbformat.writes(book, version=nbformat.NO_CONVERT), encoding="utf-8")
+    assert any("JupyterLab" in p for p in check_notebook(path))
+    assert main(["--check", str(path)]) == 1
+    assert tidy(path) is True
+    assert tidy(path) is False and main(["--check", str(path)]) == 0
+    assert check_notebook(path) == []
+    text = path.read_text(encoding="utf-8")
+    assert text.endswith("}\n") and text.startswith('{\n "cells": [\n  {\n')
+    saved = nbformat.reads(text, as_version=nbformat.NO_CONVERT)
+    assert saved.nbformat_minor >= 5 and [c.id for c in saved.cells] == ["cell-000", "cell-001"]
+    expected = kernel_metadata()
+    assert saved.metadata.kernelspec == expected["kernelspec"]
+    assert saved.metadata.language_info == expected["language_info"]
+    assert saved.metadata.language_info["version"].count(".") == 2
+    # Exactly what jupyter-server writes when JupyterLab saves the notebook.
+    again = tmp_path / "saved_by_server.ipynb"
+    nbformat.write(saved, again, version=nbformat.NO_CONVERT)
+    assert again.read_text(encoding="utf-8") == text
+
+
+def test_executed_notebook_holds_no_machine_path_and_no_tqdm_warning(tmp_path: Path):
+    from dml_study.study.machine_paths import find_machine_paths
+
+    results = tmp_path / "results"
+    path = write_notebook(
+        tmp_path / "nb.ipynb", "results_dir = 'x'",
+        "from pathlib import Path\nfrom tqdm.auto import tqdm\n"
+        "print(results_dir, Path(results_dir).resolve())",
+    )
+    out = execute_notebook(path, tmp_path / "out" / "nb.ipynb", {"results_dir": str(results)},
+                           cwd=tmp_path)
+    text = out.read_text(encoding="utf-8")
+    assert find_machine_paths(text) == [] and str(tmp_path) not in text
+    assert "TqdmWarning" not in text and "stderr" not in text
+    executed = nbformat.read(out, as_version=4)
+    assert "results_dir = \"results\"" in executed.cells[1].source  # injected, relative
+    assert executed.cells[-1].outputs[0]["text"] == "results results\n"

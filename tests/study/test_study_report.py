@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nbformat
 import pytest
 from conftest import write_study
+from PIL import Image
 
 from dml_study.study.config import load_study_config
 from dml_study.study.grid import expand_grid
@@ -43,10 +45,11 @@ def test_headline_is_the_paired_comparison_of_the_finished_runs(tmp_path: Path):
     assert r1["treatment_mean"] == pytest.approx(0.57)
     assert r1["mean_difference"] == pytest.approx(0.05)
     assert r1["bootstrap_ci_low"] <= 0.05 <= r1["bootstrap_ci_high"]
-    table = headline_table(summary)
-    assert table.loc["R@1", "no_so (mean ± std)"] == "52.0 ± 2.0"
+    table = headline_table(summary).set_index("metric")
+    assert table.loc["R@1", "no_so (%, mean ± std)"] == "52.0 ± 2.0"
     assert table.loc["R@1", "Δ (pp)"] == "+5.0"
-    assert table.loc["MAP@R", "so (mean ± std)"] == "28.5 ± 1.3"
+    assert table.loc["MAP@R", "so (%, mean ± std)"] == "28.5 ± 1.3"
+    assert table.loc["R@1", "95% t CI (pp)"].startswith("[")
 
 
 def test_headline_is_none_without_runs(tmp_path: Path):
@@ -67,13 +70,83 @@ def test_reports_link_notebooks_and_show_the_headline(tmp_path: Path):
     readme, index = write_reports(config, record)
     text = readme.read_text()
     assert "| R@1 | 52.0 ± 2.0 | 57.0 ± 2.6 | +5.0 |" in text
-    assert "[03_ablations.html](03_ablations.html)" in text
+    assert "[03_ablations](03_ablations.html)" in text
     assert "failed in cell 3" in text and "Wall time: 2.1 min" in text
-    # Every run is listed with the grid cells it serves and a link to its executed notebook.
-    runs = [line for line in text.splitlines() if line.startswith("| [cub200")]
-    assert len(runs) == 6 and all("(runs/" in line for line in runs)
+    # Every run is listed with the grid cells it serves; none was executed by this study
+    # (no runs/*.ipynb), so no run links to a page that does not exist.
+    runs = [line for line in text.splitlines() if line.startswith("| cub200")]
+    assert len(runs) == 6 and not any("(runs/" in line for line in runs)
     assert any("so_vs_none/so | 56.0 | 28.0 |" in line for line in runs)
     html = index.read_text()
     assert "href='03_ablations.html'" in html and "52.0 ± 2.0" in html
+    # A table, not a pandas frame: no index row, no empty header cell.
+    assert "<th></th>" not in html and "<thead><tr><th class='text'>metric</th>" in html
     summary = json.loads((config.study_dir / "summary.json").read_text())
     assert summary["notebooks"][1]["status"] == "failed"
+
+
+def _write_run_notebook(config, name: str, text: str) -> None:
+    book = nbformat.v4.new_notebook()
+    book.cells = [nbformat.v4.new_markdown_cell(text)]
+    config.executed_runs_dir.mkdir(parents=True, exist_ok=True)
+    nbformat.write(book, config.executed_runs_dir / f"{name}.ipynb")
+
+
+def test_index_shows_claims_then_figures_then_headline_and_links_run_pages(tmp_path: Path):
+    config = _config(tmp_path)
+    run = expand_grid(config)[0].run_name
+    _write_run_notebook(config, run, f"run written at {tmp_path}/results/runs/{run}")
+    out = config.study_dir
+    (out / "claims.json").write_text(json.dumps([
+        {"claim": "SO raises R@1", "paper": "SO", "dataset": "cub200", "regime": "C<d",
+         "tier": "frozen", "metric": "R@1", "unit": "pp", "effect": 5.0, "ci_low": 1.04,
+         "ci_high": 8.96, "seeds": 3, "verdict": "supported", "note": "tiny"},
+        {"claim": "faster", "paper": "adaptive", "dataset": "cub200", "regime": "C>>d",
+         "tier": "fine-tuned", "metric": "steps to 90%", "unit": "steps", "effect": -120.0,
+         "ci_low": -250.0, "ci_high": 10.0, "seeds": 3, "verdict": "inconclusive"}]))
+    (out / "figures").mkdir()
+    Image.new("RGB", (4, 3), "white").save(out / "figures" / "a.png")
+    (out / "figures" / "index.json").write_text(json.dumps(
+        [{"file": "figures/a.png", "title": "Headline per seed", "caption": "R@1 (%)"}]))
+    record = StudyRecord(name="tiny", title="tiny study", headline=headline(config),
+                         environment={"git_commit": "abc"})
+    readme, index = write_reports(config, record)
+    html = index.read_text()
+    order = [html.index(s) for s in ("<h2>Claims", "<h2>Figures", "<h2>Headline",
+                                     "<h2>Training runs")]
+    assert order == sorted(order)
+    assert "+5.0 pp" in html and "[+1.0, +9.0] pp" in html and "-120 steps" in html
+    assert "class='verdict-supported text'" in html and "SO raises R@1 (tiny)" in html
+    assert "<img src='figures/a.png' alt='Headline per seed'>" in html
+    assert f"href='runs/{run}.html'" in html
+    page = (out / "runs" / f"{run}.html").read_text()
+    assert "href='../index.html'" in page and "<script" not in page
+    # The executed notebook and its page hold no absolute path of this machine.
+    assert str(tmp_path) not in page
+    assert str(tmp_path) not in (out / "runs" / f"{run}.ipynb").read_text()
+    text = readme.read_text()
+    assert text.index("## Claims") < text.index("![Headline per seed](figures/a.png)")
+    assert text.index("## Figures") < text.index("## Headline")
+    assert f"[{run}](runs/{run}.html)" in text
+    assert "| SO raises R@1 (tiny) | SO | cub200 | C<d | frozen | R@1 | +5.0 pp |" in text
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("claims.json", "{not json", "not valid JSON"),
+    ("claims.json", json.dumps([{"claim": "x"}]), "claim 0 lacks paper"),
+    ("claims.json", json.dumps([{**dict.fromkeys(
+        ("claim", "paper", "dataset", "regime", "tier", "metric", "unit"), "x"),
+        "effect": 1.0, "ci_low": 0.0, "ci_high": 2.0, "seeds": 3, "verdict": "maybe"}]),
+     "verdict 'maybe'"),
+    ("figures/index.json", json.dumps([{"file": "figures/none.png", "title": "t"}]),
+     "does not exist"),
+    ("figures/index.json", json.dumps([{"file": "/etc/x.png", "title": "t"}]),
+     "must be relative"),
+])
+def test_malformed_claims_or_figures_are_clear_errors(tmp_path: Path, name, content, message):
+    config = _config(tmp_path)
+    path = config.study_dir / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        write_reports(config, StudyRecord(name="tiny", title="t"))
