@@ -46,6 +46,7 @@ import argparse
 import bz2
 import hashlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -366,6 +367,8 @@ def face_coverage(path: str | os.PathLike[str], index: int) -> set[int]:
     """Code points of :data:`BLOCK` in the face's Unicode ``cmap`` (fontTools)."""
     from fontTools.ttLib import TTFont
 
+    # Some fonts' post tables lack glyph names; fontTools logs that, the cmap is unaffected.
+    logging.getLogger("fontTools").setLevel(logging.ERROR)
     font = TTFont(str(path), fontNumber=index, lazy=True)
     try:
         cmap = font.getBestCmap() or {}
