@@ -308,9 +308,9 @@ def test_real_glyph_dataset() -> None:
     assert not set(train.raw_class_names) & set(test.raw_class_names)
     assert train.load_image(0).size == (64, 64)
     assert {d["design"] for d in manifest["dropped_faces"]} >= {"takao-gothic", "wqy-microhei"}
-    unicode_dir = Path("/usr/share/unicode")
-    if not (unicode_dir / "Unihan_Variants.txt.bz2").is_file():
-        unicode_dir = embedded.cache_root() / "glyph-fonts" / "unicode-data" / "usr/share/unicode"
+    root = embedded.cache_root()  # Unihan as the build gets it (installed, or the .deb)
+    _, unicode_dir, _ = glyphs.fetch_sources((), root / "glyph-fonts", root / "debs",
+                                             progress=False)
     unihan = glyphs.read_unihan(unicode_dir)
     side = {c: s for s in ("train", "test") for c in manifest["split"][s]}
     for cid, split in side.items():
