@@ -228,6 +228,18 @@ def test_build_classes_split_and_determinism(fake_sources, tmp_path: Path) -> No
     assert len(small["split"]["train"]) == len(small["split"]["test"]) == 2
 
 
+def test_max_designs_stores_a_seeded_subset_per_class(fake_sources, tmp_path: Path) -> None:
+    m = _build(fake_sources, tmp_path / "m", min_designs=2, max_designs=3)
+    assert len(m["classes"]) == 24  # the defective characters (3 designs) qualify with 2
+    assert set(m["counts"].values()) == {3} and m["max_designs"] == 3
+    assert m["designs_available"][glyphs.class_id(CHARS[5])] == 4
+    subsets = {tuple(sorted(Path(rel).stem for rel in m["files"] if f"/{cid}/" in rel))
+               for cid in m["classes"]}
+    assert len(subsets) > 1  # not the same designs for every class
+    with pytest.raises(ValueError, match=r"max_designs \(3\) must be >= min_designs \(4\)"):
+        _build(fake_sources, tmp_path / "bad", max_designs=3)
+
+
 @pytest.fixture
 def built_cache(fake_sources, tmp_path: Path) -> Path:
     cache = tmp_path / "cache"
