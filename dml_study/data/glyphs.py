@@ -668,8 +668,10 @@ def fetch_sources(
 
     def unpack(package: str) -> tuple[str, str]:
         target = work_dir / package
-        if not target.exists():
-            embedded.unpack_deb(debs[package], sorted(set(members[package])), target)
+        wanted = sorted(set(members[package]))
+        if not all((target / m).is_file() for m in wanted):  # absent, or from other FACES
+            shutil.rmtree(target, ignore_errors=True)
+            embedded.unpack_deb(debs[package], wanted, target)
         return package, embedded.deb_version(debs[package])
 
     for package, version in embedded.parallel_map(unpack, sorted(members), num_workers,
