@@ -307,6 +307,49 @@ def test_cli_prints_counts(built_cache: Path, capsys) -> None:
     assert "4 designs, 1 near-identical faces dropped" in out
 
 
+def _fake_deb(deb_dir: Path, package: str, files: dict[str, bytes]) -> None:
+    """A minimal .deb of ``package`` 1.0 holding ``files`` (path -> bytes), via dpkg-deb."""
+    root = deb_dir / f"{package}-tree"
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        f"Package: {package}\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t>\n"
+        f"Description: test\n")
+    embedded.run(["dpkg-deb", "--root-owner-group", "--build", str(root),
+                  str(deb_dir / f"{package}_1.0_all.deb")]).check_returncode()
+    shutil.rmtree(root)
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
+def test_build_from_debs_end_to_end(fake_sources, tmp_path: Path, monkeypatch) -> None:
+    """Fonts and Unihan fetched from (fake, cached) .debs: unpack, lock, render, manifest."""
+    import bz2
+
+    debs = tmp_path / "cache" / "debs"
+    debs.mkdir(parents=True)
+    faces = []
+    for src in fake_sources:
+        _fake_deb(debs, src.face.package, {src.face.path: src.file.read_bytes()})
+        faces.append(src.face)
+    unihan = {f"usr/share/unicode/{name}": bz2.compress("\n".join(lines).encode())
+              for name, lines in zip(glyphs.UNIHAN_FILES, (UNIHAN_READINGS, UNIHAN_VARIANTS),
+                                     strict=True)}
+    _fake_deb(debs, "unicode-data", unihan)
+    monkeypatch.setattr(embedded, "installed_version", lambda package: None)  # use the .debs
+    out, manifest = build_glyphs(tmp_path / "cache", size=32, min_designs=4, num_classes=100,
+                                 faces=faces, num_workers=1, progress=False)
+    assert out == tmp_path / "cache" / "glyphs-32" and manifest["num_classes"] == 20
+    assert {p["package"]: p["version"] for p in manifest["packages"]} == {
+        **{f.package: "1.0" for f in faces}, "unicode-data": "1.0"}
+    assert manifest["names"][glyphs.class_id(CHARS[4])] == "first gloss; more"
+    reference = _build(fake_sources, tmp_path / "ref",
+                       packages=[{"package": f.package, "version": "1.0"} for f in faces]
+                       + [{"package": "unicode-data", "version": "1.0"}])
+    assert embedded.manifest_bytes(manifest) == embedded.manifest_bytes(reference)
+
+
 @pytest.mark.slow
 def test_real_glyph_dataset() -> None:
     """Builds (or reuses) the real dataset from the Debian packages: >= 1,000 classes per
