@@ -371,3 +371,14 @@ def test_real_glyph_dataset() -> None:
     for cid, split in side.items():
         for other in unihan.variants.get(int(cid, 16), ()):
             assert side.get(glyphs.class_id(other), split) == split
+
+
+def test_embedded_datasets_register_in_the_registry() -> None:
+    from dml_study.data import registry
+
+    info = registry.dataset_info("glyphs")
+    assert info.embedded == "glyphs" and info.splits == ("train", "test")
+    assert registry.dataset_info("icons").embedded == "icons"
+    assert registry.dataset_info("cub200").embedded is None
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register_embedded("glyphs", (1,), "twice")
