@@ -1,14 +1,21 @@
 """Datasets for deep metric learning: four benchmarks, the embedded icon dataset, samplers.
 
 - :func:`get_dataset` loads CUB-200-2011, Cars196, Stanford Online Products and In-Shop from
-  their official layouts under a data root, and the offline ``"icons"`` dataset (built from
-  Debian icon-theme packages into a local cache) — the default.
+  their official layouts under a data root, and the embedded offline datasets built from
+  Debian packages into a local cache on first use (:mod:`dml_study.data.embedded`): ``"icons"``
+  (icon themes; the default) and ``"glyphs"`` (CJK characters x font designs, many classes).
 - :func:`build_transforms` / :func:`transforms_for_model`: the literature's transforms.
 - :class:`MPerClassBatchSampler` / :class:`RandomBatchSampler`: seeded, DDP-sharded batches.
 - :func:`build_dataloader` and the :class:`DecodedImageCache` for decode-free epochs.
 """
 
-from .base import DatasetLayoutError, DatasetSizeWarning, DMLDataset, IconBuildError
+from .base import (
+    DatasetLayoutError,
+    DatasetSizeWarning,
+    DMLDataset,
+    EmbeddedBuildError,
+    IconBuildError,
+)
 from .cache import DecodedImageCache
 from .images import CorruptImageError
 from .layout import DATA_ROOT_ENV, resolve_data_root
@@ -37,6 +44,7 @@ __all__ = [
     "DatasetLayoutError",
     "DatasetSizeWarning",
     "DecodedImageCache",
+    "EmbeddedBuildError",
     "IconBuildError",
     "MPerClassBatchSampler",
     "RandomBatchSampler",

@@ -110,7 +110,7 @@ def sample_grid(dataset: Any, num_classes: int = 8, per_class: int = 6, seed: in
     return fig
 
 
-def instances_grid(dataset: Any, label: int, cols: int = 10, inches: float = 1.0,
+def instances_grid(dataset: Any, label: int, cols: int = 8, inches: float = 1.25,
                    fontsize: float = 9.0) -> Any:
     """Figure: every image of class ``label``, each titled with its file stem (the design or
     theme that drew it)."""

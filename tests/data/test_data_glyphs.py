@@ -228,6 +228,18 @@ def test_build_classes_split_and_determinism(fake_sources, tmp_path: Path) -> No
     assert len(small["split"]["train"]) == len(small["split"]["test"]) == 2
 
 
+def test_max_designs_stores_a_seeded_subset_per_class(fake_sources, tmp_path: Path) -> None:
+    m = _build(fake_sources, tmp_path / "m", min_designs=2, max_designs=3)
+    assert len(m["classes"]) == 24  # the defective characters (3 designs) qualify with 2
+    assert set(m["counts"].values()) == {3} and m["max_designs"] == 3
+    assert m["designs_available"][glyphs.class_id(CHARS[5])] == 4
+    subsets = {tuple(sorted(Path(rel).stem for rel in m["files"] if f"/{cid}/" in rel))
+               for cid in m["classes"]}
+    assert len(subsets) > 1  # not the same designs for every class
+    with pytest.raises(ValueError, match=r"max_designs \(3\) must be >= min_designs \(4\)"):
+        _build(fake_sources, tmp_path / "bad", max_designs=3)
+
+
 @pytest.fixture
 def built_cache(fake_sources, tmp_path: Path) -> Path:
     cache = tmp_path / "cache"
@@ -295,6 +307,49 @@ def test_cli_prints_counts(built_cache: Path, capsys) -> None:
     assert "4 designs, 1 near-identical faces dropped" in out
 
 
+def _fake_deb(deb_dir: Path, package: str, files: dict[str, bytes]) -> None:
+    """A minimal .deb of ``package`` 1.0 holding ``files`` (path -> bytes), via dpkg-deb."""
+    root = deb_dir / f"{package}-tree"
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        f"Package: {package}\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t>\n"
+        f"Description: test\n")
+    embedded.run(["dpkg-deb", "--root-owner-group", "--build", str(root),
+                  str(deb_dir / f"{package}_1.0_all.deb")]).check_returncode()
+    shutil.rmtree(root)
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
+def test_build_from_debs_end_to_end(fake_sources, tmp_path: Path, monkeypatch) -> None:
+    """Fonts and Unihan fetched from (fake, cached) .debs: unpack, lock, render, manifest."""
+    import bz2
+
+    debs = tmp_path / "cache" / "debs"
+    debs.mkdir(parents=True)
+    faces = []
+    for src in fake_sources:
+        _fake_deb(debs, src.face.package, {src.face.path: src.file.read_bytes()})
+        faces.append(src.face)
+    unihan = {f"usr/share/unicode/{name}": bz2.compress("\n".join(lines).encode())
+              for name, lines in zip(glyphs.UNIHAN_FILES, (UNIHAN_READINGS, UNIHAN_VARIANTS),
+                                     strict=True)}
+    _fake_deb(debs, "unicode-data", unihan)
+    monkeypatch.setattr(embedded, "installed_version", lambda package: None)  # use the .debs
+    out, manifest = build_glyphs(tmp_path / "cache", size=32, min_designs=4, num_classes=100,
+                                 faces=faces, num_workers=1, progress=False)
+    assert out == tmp_path / "cache" / "glyphs-32" and manifest["num_classes"] == 20
+    assert {p["package"]: p["version"] for p in manifest["packages"]} == {
+        **{f.package: "1.0" for f in faces}, "unicode-data": "1.0"}
+    assert manifest["names"][glyphs.class_id(CHARS[4])] == "first gloss; more"
+    reference = _build(fake_sources, tmp_path / "ref",
+                       packages=[{"package": f.package, "version": "1.0"} for f in faces]
+                       + [{"package": "unicode-data", "version": "1.0"}])
+    assert embedded.manifest_bytes(manifest) == embedded.manifest_bytes(reference)
+
+
 @pytest.mark.slow
 def test_real_glyph_dataset() -> None:
     """Builds (or reuses) the real dataset from the Debian packages: >= 1,000 classes per
@@ -308,11 +363,22 @@ def test_real_glyph_dataset() -> None:
     assert not set(train.raw_class_names) & set(test.raw_class_names)
     assert train.load_image(0).size == (64, 64)
     assert {d["design"] for d in manifest["dropped_faces"]} >= {"takao-gothic", "wqy-microhei"}
-    unicode_dir = Path("/usr/share/unicode")
-    if not (unicode_dir / "Unihan_Variants.txt.bz2").is_file():
-        unicode_dir = embedded.cache_root() / "glyph-fonts" / "unicode-data" / "usr/share/unicode"
+    root = embedded.cache_root()  # Unihan as the build gets it (installed, or the .deb)
+    _, unicode_dir, _ = glyphs.fetch_sources((), root / "glyph-fonts", root / "debs",
+                                             progress=False)
     unihan = glyphs.read_unihan(unicode_dir)
     side = {c: s for s in ("train", "test") for c in manifest["split"][s]}
     for cid, split in side.items():
         for other in unihan.variants.get(int(cid, 16), ()):
             assert side.get(glyphs.class_id(other), split) == split
+
+
+def test_embedded_datasets_register_in_the_registry() -> None:
+    from dml_study.data import registry
+
+    info = registry.dataset_info("glyphs")
+    assert info.embedded == "glyphs" and info.splits == ("train", "test")
+    assert registry.dataset_info("icons").embedded == "icons"
+    assert registry.dataset_info("cub200").embedded is None
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register_embedded("glyphs", (1,), "twice")
