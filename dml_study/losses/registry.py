@@ -5,10 +5,10 @@ Names: ``"proxy_anchor"``, ``"normsoftmax"`` (additive margin with m = 0),
 ``so_gram`` ("classes"), ``so_normalize`` (True), ``so_reduction`` ("sum", "mean" or
 "excess_mean"; see :mod:`dml_study.losses.soft_orthogonality`), ``proxy_init``
 ("kaiming"), ``seed`` (0); the rest go to the loss class (e.g. ``alpha``, ``margin``,
-``scale``, ``m_min``, ``m_max``, ``mapping``, ``match_mapping``). ``adaptive_margin`` additionally
-takes exactly one
-of ``class_names`` (embedded with the packaged all-MiniLM-L6-v2, cached in ``text_cache_dir``),
-``text_embeddings`` (array C × k, or a path to a ``.npy``) or ``text_distances`` (C × C).
+``scale``, ``m_min``, ``m_max``, ``mapping``, ``match_mapping``). ``adaptive_margin``
+additionally takes exactly one of ``class_names`` (embedded with the packaged
+all-MiniLM-L6-v2, cached in ``text_cache_dir``), ``text_embeddings`` (array C × k, or a path
+to a ``.npy``) or ``text_distances`` (C × C).
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def measure(
     values, grads = {}, {}
     for reduction in REDUCTIONS:
         so = SoftOrthogonality(1.0, reduction=reduction)(proxies)
-        values[reduction] = float(so)
+        values[reduction] = float(so.detach())
         grads[reduction] = float(torch.autograd.grad(so, proxies)[0].norm())
     return ScaleRow(
         dataset=dataset, num_classes=c, dim=d, floor=so_floor(c, d),
