@@ -39,9 +39,21 @@ def latex_to_mathml(latex: str, display: bool = False) -> str:
     from latex2mathml.converter import convert
 
     try:
-        return convert(latex.strip(), display="block" if display else "inline")
+        mathml = convert(latex.strip(), display="block" if display else "inline")
     except Exception as exc:  # latex2mathml raises assorted exception types
         raise ValueError(f"cannot convert LaTeX {latex!r} to MathML: {exc}") from exc
+    for before, after in _MATHML_FIXES:
+        mathml = mathml.replace(before, after)
+    return mathml
+
+
+#: latex2mathml output that browsers draw badly: the ASCII caret as a hat accent (drawn
+#: high above the letter; the modifier circumflex sits on it) and norm bars that stretch
+#: to the hats on one side only.
+_MATHML_FIXES = (
+    ("<mo>&#x0005E;</mo></mover>", "<mo>&#x002C6;</mo></mover>"),
+    ("<mo>&#x02016;</mo>", "<mo stretchy=\"false\">&#x02016;</mo>"),
+)
 
 
 def _math_html(latex: str, display: bool) -> str:
@@ -167,6 +179,8 @@ th:first-child, td:first-child, td.text, th.text { text-align: left; }
 img { max-width: 100%; height: auto; }
 figure { margin: 1.5rem 0; }
 figcaption { color: var(--muted); font-size: 0.9rem; }
+math { font-family: "STIX Two Math", "Latin Modern Math", "DejaVu Math TeX Gyre", math;
+       font-size: 1.05em; }
 math[display="block"] { margin: 0.6rem 0; }
 .tex-error { color: #b00020; }
 .failed, .verdict-contradicted { color: #b00020; font-weight: 600; }
