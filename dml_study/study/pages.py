@@ -113,7 +113,46 @@ def notebook_body(notebook: nbformat.NotebookNode) -> str:
     body, _ = HTMLExporter(template_name="basic").from_notebook_node(notebook)
     for index, mathml in enumerate(formulas):
         body = body.replace(_PLACEHOLDER.format(index), mathml)
-    return strip_remote(body)
+    return align_text_columns(strip_remote(body))
+
+
+#: A number, interval or mean ± std, optionally with a unit word ("+5.0 pp", "[-1.4, +2.0]",
+#: "43.5 ± 0.6", "31 s") or the dash for "none": right-aligned in tables, the rest left.
+_NUMBER = re.compile(r"–|-|[-+–\[(]{0,2}\d[\d.,+\-–±\[\]() %eE]*(?: ?[a-z]+)?|nan|NaN|None")
+
+
+def is_number_text(text: str) -> bool:
+    """Whether a table cell's text reads as a number (see :data:`_NUMBER`)."""
+    return _NUMBER.fullmatch(text.strip()) is not None
+
+
+def align_text_columns(body: str) -> str:
+    """Mark the text columns of pandas tables (class ``text``) so they align left.
+
+    pandas right-aligns every cell, which suits numbers but makes names and notes hard to
+    read. A column whose non-empty cells are not all numbers gets class ``text`` on its
+    cells and header.
+    """
+    if "class=\"dataframe\"" not in body:
+        return body
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(body, "html.parser")
+    for table in soup.select("table.dataframe"):
+        rows = [tr.find_all(["td", "th"], recursive=False) for tr in table.select("tbody > tr")]
+        width = max((len(r) for r in rows), default=0)
+        if not rows or any(len(r) != width for r in rows):
+            continue  # merged index cells (rowspan): leave the table as pandas drew it
+        header = table.select("thead > tr")
+        last = header[-1].find_all(["th", "td"], recursive=False) if header else []
+        for column in range(width):
+            cells = [r[column] for r in rows]
+            texts = [c.get_text(" ", strip=True) for c in cells]
+            if all(not t or is_number_text(t) for t in texts):
+                continue
+            for cell in cells + ([last[column]] if len(last) == width else []):
+                cell["class"] = [*cell.get("class", []), "text"]
+    return str(soup)
 
 
 def strip_remote(body: str) -> str:
@@ -199,6 +238,7 @@ math[display="block"] { margin: 0.6rem 0; }
 .output_error pre { background: #fff5f5; padding: 0.4rem 0.6rem; }
 .dataframe { font-variant-numeric: tabular-nums; }
 .dataframe thead th { text-align: right; }
+.dataframe td.text, .dataframe th.text { text-align: left; }
 .text_cell_render { padding: 0.2rem 0; }
 .anchor-link { display: none; }
 .celltag_injected-parameters .input_area::before { content: "parameters this run was executed with";

@@ -31,7 +31,7 @@ from dml_study.study.config import StudyConfig
 from dml_study.study.grid import expand_grid
 from dml_study.study.machine_paths import relativise_notebook
 from dml_study.study.notebooks import render_html
-from dml_study.study.pages import page
+from dml_study.study.pages import is_number_text, page
 from dml_study.study.stats import compare_arms, format_mean_std
 from dml_study.study.tables import run_page
 
@@ -428,16 +428,12 @@ def _inline_html(text: str) -> str:
     return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r"<a href='\2'>\1</a>", out)
 
 
-#: A number, interval or mean ± std, optionally with a unit word: right-aligned in tables.
-_NUMBER = re.compile(r"–|[-+–\[(]{0,2}\d[\d.,+\-–±\[\]() %]*(?: ?[a-z]+)?")
-
-
 def _html_cell(cell: Cell, tag: str = "td", css: str = "") -> str:
     if isinstance(cell, tuple):
         body = f"<a href='{html.escape(cell[1])}'>{html.escape(cell[0])}</a>"
     else:
         body = html.escape(str(cell))
-    numeric = _NUMBER.fullmatch(cell[0] if isinstance(cell, tuple) else str(cell))
+    numeric = is_number_text(cell[0] if isinstance(cell, tuple) else str(cell))
     classes = " ".join(c for c in (css, "" if numeric else "text") if c)
     return f"<{tag}{f' class={chr(39)}{classes}{chr(39)}' if classes else ''}>{body}</{tag}>"
 

@@ -117,3 +117,16 @@ def test_scan_study_reports_what_a_reader_must_not_see(tmp_path: Path):
     assert "runs/r.ipynb: absolute machine path '/home/alice'" in problems
     assert "runs/r.ipynb: no rendered .html" in problems
     assert "index.html: 1 figure(s), expected at least 3" in problems
+
+
+def test_text_columns_of_pandas_tables_align_left_and_numbers_right():
+    import pandas as pd
+
+    from dml_study.study.pages import align_text_columns, is_number_text
+
+    assert all(map(is_number_text, ["43.5 ± 0.6", "+5.0 pp", "[-1.4, +2.0] pp", "31 s", "–"]))
+    assert not any(map(is_number_text, ["cub200", "proxy_anchor", "not verified", "R@1"]))
+    frame = pd.DataFrame({"method": ["Proxy Anchor", "ours"], "R@1": ["71.1", "60.0 ± 1.0"]})
+    html = align_text_columns(frame.to_html())
+    assert html.count('class="text"') == 3  # the method header and its two cells
+    assert '<td class="text">Proxy Anchor</td>' in html and "<td>71.1</td>" in html
