@@ -110,6 +110,7 @@ def notebook_body(notebook: nbformat.NotebookNode) -> str:
     for cell in notebook.cells:
         if cell.cell_type == "markdown":
             cell.source = replace_markdown_math(cell.source, stash)
+    describe_figures(notebook)
     body, _ = HTMLExporter(template_name="basic").from_notebook_node(notebook)
     for index, mathml in enumerate(formulas):
         body = body.replace(_PLACEHOLDER.format(index), mathml)
@@ -153,6 +154,29 @@ def align_text_columns(body: str) -> str:
             for cell in cells + ([last[column]] if len(last) == width else []):
                 cell["class"] = [*cell.get("class", []), "text"]
     return str(soup)
+
+
+def describe_figures(notebook: nbformat.NotebookNode) -> None:
+    """Give every figure without alternative text one: the section it appears in.
+
+    (nbconvert would otherwise write "No description has been provided" and log a warning
+    per page.) The text is the last Markdown heading above the figure, numbered.
+    """
+    section, count = "Figure", 0
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            headings = [ln.lstrip("#").strip() for ln in cell.source.splitlines()
+                        if ln.startswith("#")]
+            if headings:
+                section, count = headings[-1], 0
+            continue
+        for output in cell.get("outputs", []):
+            for mime in ("image/png", "image/jpeg", "image/svg+xml"):
+                if mime in output.get("data", {}):
+                    meta = output.setdefault("metadata", {}).setdefault(mime, {})
+                    if not meta.get("alt"):
+                        count += 1
+                        meta["alt"] = f"{section}, figure {count}"
 
 
 def strip_remote(body: str) -> str:

@@ -67,6 +67,7 @@ def test_notebook_page_has_no_script_and_renders_math_and_figures():
     assert "<script" not in html and "cdn" not in html.lower() and "mathjax" not in html.lower()
     assert "<math" in html and "\\lVert" not in html and "MATHPLACEHOLDER" not in html
     assert "src=\"data:image/png;base64,iVBORw0KGgo=\"" in html
+    assert 'alt="Figure, figure 1"' in html  # no nbconvert "no description" placeholder
     assert scan_text(html, "page") == []
 
 
