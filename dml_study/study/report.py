@@ -332,6 +332,8 @@ def _sections(config: StudyConfig, record: StudyRecord) -> list[_Section]:
     figures = load_figures(out)
     if figures:
         sections.append(_Section("Figures", figures=figures))
+    ran = {nb.notebook: nb for nb in record.notebooks}
+    notebooks = [*ran, *(n for n in config.notebooks if n not in ran and (out / n).is_file())]
     headline_section = _Section("Headline", [_headline_text(config)])
     if record.headline:
         table = headline_table(record.headline)
@@ -343,10 +345,7 @@ def _sections(config: StudyConfig, record: StudyRecord) -> list[_Section]:
     sections.append(_Section(
         "Notebooks", ["Each notebook as executed for this study, rendered and as `.ipynb`."],
         ["notebook", "status", "time", "executed notebook"],
-        [[(nb.notebook.removesuffix(".ipynb"), nb.html) if nb.html else nb.notebook,
-          nb.status, f"{nb.seconds:.0f} s",
-          (nb.notebook, nb.notebook) if (out / nb.notebook).is_file() else "–"]
-         for nb in record.notebooks]))
+        [_notebook_row(out, name, ran.get(name)) for name in notebooks]))
     runs = runs_table(config) if config.groups else pd.DataFrame()
     if len(runs):
         sections.append(_Section(
@@ -368,6 +367,20 @@ def _sections(config: StudyConfig, record: StudyRecord) -> list[_Section]:
         f"Regenerate with `python -m dml_study.study --config {_config_name(config)}`.",
     ]))
     return sections
+
+
+def _notebook_row(study_dir: Path, name: str, nb: NotebookRecord | None) -> list[Cell]:
+    """A notebook of this run of the study, or one executed by an earlier run (``--only``)."""
+    page = Path(name).with_suffix(".html").name
+    if nb is not None:
+        title: Cell = (name.removesuffix(".ipynb"), nb.html) if nb.html else name
+        status, time = nb.status, f"{nb.seconds:.0f} s"
+    else:
+        exists = (study_dir / page).is_file()
+        title = (name.removesuffix(".ipynb"), page) if exists else name
+        status, time = "earlier run", "–"
+    executed: Cell = (name, name) if (study_dir / name).is_file() else "–"
+    return [title, status, time, executed]
 
 
 def _run_cell(study_dir: Path, run: str) -> Cell:
