@@ -142,4 +142,6 @@ def test_committed_embedded_study_is_clean():
     study = REPO / "results" / "embedded"
     if not (study / "index.html").is_file():
         pytest.skip("results/embedded is not committed in this checkout")
-    assert [str(p) for p in scan_study(study, min_figures=3)] == []
+    problems = [str(p) for p in scan_study(study, min_figures=3)]
+    assert problems == [], (f"{len(problems)} problem(s) in results/embedded; regenerate it "
+                            "with `make study`, then check with `make check-report`")
