@@ -258,6 +258,10 @@ math[display="block"] { margin: 0.6rem 0; }
 .prompt { display: none; }
 .output_area { margin: 0.3rem 0 0 0; overflow-x: auto; }
 .output_text pre { padding: 0.3rem 0.6rem; }
+/* consecutive printed lines (one stream output each) read as one block */
+.output_wrapper .output_area:has(.output_stream) { margin-top: 0; }
+.output_stream pre { padding-top: 0; padding-bottom: 0; }
+.output_wrapper .output > .output_area:first-child { margin-top: 0.4rem; }
 .output_stderr { background: #fff5f5; border-left: 3px solid #cf222e; }
 .output_error pre { background: #fff5f5; padding: 0.4rem 0.6rem; }
 .dataframe { font-variant-numeric: tabular-nums; }
