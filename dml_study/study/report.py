@@ -254,8 +254,8 @@ def render_study_pages(config: StudyConfig, html: bool = True) -> list[Path]:
     """Relativise every executed notebook of the study and render it (returns the pages).
 
     Study notebooks get a page ``<name>.html``, runs ``runs/<run>.html``; each links back
-    to the index. Study notebook pages are always rendered again (there are few); a run's
-    page only when its notebook is newer (a study can hold many runs).
+    to the index. Every page is rendered again (about a second each), so pages always
+    come from the current notebook and the current renderer.
     """
     out = config.study_dir
     pages = []
@@ -265,9 +265,7 @@ def render_study_pages(config: StudyConfig, html: bool = True) -> list[Path]:
             continue
         page = notebook.with_suffix(".html")
         back = "index.html" if notebook.parent == out else "../index.html"
-        stale = not page.is_file() or page.stat().st_mtime < notebook.stat().st_mtime
-        if notebook.parent == out or stale:
-            render_html(notebook, page, back_link=back)
+        render_html(notebook, page, back_link=back)
         pages.append(page)
     return pages
 
@@ -484,3 +482,44 @@ def _html(record: StudyRecord, sections: list[_Section]) -> str:
         if section.pre is not None:
             parts.append(f"<pre>{html.escape(section.pre)}</pre>")
     return page(title, "\n".join(parts))
+
+
+def load_record(config: StudyConfig) -> StudyRecord:
+    """The :class:`StudyRecord` of the study's last run, from its ``summary.json``."""
+    path = config.study_dir / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run the study first "
+                                f"(python -m dml_study.study --config {_config_name(config)})")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    fields = set(NotebookRecord.__dataclass_fields__) - {"exception"}
+    return StudyRecord(
+        name=data["name"], title=data.get("title", data["name"]),
+        notebooks=[NotebookRecord(**{k: v for k, v in n.items() if k in fields})
+                   for n in data.get("notebooks", [])],
+        seconds=float(data.get("seconds", 0.0)), headline=headline(config),
+        environment=data.get("environment", {}),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dml_study.study.report --config studies/x.yaml``: render the report again.
+
+    Re-renders every page and the index from the executed notebooks and finished runs
+    already on disk (nothing is executed), e.g. after a change to the report's code.
+    """
+    import argparse
+
+    from dml_study.study.config import load_study_config
+
+    parser = argparse.ArgumentParser(prog="python -m dml_study.study.report",
+                                     description=main.__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, type=Path, help="the study file")
+    args = parser.parse_args(argv)
+    config = load_study_config(args.config)
+    _readme, index = write_reports(config, load_record(config))
+    print(f"report: {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -165,3 +165,18 @@ def test_index_still_links_notebooks_executed_by_an_earlier_run(tmp_path: Path):
     assert "| 05_results.ipynb | ok | 2 s | – |" in text
     assert ("| [03_ablations](03_ablations.html) | earlier run | – | "
             "[03_ablations.ipynb](03_ablations.ipynb) |") in text
+
+
+def test_report_is_rendered_again_from_disk_without_executing(tmp_path: Path, capsys):
+    from dml_study.study.report import main
+
+    config = _config(tmp_path)
+    with pytest.raises(FileNotFoundError, match="run the study first"):
+        main(["--config", str(config.source)])
+    write_reports(config, StudyRecord(
+        name="tiny", title="tiny study", seconds=60.0,
+        notebooks=[NotebookRecord("03_ablations.ipynb", "ok", 50.0, None)]))
+    (config.study_dir / "index.html").unlink()
+    assert main(["--config", str(config.source)]) == 0
+    html = (config.study_dir / "index.html").read_text()
+    assert "52.0 ± 2.0" in html and "Wall time: 1.0 min" in html and "50 s" in html
