@@ -446,7 +446,8 @@ def _html_cell(cell: Cell, tag: str = "td", css: str = "") -> str:
         body = html.escape(str(cell))
     numeric = is_number_text(cell[0] if isinstance(cell, tuple) else str(cell))
     classes = " ".join(c for c in (css, "" if numeric else "text") if c)
-    return f"<{tag}{f' class={chr(39)}{classes}{chr(39)}' if classes else ''}>{body}</{tag}>"
+    attribute = f" class='{classes}'" if classes else ""
+    return f"<{tag}{attribute}>{body}</{tag}>"
 
 
 def _html_table(section: _Section) -> str:
