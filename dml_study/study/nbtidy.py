@@ -11,7 +11,9 @@ would save after opening the notebook with the ``python3`` kernel of this enviro
   normalised by :func:`nbformat.validator.normalize` and valid;
 * outputs and execution counts cleared (committed notebooks are run by the study);
 * ``kernelspec`` and ``language_info`` exactly as the installed ``python3`` kernel reports
-  them (``language_info.version`` is this Python's version, as JupyterLab would record it);
+  them; ``language_info.version`` is the Python version already recorded, or this
+  Python's when there is none (JupyterLab records the version of the kernel it runs, so a
+  machine with another Python version still sees that one field change);
 * serialised by :func:`nbformat.writes` (1-space indent, sorted keys, UTF-8 kept,
   trailing newline), the writer jupyter-server uses when JupyterLab saves.
 
@@ -60,7 +62,12 @@ def canonical(notebook: nbformat.NotebookNode, clear_outputs: bool = True) -> st
         used.add(cell["id"])
         if cell.cell_type == "code" and clear_outputs:
             cell.outputs, cell.execution_count = [], None
+    recorded = notebook.metadata.get("language_info", {}).get("version")
     notebook.metadata.update(kernel_metadata())
+    if recorded:
+        # Keep the Python version already recorded, so tidying on another machine does not
+        # churn it (JupyterLab there rewrites it anyway when the kernel differs).
+        notebook.metadata.language_info["version"] = recorded
     _changes, notebook = nbformat.validator.normalize(notebook)
     notebook = nbformat.from_dict(notebook)
     nbformat.validate(notebook)

@@ -39,9 +39,21 @@ def latex_to_mathml(latex: str, display: bool = False) -> str:
     from latex2mathml.converter import convert
 
     try:
-        return convert(latex.strip(), display="block" if display else "inline")
+        mathml = convert(latex.strip(), display="block" if display else "inline")
     except Exception as exc:  # latex2mathml raises assorted exception types
         raise ValueError(f"cannot convert LaTeX {latex!r} to MathML: {exc}") from exc
+    for before, after in _MATHML_FIXES:
+        mathml = mathml.replace(before, after)
+    return mathml
+
+
+#: latex2mathml output that browsers draw badly: the ASCII caret as a hat accent (drawn
+#: high above the letter; the modifier circumflex sits on it) and norm bars that stretch
+#: to the hats on one side only.
+_MATHML_FIXES = (
+    ("<mo>&#x0005E;</mo></mover>", "<mo>&#x002C6;</mo></mover>"),
+    ("<mo>&#x02016;</mo>", "<mo stretchy=\"false\">&#x02016;</mo>"),
+)
 
 
 def _math_html(latex: str, display: bool) -> str:
@@ -98,10 +110,73 @@ def notebook_body(notebook: nbformat.NotebookNode) -> str:
     for cell in notebook.cells:
         if cell.cell_type == "markdown":
             cell.source = replace_markdown_math(cell.source, stash)
+    describe_figures(notebook)
     body, _ = HTMLExporter(template_name="basic").from_notebook_node(notebook)
     for index, mathml in enumerate(formulas):
         body = body.replace(_PLACEHOLDER.format(index), mathml)
-    return strip_remote(body)
+    return align_text_columns(strip_remote(body))
+
+
+#: A number, interval or mean ± std, optionally with a unit word ("+5.0 pp", "[-1.4, +2.0]",
+#: "43.5 ± 0.6", "31 s") or the dash for "none": right-aligned in tables, the rest left.
+_NUMBER = re.compile(r"–|-|[-+–\[(]{0,2}\d[\d.,+\-–±\[\]() %eE]*(?: ?[a-z]+)?|nan|NaN|None")
+
+
+def is_number_text(text: str) -> bool:
+    """Whether a table cell's text reads as a number (see :data:`_NUMBER`)."""
+    return _NUMBER.fullmatch(text.strip()) is not None
+
+
+def align_text_columns(body: str) -> str:
+    """Mark the text columns of pandas tables (class ``text``) so they align left.
+
+    pandas right-aligns every cell, which suits numbers but makes names and notes hard to
+    read. A column whose non-empty cells are not all numbers gets class ``text`` on its
+    cells and header.
+    """
+    if "class=\"dataframe\"" not in body:
+        return body
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(body, "html.parser")
+    for table in soup.select("table.dataframe"):
+        rows = [tr.find_all(["td", "th"], recursive=False) for tr in table.select("tbody > tr")]
+        width = max((len(r) for r in rows), default=0)
+        if not rows or any(len(r) != width for r in rows):
+            continue  # merged index cells (rowspan): leave the table as pandas drew it
+        header = table.select("thead > tr")
+        last = header[-1].find_all(["th", "td"], recursive=False) if header else []
+        for column in range(width):
+            cells = [r[column] for r in rows]
+            texts = [c.get_text(" ", strip=True) for c in cells]
+            if all(not t or is_number_text(t) for t in texts):
+                continue
+            for cell in cells + ([last[column]] if len(last) == width else []):
+                cell["class"] = [*cell.get("class", []), "text"]
+    return str(soup)
+
+
+def describe_figures(notebook: nbformat.NotebookNode) -> None:
+    """Give every figure without alternative text one: the section it appears in.
+
+    (nbconvert would otherwise write "No description has been provided" and log a warning
+    per page.) The text is the last Markdown heading above the figure, numbered.
+    """
+    section, count = "Figure", 0
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            headings = [ln.lstrip("#").strip() for ln in cell.source.splitlines()
+                        if ln.startswith("#")]
+            if headings:
+                section, count = headings[-1], 0
+            continue
+        for output in cell.get("outputs", []):
+            for mime in ("image/png", "image/jpeg", "image/svg+xml"):
+                if mime in output.get("data", {}):
+                    meta = output.setdefault("metadata", {}).setdefault(mime, {})
+                    if not meta.get("alt"):
+                        count += 1
+                        meta["alt"] = f"{section}, figure {count}"
 
 
 def strip_remote(body: str) -> str:
@@ -167,6 +242,8 @@ th:first-child, td:first-child, td.text, th.text { text-align: left; }
 img { max-width: 100%; height: auto; }
 figure { margin: 1.5rem 0; }
 figcaption { color: var(--muted); font-size: 0.9rem; }
+math { font-family: "STIX Two Math", "Latin Modern Math", "DejaVu Math TeX Gyre", math;
+       font-size: 1.05em; }
 math[display="block"] { margin: 0.6rem 0; }
 .tex-error { color: #b00020; }
 .failed, .verdict-contradicted { color: #b00020; font-weight: 600; }
@@ -181,10 +258,15 @@ math[display="block"] { margin: 0.6rem 0; }
 .prompt { display: none; }
 .output_area { margin: 0.3rem 0 0 0; overflow-x: auto; }
 .output_text pre { padding: 0.3rem 0.6rem; }
+/* consecutive printed lines (one stream output each) read as one block */
+.output_wrapper .output_area:has(.output_stream) { margin-top: 0; }
+.output_stream pre { padding-top: 0; padding-bottom: 0; }
+.output_wrapper .output > .output_area:first-child { margin-top: 0.4rem; }
 .output_stderr { background: #fff5f5; border-left: 3px solid #cf222e; }
 .output_error pre { background: #fff5f5; padding: 0.4rem 0.6rem; }
 .dataframe { font-variant-numeric: tabular-nums; }
 .dataframe thead th { text-align: right; }
+.dataframe td.text, .dataframe th.text { text-align: left; }
 .text_cell_render { padding: 0.2rem 0; }
 .anchor-link { display: none; }
 .celltag_injected-parameters .input_area::before { content: "parameters this run was executed with";

@@ -31,7 +31,7 @@ from dml_study.study.config import StudyConfig
 from dml_study.study.grid import expand_grid
 from dml_study.study.machine_paths import relativise_notebook
 from dml_study.study.notebooks import render_html
-from dml_study.study.pages import page
+from dml_study.study.pages import is_number_text, page
 from dml_study.study.stats import compare_arms, format_mean_std
 from dml_study.study.tables import run_page
 
@@ -254,8 +254,8 @@ def render_study_pages(config: StudyConfig, html: bool = True) -> list[Path]:
     """Relativise every executed notebook of the study and render it (returns the pages).
 
     Study notebooks get a page ``<name>.html``, runs ``runs/<run>.html``; each links back
-    to the index. Study notebook pages are always rendered again (there are few); a run's
-    page only when its notebook is newer (a study can hold many runs).
+    to the index. Every page is rendered again (about a second each), so pages always
+    come from the current notebook and the current renderer.
     """
     out = config.study_dir
     pages = []
@@ -265,9 +265,7 @@ def render_study_pages(config: StudyConfig, html: bool = True) -> list[Path]:
             continue
         page = notebook.with_suffix(".html")
         back = "index.html" if notebook.parent == out else "../index.html"
-        stale = not page.is_file() or page.stat().st_mtime < notebook.stat().st_mtime
-        if notebook.parent == out or stale:
-            render_html(notebook, page, back_link=back)
+        render_html(notebook, page, back_link=back)
         pages.append(page)
     return pages
 
@@ -332,6 +330,8 @@ def _sections(config: StudyConfig, record: StudyRecord) -> list[_Section]:
     figures = load_figures(out)
     if figures:
         sections.append(_Section("Figures", figures=figures))
+    ran = {nb.notebook: nb for nb in record.notebooks}
+    notebooks = [*ran, *(n for n in config.notebooks if n not in ran and (out / n).is_file())]
     headline_section = _Section("Headline", [_headline_text(config)])
     if record.headline:
         table = headline_table(record.headline)
@@ -343,10 +343,7 @@ def _sections(config: StudyConfig, record: StudyRecord) -> list[_Section]:
     sections.append(_Section(
         "Notebooks", ["Each notebook as executed for this study, rendered and as `.ipynb`."],
         ["notebook", "status", "time", "executed notebook"],
-        [[(nb.notebook.removesuffix(".ipynb"), nb.html) if nb.html else nb.notebook,
-          nb.status, f"{nb.seconds:.0f} s",
-          (nb.notebook, nb.notebook) if (out / nb.notebook).is_file() else "–"]
-         for nb in record.notebooks]))
+        [_notebook_row(out, name, ran.get(name)) for name in notebooks]))
     runs = runs_table(config) if config.groups else pd.DataFrame()
     if len(runs):
         sections.append(_Section(
@@ -368,6 +365,20 @@ def _sections(config: StudyConfig, record: StudyRecord) -> list[_Section]:
         f"Regenerate with `python -m dml_study.study --config {_config_name(config)}`.",
     ]))
     return sections
+
+
+def _notebook_row(study_dir: Path, name: str, nb: NotebookRecord | None) -> list[Cell]:
+    """A notebook of this run of the study, or one executed by an earlier run (``--only``)."""
+    page = Path(name).with_suffix(".html").name
+    if nb is not None:
+        title: Cell = (name.removesuffix(".ipynb"), nb.html) if nb.html else name
+        status, time = nb.status, f"{nb.seconds:.0f} s"
+    else:
+        exists = (study_dir / page).is_file()
+        title = (name.removesuffix(".ipynb"), page) if exists else name
+        status, time = "earlier run", "–"
+    executed: Cell = (name, name) if (study_dir / name).is_file() else "–"
+    return [title, status, time, executed]
 
 
 def _run_cell(study_dir: Path, run: str) -> Cell:
@@ -428,18 +439,15 @@ def _inline_html(text: str) -> str:
     return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r"<a href='\2'>\1</a>", out)
 
 
-#: A number, interval or mean ± std, optionally with a unit word: right-aligned in tables.
-_NUMBER = re.compile(r"–|[-+–\[(]{0,2}\d[\d.,+\-–±\[\]() %]*(?: ?[a-z]+)?")
-
-
 def _html_cell(cell: Cell, tag: str = "td", css: str = "") -> str:
     if isinstance(cell, tuple):
         body = f"<a href='{html.escape(cell[1])}'>{html.escape(cell[0])}</a>"
     else:
         body = html.escape(str(cell))
-    numeric = _NUMBER.fullmatch(cell[0] if isinstance(cell, tuple) else str(cell))
+    numeric = is_number_text(cell[0] if isinstance(cell, tuple) else str(cell))
     classes = " ".join(c for c in (css, "" if numeric else "text") if c)
-    return f"<{tag}{f' class={chr(39)}{classes}{chr(39)}' if classes else ''}>{body}</{tag}>"
+    attribute = f" class='{classes}'" if classes else ""
+    return f"<{tag}{attribute}>{body}</{tag}>"
 
 
 def _html_table(section: _Section) -> str:
@@ -475,3 +483,44 @@ def _html(record: StudyRecord, sections: list[_Section]) -> str:
         if section.pre is not None:
             parts.append(f"<pre>{html.escape(section.pre)}</pre>")
     return page(title, "\n".join(parts))
+
+
+def load_record(config: StudyConfig) -> StudyRecord:
+    """The :class:`StudyRecord` of the study's last run, from its ``summary.json``."""
+    path = config.study_dir / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run the study first "
+                                f"(python -m dml_study.study --config {_config_name(config)})")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    fields = set(NotebookRecord.__dataclass_fields__) - {"exception"}
+    return StudyRecord(
+        name=data["name"], title=data.get("title", data["name"]),
+        notebooks=[NotebookRecord(**{k: v for k, v in n.items() if k in fields})
+                   for n in data.get("notebooks", [])],
+        seconds=float(data.get("seconds", 0.0)), headline=headline(config),
+        environment=data.get("environment", {}),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dml_study.study.report --config studies/x.yaml``: render the report again.
+
+    Re-renders every page and the index from the executed notebooks and finished runs
+    already on disk (nothing is executed), e.g. after a change to the report's code.
+    """
+    import argparse
+
+    from dml_study.study.config import load_study_config
+
+    parser = argparse.ArgumentParser(prog="python -m dml_study.study.report",
+                                     description=main.__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, type=Path, help="the study file")
+    args = parser.parse_args(argv)
+    config = load_study_config(args.config)
+    _readme, index = write_reports(config, load_record(config))
+    print(f"report: {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

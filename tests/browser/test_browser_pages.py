@@ -95,12 +95,17 @@ def rendered_study(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_every_page_of_a_fresh_study_passes_the_checks_in_chromium(rendered_study, chromium):
-    pages = study_pages(rendered_study)
-    names = [p.relative_to(rendered_study).as_posix() for p in pages]
+def test_fresh_study_files_hold_no_machine_path_warning_or_traceback(rendered_study):
+    """The file scan, which needs no browser: paths, TqdmWarning, tracebacks, remote loads."""
+    names = [p.relative_to(rendered_study).as_posix() for p in study_pages(rendered_study)]
     assert names[0] == "index.html" and "03_ablations.html" in names
     assert len([n for n in names if n.startswith("runs/")]) == 2
     assert [str(p) for p in scan_study(rendered_study, min_figures=1)] == []
+
+
+@pytest.mark.slow
+def test_every_page_of_a_fresh_study_passes_the_checks_in_chromium(rendered_study, chromium):
+    pages = study_pages(rendered_study)
     shots = ARTIFACTS / "fresh_study"
     shutil.rmtree(shots, ignore_errors=True)
     assert [str(p) for p in browser_check(pages, screenshots=shots, executable=chromium)] == []

@@ -113,6 +113,10 @@ def test_nbtidy_writes_the_form_jupyterlab_saves_and_is_idempotent(tmp_path: Pat
     again = tmp_path / "saved_by_server.ipynb"
     nbformat.write(saved, again, version=nbformat.NO_CONVERT)
     assert again.read_text(encoding="utf-8") == text
+    # A version recorded on another machine is kept (no churn between machines).
+    saved.metadata.language_info["version"] = "3.99.0"
+    path.write_text(nbformat.writes(saved, version=nbformat.NO_CONVERT) + "\n", encoding="utf-8")
+    assert tidy(path) is False
 
 
 def test_executed_notebook_holds_no_machine_path_and_no_tqdm_warning(tmp_path: Path):

@@ -150,3 +150,33 @@ def test_malformed_claims_or_figures_are_clear_errors(tmp_path: Path, name, cont
     path.write_text(content)
     with pytest.raises(ValueError, match=message):
         write_reports(config, StudyRecord(name="tiny", title="t"))
+
+
+def test_index_still_links_notebooks_executed_by_an_earlier_run(tmp_path: Path):
+    config = load_study_config(write_study(
+        tmp_path, notebooks=["03_ablations.ipynb", "05_results.ipynb"]))
+    out = config.study_dir
+    out.mkdir(parents=True)
+    nbformat.write(nbformat.v4.new_notebook(), out / "03_ablations.ipynb")
+    record = StudyRecord(name="tiny", title="t",
+                         notebooks=[NotebookRecord("05_results.ipynb", "ok", 2.0, None)])
+    readme, _index = write_reports(config, record)
+    text = readme.read_text()
+    assert "| 05_results.ipynb | ok | 2 s | – |" in text
+    assert ("| [03_ablations](03_ablations.html) | earlier run | – | "
+            "[03_ablations.ipynb](03_ablations.ipynb) |") in text
+
+
+def test_report_is_rendered_again_from_disk_without_executing(tmp_path: Path, capsys):
+    from dml_study.study.report import main
+
+    config = _config(tmp_path)
+    with pytest.raises(FileNotFoundError, match="run the study first"):
+        main(["--config", str(config.source)])
+    write_reports(config, StudyRecord(
+        name="tiny", title="tiny study", seconds=60.0,
+        notebooks=[NotebookRecord("03_ablations.ipynb", "ok", 50.0, None)]))
+    (config.study_dir / "index.html").unlink()
+    assert main(["--config", str(config.source)]) == 0
+    html = (config.study_dir / "index.html").read_text()
+    assert "52.0 ± 2.0" in html and "Wall time: 1.0 min" in html and "50 s" in html
