@@ -23,6 +23,15 @@ tiny_overrides = _training.tiny_overrides
 FIXTURE_CLASSES = _training.FIXTURE_CLASSES
 FIXTURE_IMAGES = _training.FIXTURE_IMAGES
 
+_study_spec = importlib.util.spec_from_file_location(
+    "study_conftest", Path(__file__).parents[1] / "study" / "conftest.py"
+)
+_study = importlib.util.module_from_spec(_study_spec)
+_study_spec.loader.exec_module(_study)  # type: ignore[union-attr]
+#: The study tests' notebook and study-file writers.
+write_notebook = _study.write_notebook
+write_study = _study.write_study
+
 #: The checkout under test (subprocesses must import this checkout's dml_study).
 CHECKOUT = Path(__file__).resolve().parents[2]
 
