@@ -59,7 +59,7 @@ def test_failed_rerun_leaves_the_previous_report_untouched(tmp_path: Path):
 def test_headline_errors_do_not_mask_the_notebook_error(tmp_path: Path):
     """The issue's case: a value error in ``train`` breaks the headline after a failure."""
     path = _study(tmp_path, fail=True, groups=[{
-        "name": "g", "description": "", "seeds": [0],
+        "name": "so_vs_none", "description": "", "seeds": [0],
         "variants": {"no_so": {"so_lambda": 0.0}, "so": {"so_lambda": 0.1}}}],
         train={"dataset": "cub200", "epochs": 0})
     config = load_study_config(path)
