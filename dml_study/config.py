@@ -71,6 +71,12 @@ class DataConfig:
     #: Area range of the training RandomResizedCrop (torchvision's default is (0.08, 1)).
     crop_scale: tuple[float, float] = (0.08, 1.0)
     eval_batch_size: int = 256
+    #: A corrupt (undecodable) image: ``raise`` = error naming the file when it is loaded,
+    #: ``skip`` = decode every image up front and drop bad ones with a warning.
+    on_corrupt: Literal["raise", "skip"] = "raise"
+    #: Decode every image up front, before the run directory is created, so a corrupt file
+    #: fails (or is skipped) at start-up rather than mid-epoch; ``None`` → only with ``skip``.
+    check_images: bool | None = None
 
 
 @dataclass
@@ -173,6 +179,11 @@ class RunConfig:
     quiet: bool = False
     #: Replace a finished run of the same name (otherwise it is an error).
     overwrite: bool = False
+    #: Resume an interrupted run with a different ``optim.lr`` (e.g. lower, after a
+    #: non-finite loss): every group's lr is scaled by new/old from the checkpoint on; the
+    #: change is recorded in ``provenance.json["lr_changes"]``. Otherwise a changed lr is
+    #: refused on resume.
+    allow_lr_change: bool = False
     #: Also write ``checkpoints/last.pt`` every N optimiser steps (0 = end of epoch only).
     checkpoint_every_steps: int = 0
     #: Testing/debugging: stop with :class:`~dml_study.training.errors.StopRequested` after
@@ -329,16 +340,29 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
     return content
 
 
-def _apply_nested(values: dict[str, dict[str, Any]], nested: dict[str, Any], origin: str) -> None:
+def _check_sections(nested: dict[str, Any], origin: str) -> None:
+    """Every top-level key is a known section whose body is a mapping (or empty)."""
     for section, body in nested.items():
         if section not in SECTIONS:
+            close = difflib.get_close_matches(str(section), list(SECTIONS), n=1)
+            hint = f". Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
-                f"{origin}: unknown section {section!r}; valid sections: {', '.join(SECTIONS)}"
+                f"{origin}: unknown section {section!r}; valid sections: "
+                f"{', '.join(SECTIONS)}{hint}"
             )
+        if body is not None and not isinstance(body, dict):
+            raise ConfigError(
+                f"{origin}: section {section!r} must be a mapping of keys to values "
+                f"(e.g. '{section}:' followed by indented 'key: value' lines), "
+                f"got {type(body).__name__} {body!r}"
+            )
+
+
+def _apply_nested(values: dict[str, dict[str, Any]], nested: dict[str, Any], origin: str) -> None:
+    _check_sections(nested, origin)
+    for section, body in nested.items():
         if body is None:
             continue
-        if not isinstance(body, dict):
-            raise ConfigError(f"{origin}: section {section!r} must be a mapping")
         for name, value in body.items():
             values[section][name] = value  # unknown names are reported by build_config
 
@@ -359,6 +383,7 @@ def load_config(
         if value is not None:
             resolved_overrides[dotted] = value
     user = _read_yaml(yaml_path) if yaml_path is not None else {}
+    _check_sections(user, str(yaml_path))
     if dataset is None:
         dataset = resolved_overrides.get("data.dataset") or (user.get("data") or {}).get(
             "dataset"
@@ -394,10 +419,8 @@ def build_config(values: dict[str, dict[str, Any]]) -> ExperimentConfig:
 
 def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
     """Inverse of :meth:`ExperimentConfig.to_dict` (validated)."""
-    for section in d:
-        if section not in SECTIONS:
-            raise ConfigError(f"unknown section {section!r}; valid sections: {', '.join(SECTIONS)}")
-    return build_config(d)
+    _check_sections(d, "config")
+    return build_config({k: v or {} for k, v in d.items()})
 
 
 def replace(config: ExperimentConfig, **overrides: Any) -> ExperimentConfig:
@@ -419,6 +442,17 @@ def _require(cond: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def _require_finite(config: ExperimentConfig) -> None:
+    """No NaN/±inf in any number (``--lr inf`` would otherwise train on garbage)."""
+    for key, value in config.flat().items():
+        numbers = value if isinstance(value, list) else (
+            list(value.values()) if isinstance(value, dict) else [value]
+        )
+        for number in numbers:
+            if isinstance(number, float) and not np.isfinite(number):
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+
+
 def validate(config: ExperimentConfig) -> None:
     """Range and consistency checks that need no data; raises :class:`ConfigError`."""
     from dml_study.data import DATASETS
@@ -427,6 +461,7 @@ def validate(config: ExperimentConfig) -> None:
         config.data, config.model, config.loss, config.optim, config.schedule, config.eval,
         config.run,
     )
+    _require_finite(config)
     valid_datasets = sorted(DATASETS)
     _require(
         d.dataset in valid_datasets, "data.dataset", f"{d.dataset!r} is not one of {valid_datasets}"

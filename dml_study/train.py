@@ -5,12 +5,19 @@ Every config key is an option, flat (``--lr``, ``--batch_size``, ``--loss``) or 
 ``--embedding_dim none``). ``--config FILE`` reads a YAML file in the preset layout first.
 Runs unchanged under ``torchrun --nproc_per_node=N -m dml_study.train ...`` (DDP; gloo on CPU,
 NCCL on CUDA). Prints the final metrics as JSON on rank 0.
+
+Exit status: 0 finished; 1 training error (one line naming cause and fix: run locked by
+another process, finished run without ``--overwrite true``, non-finite loss, ...);
+2 bad config; 130/143 interrupted by SIGINT/SIGTERM after checkpointing the current step
+("interrupted at step N; re-run the same command to resume"); a second SIGINT stops at
+once (130, no new checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from dml_study.config import ConfigError, dotted_keys, flat_keys, load_config, parse_cli_value
@@ -55,12 +62,23 @@ def main(argv: list[str] | None = None) -> int:
     if ns.print_config:
         print(config.to_yaml())
         return 0
-    from dml_study.training import train
+    from dml_study.training import TrainingError, TrainingInterrupted, train
 
-    result = train(config)
-    import os
-
-    if int(os.environ.get("RANK", "0")) == 0:
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    try:
+        result = train(config)
+    except TrainingInterrupted as err:
+        if main_rank:
+            print(str(err), file=sys.stderr, flush=True)
+        return err.exit_code
+    except KeyboardInterrupt as err:
+        print(f"{err or 'interrupted'}; the last checkpoint (if any) is still valid: "
+              "re-run the same command to resume", file=sys.stderr, flush=True)
+        return 130
+    except TrainingError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
+    if main_rank:
         print(json.dumps({"run_dir": str(result.run_dir.path), **result.metrics,
                           "untrained": result.untrained}, indent=2))
     return 0

@@ -45,6 +45,7 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise CorruptImageError(
-            f"cannot decode image {path}: {err}. Re-download/replace the file, or pass "
-            f"on_corrupt='skip' to get_dataset to drop unreadable images with a warning"
+            f"cannot decode image {path}: {err}. Re-download/replace the file, or drop "
+            f"unreadable images with a warning: on_corrupt='skip' (get_dataset; training "
+            f"config data.on_corrupt, CLI --on_corrupt skip, notebook overrides)"
         ) from err

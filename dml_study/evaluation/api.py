@@ -34,6 +34,30 @@ def _as_labels(labels: np.ndarray, n: int, name: str) -> np.ndarray:
     return y.astype(np.int64, copy=False)
 
 
+def _unit_scale(embeddings: np.ndarray, name: str) -> np.ndarray:
+    """Divide every row by its largest absolute value (exact for cosine similarity).
+
+    faiss searches in float32. Casting first would turn float64 rows below float32's range
+    (|x| < 1.2e-38, or below 1e-45 for subnormals) into zero vectors and finite rows above it
+    (|x| > 3.4e38) into infinities, and float32 rows above ~1e19 overflow the squared norm.
+    Cosine similarity does not depend on a row's scale, so scaling each row into [-1, 1]
+    first, in the input's own precision, makes every finite input exact.
+    """
+    x = np.asarray(embeddings)
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
+        return x  # shape and dtype errors are reported by l2_normalize
+    finite = np.isfinite(x)
+    if not finite.all():
+        rows = np.flatnonzero(~finite.all(axis=1))
+        raise ValueError(
+            f"{name} contains NaN or infinite values in {len(rows)} row(s), e.g. row(s) "
+            f"{rows[:5].tolist()}; check the model output (a diverged run?) before evaluating"
+        )
+    scale = np.abs(x).max(axis=1, keepdims=True) if x.size else np.ones((len(x), 1))
+    scale[scale == 0] = 1.0  # zero rows stay zero
+    return x / scale
+
+
 def _as_ks(ks: Sequence[int]) -> tuple[int, ...]:
     values = tuple(ks)
     if not values or any(isinstance(k, bool) or int(k) != k or k < 1 for k in values):
@@ -77,12 +101,16 @@ def evaluate(
         An :class:`EvaluationResult`. Queries with no relevant gallery item (R = 0) are left
         out of every retrieval metric and counted in ``excluded_queries``.
 
+    Any finite float input is valid, of any scale or precision (float64 rows beyond
+    float32's range included): each row is scaled by its largest magnitude before the
+    float32 search, which leaves cosine similarities unchanged.
+
     Raises:
         ValueError: on inconsistent shapes, non-integer labels, non-finite embeddings, bad
             ``ks``, or when no query has a relevant gallery item.
     """
     ks = _as_ks(ks)
-    queries = l2_normalize(query_embeddings, "query_embeddings")
+    queries = l2_normalize(_unit_scale(query_embeddings, "query_embeddings"), "query_embeddings")
     q_labels = _as_labels(query_labels, len(queries), "query_labels")
     if (gallery_embeddings is None) != (gallery_labels is None):
         raise ValueError(
@@ -93,7 +121,9 @@ def evaluate(
         gallery, g_labels = None, q_labels
         available = len(queries) - 1
     else:
-        gallery = l2_normalize(gallery_embeddings, "gallery_embeddings")
+        gallery = l2_normalize(
+            _unit_scale(gallery_embeddings, "gallery_embeddings"), "gallery_embeddings"
+        )
         g_labels = _as_labels(gallery_labels, len(gallery), "gallery_labels")
         if gallery.shape[1] != queries.shape[1]:
             raise ValueError(

@@ -17,6 +17,7 @@ whether it is run from the command line, from ``make`` or from a notebook in
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ from typing import Any
 import yaml
 
 from dml_study.typed_fields import coerce, field_types
+
+#: Set to a study's name while its run executes in ``<results>/<name>.staging``.
+STAGING_ENV = "DML_STUDY_STAGING"
+STAGING_SUFFIX = ".staging"
 
 #: Parameters of ``notebooks/02_train.ipynb`` (fixed by the project's interface). ``None``
 #: means "from the dataset preset".
@@ -170,7 +175,14 @@ class StudyConfig:
 
     @property
     def study_dir(self) -> Path:
-        """Where the study's executed notebooks, HTML and index land."""
+        """Where the study's executed notebooks, HTML and index land.
+
+        While :func:`~dml_study.study.runner.run_study` executes the study, this is the
+        staging directory ``<results>/<name>.staging`` (env ``DML_STUDY_STAGING`` = name),
+        in the runner and in the notebook kernels it starts alike.
+        """
+        if os.environ.get(STAGING_ENV) == self.name:
+            return self.results_dir / f"{self.name}{STAGING_SUFFIX}"
         return self.results_dir / self.name
 
     @property

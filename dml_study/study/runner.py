@@ -3,21 +3,30 @@
 ``run_study`` executes every notebook of the study with papermill (``03_ablations``
 in turn executes ``02_train`` once per missing grid run), renders each executed notebook
 to HTML with nbconvert, and writes ``results/<study>/{index.html, README.md,
-summary.json}``. Progress is printed as plain lines. A failing notebook stops the study:
-its executed copy (with the traceback in the failing cell) is kept, the index records the
-failure, and :class:`~dml_study.study.notebooks.NotebookExecutionError` names the
-notebook and cell.
+summary.json}``. Progress is printed as plain lines.
+
+Everything is written into a staging directory, ``results/<study>.staging/`` (a copy of the
+previous results, so ``only=`` re-runs keep the other notebooks' pages); it replaces
+``results/<study>/`` only when every notebook succeeded and the report was written. A
+failing notebook stops the study: the previous ``results/<study>/`` stays untouched (a
+committed study is never overwritten by a failed run), the staging directory keeps the
+executed copy with the traceback in the failing cell and an index recording the failure,
+and :class:`~dml_study.study.notebooks.NotebookExecutionError` names the notebook and cell
+— nothing raised while writing that index can mask it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from dml_study.study.config import StudyConfig
+from dml_study.study.config import STAGING_ENV, STAGING_SUFFIX, StudyConfig
 from dml_study.study.notebooks import NotebookExecutionError, execute_notebook, render_html
 from dml_study.study.report import NotebookRecord, StudyRecord, headline, write_reports
 
@@ -40,7 +49,8 @@ def run_study(
     """Execute the study's notebooks (or the ``only`` subset) and write its report.
 
     Returns the :class:`StudyRecord` also written to ``summary.json``. Raises
-    :class:`NotebookExecutionError` after recording the failure in the index.
+    :class:`NotebookExecutionError` after recording the failure in the staging directory's
+    index; ``results/<study>/`` then still holds the previous (successful) results.
     """
     stream = stream or sys.stdout
     html = config.execution.html if html is None else html
@@ -54,7 +64,8 @@ def run_study(
         if not config.notebook_path(notebook).is_file():
             raise FileNotFoundError(f"study notebook {config.notebook_path(notebook)} is missing")
     record = StudyRecord(name=config.name, title=config.title, environment=_environment())
-    config.study_dir.mkdir(parents=True, exist_ok=True)
+    final_dir = config.study_dir
+    staging = stage_study_dir(config)
     started = time.perf_counter()
 
     def say(message: str) -> None:
@@ -62,23 +73,95 @@ def run_study(
             elapsed = time.perf_counter() - started
             print(f"[study {config.name} | {elapsed:6.0f} s] {message}", file=stream, flush=True)
 
-    say(f"{len(notebooks)} notebook(s) -> {config.study_dir}")
-    try:
+    say(f"{len(notebooks)} notebook(s) -> {final_dir} (staged in {staging})")
+    failure: NotebookExecutionError | None = None
+    with staging_env(config):
         for position, notebook in enumerate(notebooks, start=1):
             say(f"({position}/{len(notebooks)}) executing {notebook}")
             nb_record = _execute_one(config, notebook, html, stream if progress else None)
             record.notebooks.append(nb_record)
             if nb_record.error is not None:
-                # Stop the study; the index written below records which cell broke.
                 say(f"({position}/{len(notebooks)}) {notebook} FAILED")
-                raise nb_record.exception
+                failure = nb_record.exception  # type: ignore[assignment]
+                break
             say(f"({position}/{len(notebooks)}) {notebook} done in {nb_record.seconds:.0f} s")
-    finally:
         record.seconds = time.perf_counter() - started
-        record.headline = headline(config)
-        _readme, index = write_reports(config, record, html=html)
-    say(f"finished in {record.seconds / 60:.1f} min; report: {index}")
+        if failure is None:
+            record.headline = headline(config)
+            write_reports(config, record, html=html)
+        else:
+            _write_failure_reports(config, record, say, html)
+    if failure is not None:
+        say(f"previous results in {final_dir} left untouched; this attempt is kept in {staging}")
+        raise failure
+    publish_study_dir(staging, final_dir)
+    say(f"finished in {record.seconds / 60:.1f} min; report: {final_dir / 'index.html'}")
     return record
+
+
+def staging_dir(config: StudyConfig) -> Path:
+    """``<results>/<study>.staging``: where a study run writes until it has succeeded."""
+    return config.results_dir / f"{config.name}{STAGING_SUFFIX}"
+
+
+@contextlib.contextmanager
+def staging_env(config: StudyConfig) -> Iterator[Path]:
+    """Point ``config.study_dir`` (here and in notebook kernels) at the staging directory."""
+    previous = os.environ.get(STAGING_ENV)
+    os.environ[STAGING_ENV] = config.name
+    try:
+        yield staging_dir(config)
+    finally:
+        if previous is None:
+            os.environ.pop(STAGING_ENV, None)
+        else:
+            os.environ[STAGING_ENV] = previous
+
+
+def stage_study_dir(config: StudyConfig) -> Path:
+    """A fresh staging directory holding a copy of the current study directory."""
+    final_dir, staging = config.study_dir, staging_dir(config)
+    _recover_interrupted_publish(final_dir)
+    if staging.exists():
+        shutil.rmtree(staging)
+    if final_dir.is_dir():
+        shutil.copytree(final_dir, staging, symlinks=True)
+    else:
+        staging.mkdir(parents=True)
+    return staging
+
+
+def publish_study_dir(staging: Path, final_dir: Path) -> None:
+    """Replace ``final_dir`` by ``staging`` (two renames; a crash between them is undone
+    by :func:`_recover_interrupted_publish` at the next run)."""
+    previous = final_dir.with_name(final_dir.name + ".previous")
+    if previous.exists():
+        shutil.rmtree(previous)
+    if final_dir.exists():
+        os.replace(final_dir, previous)
+    os.replace(staging, final_dir)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _recover_interrupted_publish(final_dir: Path) -> None:
+    """A process killed between the two renames of :func:`publish_study_dir`: restore."""
+    previous = final_dir.with_name(final_dir.name + ".previous")
+    if previous.is_dir() and not final_dir.exists():
+        os.replace(previous, final_dir)
+
+
+def _write_failure_reports(
+    config: StudyConfig, record: StudyRecord, say, html: bool
+) -> None:
+    """Index of a failed attempt (in staging); its own errors are reported, never raised."""
+    try:
+        record.headline = headline(config)
+    except Exception as exc:  # must not mask the notebook error
+        say(f"(headline not computed: {type(exc).__name__}: {exc})")
+    try:
+        write_reports(config, record, html=html)
+    except Exception as exc:  # must not mask the notebook error
+        say(f"(report of the failed attempt not written: {type(exc).__name__}: {exc})")
 
 
 def _execute_one(

@@ -13,6 +13,15 @@ Reproducibility: model/proxy initialisation is seeded; augmentation is seeded pe
 checkpoint holds optimiser, scheduler, position and RNG states. A run killed mid-epoch and
 resumed from ``checkpoints/last.pt`` therefore reproduces the uninterrupted run bit for bit on
 CPU (tested: resume with ``num_workers=0``; identical results with 0 and 2 workers).
+
+Reliability: the process holds the run's lock (:mod:`dml_study.training.lock`) from opening
+the run directory to writing ``metrics.json``, so a second process on the same run name
+fails at once naming the holder. SIGINT/SIGTERM finish the current step, write ``last.pt``
+and raise :class:`~dml_study.training.errors.TrainingInterrupted`
+(:mod:`dml_study.training.interrupt`). ``train_time_s`` counts the time of every optimiser
+step in the checkpointed state, across resumes. After a non-finite loss, a run can continue
+from its last checkpoint with a lower learning rate (``run.allow_lr_change``, see
+:meth:`Trainer._resume`).
 """
 
 from __future__ import annotations
@@ -38,8 +47,15 @@ from dml_study.losses import ProxyLoss, create_loss, orthogonality_stats
 from dml_study.models import Embedder, create_embedder
 from dml_study.training import distributed as D
 from dml_study.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from dml_study.training.errors import NonFiniteLossError, StopRequested, TrainingError
+from dml_study.training.errors import (
+    NonFiniteLossError,
+    StopRequested,
+    TrainingError,
+    TrainingInterrupted,
+)
 from dml_study.training.history import History
+from dml_study.training.interrupt import GracefulInterrupt
+from dml_study.training.lock import RunLock
 from dml_study.training.optim import build_optimizer, build_param_groups, build_scheduler, group_lrs
 from dml_study.training.pipeline import (
     EpochBatches,
@@ -64,6 +80,8 @@ RESUME_MUTABLE_KEYS = frozenset(
     {
         "data.num_workers",
         "data.eval_batch_size",
+        "data.check_images",
+        "data.cache_decoded",
         "run.quiet",
         "run.overwrite",
         "run.stop_after_steps",
@@ -71,6 +89,7 @@ RESUME_MUTABLE_KEYS = frozenset(
         "run.device",
         "run.compile",
         "run.results_dir",
+        "run.allow_lr_change",
     }
 )
 
@@ -200,7 +219,11 @@ class Trainer:
         self.last_metrics: dict[str, float] | None = None
         self.last_embeddings: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
         self.train_time_s = 0.0
+        self.epoch_time_s = 0.0  # training time of the epoch in progress (restored on resume)
         self.resumed = False
+        self.lr_change: dict[str, float] | None = None  # set by a resume with a new lr
+        self.lock = RunLock(self.run_dir.path)
+        self.interrupt = GracefulInterrupt(on_first=self._on_signal)
         self._ddp: nn.Module | None = None
         self._backbone_trainable: bool | None = None
 
@@ -252,23 +275,37 @@ class Trainer:
     # ------------------------------------------------------------------ run directory
 
     def _prepare_run_dir(self) -> RunState:
-        state = None
+        """Lock (rank 0) and prepare the run directory; a failure is raised on every rank."""
+        outcome: tuple[str, Any] = ("ok", None)
         if self.ctx.is_main:
-            state = self.run_dir.prepare(self.config.run.overwrite)
-        D.barrier(self.ctx)
-        return RunState(D.broadcast_object(state.value if state else None, self.ctx))
+            try:
+                self.lock.acquire()
+                outcome = ("ok", self.run_dir.prepare(self.config.run.overwrite).value)
+            except TrainingError as err:
+                outcome = ("error", err)
+        outcome = D.broadcast_object(outcome, self.ctx)  # type: ignore[assignment]
+        if outcome[0] == "error":
+            raise outcome[1]
+        return RunState(outcome[1])
 
     def _write_provenance(self, resumed: bool) -> None:
         if not self.ctx.is_main:
             return
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         report = environment_report()
+        lr_changes: list[dict[str, float]] = []
         if resumed and self.run_dir.provenance.is_file():
             previous = self.run_dir.read_json("provenance.json")
             report["started"] = previous.get("started", now)
             report["resumed"] = [*previous.get("resumed", []), now]
+            lr_changes = previous.get("lr_changes", [])
         else:
             report["started"] = now
+        if self.lr_change is not None:
+            lr_changes = [*lr_changes, self.lr_change]
+            atomic_write_text(self.run_dir.config, self.config.to_yaml())
+        if lr_changes:
+            report["lr_changes"] = lr_changes
         report["world_size"] = self.ctx.world_size
         report["run_device"] = str(self.device)
         report["amp_bf16"] = self.amp
@@ -293,6 +330,7 @@ class Trainer:
             "best_metrics": self.best_metrics,
             "last_metrics": self.last_metrics,
             "train_time_s": self.train_time_s,
+            "epoch_time_s": self.epoch_time_s,
             "config": self.config.to_dict(),
             "world_size": self.ctx.world_size,
         }
@@ -318,17 +356,36 @@ class Trainer:
             )
 
     def _resume(self) -> None:
+        """Restore ``last.pt``; refuse a changed recipe (except ``optim.lr`` when allowed).
+
+        With ``run.allow_lr_change`` a different ``optim.lr`` continues the run from the
+        checkpoint with every group's learning rate scaled by ``new_lr / old_lr`` (the
+        schedule's shape is kept). ``config.yaml`` then holds the new lr and
+        ``provenance.json`` records the change (``lr_changes``: step, old and new lr): such a
+        run is *not* reproduced by its ``config.yaml`` alone.
+        """
         state = load_checkpoint(self.run_dir.last_checkpoint, map_location=self.device)
         diff = _config_diff(state["config"], self.config.to_dict())
+        old_lr, new_lr = state["config"]["optim"]["lr"], self.config.optim.lr
+        lr_changed = "optim.lr" in diff and self.config.run.allow_lr_change
+        if lr_changed:
+            diff.remove("optim.lr")
         if diff:
+            hint = (
+                " (a lower learning rate after a non-finite loss: also pass "
+                "run.allow_lr_change=true)" if diff == ["optim.lr"] else ""
+            )
             raise TrainingError(
                 f"cannot resume {self.run_dir.path}: the config differs from the checkpoint's in "
-                f"{', '.join(diff)}; use another run_name or overwrite=True"
+                f"{', '.join(diff)}; use another run_name or overwrite=True{hint}"
             )
         self.embedder.load_state_dict(state["model"])
         self.loss_fn.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if lr_changed:
+            self._rescale_lr(new_lr / old_lr)
+            self.lr_change = {"step": state["global_step"], "from": old_lr, "to": new_lr}
         self.epoch = state["epoch"]
         self.batch_in_epoch = state["batch_in_epoch"]
         self.global_step = state["global_step"]
@@ -340,6 +397,7 @@ class Trainer:
         self.best_metrics = state["best_metrics"]
         self.last_metrics = state["last_metrics"]
         self.train_time_s = state["train_time_s"]
+        self.epoch_time_s = state.get("epoch_time_s", 0.0)
         rngs = state["rng"]
         if len(rngs) != self.ctx.world_size:
             warnings.warn(
@@ -349,6 +407,15 @@ class Trainer:
             )
         set_rng_state(rngs[self.ctx.rank] if self.ctx.rank < len(rngs) else rngs[0])
         self.resumed = True
+
+    def _rescale_lr(self, ratio: float) -> None:
+        """Multiply the base and current learning rate of every group by ``ratio``."""
+        self.scheduler.base_lrs = [lr * ratio for lr in self.scheduler.base_lrs]
+        for group in self.optimizer.param_groups:
+            group["lr"] *= ratio
+            if "initial_lr" in group:
+                group["initial_lr"] *= ratio
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     # ------------------------------------------------------------------ evaluation
 
@@ -439,8 +506,7 @@ class Trainer:
         world_batch = self.config.data.batch_size * self.ctx.world_size
         stop_after = self.config.run.stop_after_steps
         every = self.config.run.checkpoint_every_steps
-        start = time.perf_counter()
-        images_seen = 0
+        tick = time.perf_counter()
         bar = tqdm(
             self.train_loader,
             total=self.steps_per_epoch,
@@ -457,16 +523,24 @@ class Trainer:
             self.partial_count += 1
             self.batch_in_epoch += 1
             self.global_step += 1
-            images_seen += world_batch
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{images_seen / elapsed:.0f}")
+            # Time is added step by step, so a mid-epoch checkpoint holds the time so far.
+            now = time.perf_counter()
+            self.epoch_time_s += now - tick
+            self.train_time_s += now - tick
+            tick = now
+            rate = self.batch_in_epoch * world_batch / max(self.epoch_time_s, 1e-9)
+            bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{rate:.0f}")
+            if self._interrupt_requested():
+                bar.close()
+                self._stop_on_signal()
             if every and self.global_step % every == 0:
                 self.save_last()
             if stop_after is not None and self.global_step >= stop_after:
                 raise StopRequested(self.global_step)
+            tick = time.perf_counter()  # checkpoint writes are not training time
         bar.close()
-        elapsed = time.perf_counter() - start
-        self.train_time_s += elapsed
+        elapsed = self.epoch_time_s
+        images_seen = self.steps_per_epoch * world_batch
         record: dict[str, Any] = {"epoch": epoch + 1, "step": self.global_step}
         record.update(_mean_terms(self.partial_sums, self.partial_count))
         record.update(group_lrs(self.optimizer))
@@ -475,7 +549,28 @@ class Trainer:
         record["img_per_s"] = images_seen / elapsed if elapsed > 0 else float("nan")
         self.partial_sums, self.partial_count = {}, 0
         self.epoch, self.batch_in_epoch = epoch + 1, 0
+        self.epoch_time_s = 0.0
         return record
+
+    # ------------------------------------------------------------------ signals
+
+    def _on_signal(self, signum: int) -> None:
+        self._log(f"signal {signum} received: finishing the current step, then checkpointing "
+                  "(send it again to stop at once)")
+
+    def _interrupt_requested(self) -> bool:
+        """Whether any rank received SIGINT/SIGTERM (collective under DDP)."""
+        local = float(self.interrupt.signum or 0)
+        if not self.ctx.distributed:
+            return local > 0
+        return D.all_reduce_sum(local, self.ctx) > 0
+
+    def _stop_on_signal(self) -> None:
+        """Checkpoint at the current step and raise :class:`TrainingInterrupted`."""
+        self.save_last()
+        raise TrainingInterrupted(
+            self.interrupt.signum or 15, self.global_step, str(self.run_dir.last_checkpoint)
+        )
 
     def _orth_record(self) -> dict[str, float]:
         stats = orthogonality_stats(self.loss_fn.proxies.detach().cpu())
@@ -490,7 +585,17 @@ class Trainer:
             tqdm.write(message)
 
     def run(self) -> RunResult:
-        """Train (or resume) to the end and write the run directory."""
+        """Train (or resume) to the end and write the run directory.
+
+        Holds the run's lock and the SIGINT/SIGTERM handlers for the whole call.
+        """
+        try:
+            with self.interrupt:
+                return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> RunResult:
         state = self._prepare_run_dir()
         if state is RunState.RESUMABLE:
             self._resume()
@@ -510,6 +615,8 @@ class Trainer:
             self.history.append({"epoch": 0, "step": 0, **self._orth_record(),
                                  **(self.untrained or {})})
         self._write_provenance(self.resumed)
+        if self._interrupt_requested():  # e.g. during the untrained evaluation
+            self._stop_on_signal()
 
         for epoch in range(self.epoch, self.config.schedule.epochs):
             record = self._train_epoch(epoch)
@@ -529,6 +636,11 @@ class Trainer:
                 f"epoch {epoch + 1}: loss {record.get('loss', float('nan')):.4f} "
                 f"so {record.get('so', 0.0):.4f} {_fmt(record)}"
             )
+            if self._interrupt_requested():  # e.g. during the evaluation: last.pt is current
+                raise TrainingInterrupted(
+                    self.interrupt.signum or 15, self.global_step,
+                    str(self.run_dir.last_checkpoint),
+                )
         return self._finish()
 
     def _finish(self) -> RunResult:

@@ -11,6 +11,10 @@ class RunExistsError(TrainingError):
     """The run directory holds a finished run and ``overwrite`` was not requested."""
 
 
+class RunLockedError(TrainingError):
+    """Another live process is training the same run directory (see :mod:`~.lock`)."""
+
+
 class NonFiniteLossError(TrainingError):
     """The loss became NaN/Inf; carries the global step and the last good checkpoint."""
 
@@ -23,8 +27,30 @@ class NonFiniteLossError(TrainingError):
         where = checkpoint if checkpoint is not None else "none (no checkpoint written yet)"
         super().__init__(
             f"non-finite loss ({value}) at global step {step} (epoch {epoch}, batch {batch}); "
-            f"last good checkpoint: {where}. Lower the learning rate or enable gradient "
-            "clipping, then resume from that checkpoint by re-running the same config."
+            f"last good checkpoint: {where}. To continue from it with a lower learning rate, "
+            "re-run the same config with a smaller optim.lr and run.allow_lr_change=true "
+            "(CLI: --lr <smaller> --allow_lr_change true); to start over, pass overwrite=true."
+        )
+
+
+class TrainingInterrupted(TrainingError):
+    """SIGINT/SIGTERM arrived: the current step finished and a checkpoint was written.
+
+    ``exit_code`` is the shell convention 128 + signal number (130 for SIGINT, 143 for
+    SIGTERM), which the command line exits with.
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: str):
+        import signal
+
+        self.signum = signum
+        self.step = step
+        self.checkpoint = checkpoint
+        self.exit_code = 128 + int(signum)
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name}: interrupted at step {step}; re-run the same command to resume "
+            f"(checkpoint {checkpoint})"
         )
 
 

@@ -147,10 +147,13 @@ def load_datasets(
     """Training split and evaluation splits of ``config.data.dataset`` (no transforms yet).
 
     Missing data raises the data layer's error (naming the expected layout) right here,
-    before any model is built or run directory created.
+    before any model is built or run directory created; so does a corrupt image when
+    ``data.check_images`` (or ``data.on_corrupt: skip``, which drops it) screens them.
     """
     d = config.data
-    kw: dict[str, Any] = {"progress": progress}
+    kw: dict[str, Any] = {"progress": progress, "on_corrupt": d.on_corrupt}
+    if d.check_images is not None:
+        kw["check_images"] = d.check_images
     if d.cache_decoded:
         kw["cache_decoded"] = True
         # Cache at the eval resize size: the random crop and the centre crop both start there.

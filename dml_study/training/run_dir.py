@@ -11,9 +11,11 @@ Layout::
     proxies_init.npy     proxies before training
     proxies.npy          final proxies
     test_embeddings.npz  final test embeddings and labels
+    .lock                held by the training process (see :mod:`dml_study.training.lock`)
 
 Every file is written through :mod:`dml_study.atomic_io`, so a killed process never leaves a
-half-written file behind.
+half-written file behind; the temporary ``.<name>.*.tmp`` files a ``kill -9`` can orphan are
+removed when the run is next opened for training (under its lock, so no writer is alive).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from dml_study.atomic_io import (  # noqa: F401  (re-exported: the trainer write
     atomic_write_with,
 )
 from dml_study.training.errors import RunExistsError
+from dml_study.training.lock import LOCK_NAME
 
 
 def default_results_dir() -> Path:
@@ -102,19 +105,41 @@ class RunDirectory:
         """Create the directory; refuse to touch a finished run unless ``overwrite``.
 
         Returns the state *after* preparation: ``RESUMABLE`` (continue from last.pt) or ``NEW``.
-        ``overwrite`` wipes the directory, including a resumable checkpoint.
+        ``overwrite`` wipes the directory, including a resumable checkpoint (the lock file
+        stays: it is held by the caller). Orphaned temporary files are removed. Call it only
+        while holding the run's :class:`~dml_study.training.lock.RunLock`.
         """
         state = self.state()
         if overwrite and self.path.exists():
-            shutil.rmtree(self.path)
+            self.clear()
             state = RunState.NEW
         elif state is RunState.FINISHED:
             raise RunExistsError(
                 f"run directory {self.path} holds a finished run (metrics.json exists); "
                 "choose another run_name or pass overwrite=True to replace it"
             )
+        self.remove_orphaned_temp_files()
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         return state
+
+    def clear(self) -> None:
+        """Delete everything in the directory except the lock file."""
+        for entry in self.path.iterdir():
+            if entry.name == LOCK_NAME:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+    def remove_orphaned_temp_files(self) -> list[Path]:
+        """Delete ``.<name>.*.tmp`` files left by a process killed while writing; return them."""
+        if not self.path.is_dir():
+            return []
+        orphans = [p for p in self.path.rglob(".*.tmp") if p.is_file()]
+        for orphan in orphans:
+            orphan.unlink(missing_ok=True)
+        return orphans
 
     def read_json(self, name: str) -> Any:
         with open(self.path / name, encoding="utf-8") as fh:

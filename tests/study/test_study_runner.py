@@ -80,11 +80,14 @@ def test_failing_notebook_stops_the_study_and_is_recorded(tmp_path: Path):
     assert error.notebook.name == "b.ipynb" and error.cell_index == 2
     assert error.first_line == "value = math.sqrt(-1)  # domain error"
     assert not (notebooks / "ran_c").exists()  # the study stopped at b
-    assert (config.study_dir / "b.ipynb").is_file()  # executed copy kept with the error
-    summary = json.loads((config.study_dir / "summary.json").read_text())
+    # The failed attempt stays in the staging directory; results/<study>/ is not touched.
+    staging = config.results_dir / f"{config.name}.staging"
+    assert not config.study_dir.exists()
+    assert (staging / "b.ipynb").is_file()  # executed copy kept with the error
+    summary = json.loads((staging / "summary.json").read_text())
     assert [(n["notebook"], n["status"]) for n in summary["notebooks"]] == [
         ("a.ipynb", "ok"), ("b.ipynb", "failed")]
-    assert "cell 2" in (config.study_dir / "README.md").read_text()
+    assert "cell 2" in (staging / "README.md").read_text()
 
 
 @pytest.mark.slow

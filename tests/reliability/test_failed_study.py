@@ -1,0 +1,104 @@
+"""A failed study never overwrites the previous report and always names notebook and cell."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from reliability_helpers import subprocess_env, write_notebook, write_study
+
+from dml_study.study.config import load_study_config
+from dml_study.study.notebooks import NotebookExecutionError
+from dml_study.study.runner import publish_study_dir, run_study, stage_study_dir
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _study(tmp_path: Path, fail: bool, **overrides) -> Path:
+    notebooks = tmp_path / "notebooks"
+    write_notebook(notebooks / "a.ipynb", "study_config = None", "print('a ran')")
+    body = "raise RuntimeError('boom in b')" if fail else "print('b ran')"
+    write_notebook(notebooks / "b.ipynb", "study_config = None", "x = 1", body)
+    return write_study(tmp_path, notebooks=["a.ipynb", "b.ipynb"], **{"groups": [], **overrides})
+
+
+def test_failed_rerun_leaves_the_previous_report_untouched(tmp_path: Path):
+    config = load_study_config(_study(tmp_path, fail=False))
+    run_study(config, progress=False)
+    study = config.study_dir
+    before = _snapshot(study)
+    assert {"a.ipynb", "b.ipynb", "a.html", "b.html", "index.html", "summary.json",
+            "README.md"} <= set(before)
+
+    config = load_study_config(_study(tmp_path, fail=True))
+    with pytest.raises(NotebookExecutionError) as info:
+        run_study(config, progress=False)
+    assert info.value.notebook.name == "b.ipynb" and info.value.cell_index == 2
+    assert "boom in b" in str(info.value)
+    assert _snapshot(study) == before  # the committed study is not overwritten
+
+    # The failed attempt is kept for inspection, and its own index agrees with its files.
+    staging = tmp_path / "results" / "tiny.staging"
+    assert info.value.output == staging / "b.ipynb"
+    assert "boom in b" in (staging / "b.ipynb").read_text()
+    assert "| failed |" in (staging / "README.md").read_text()
+
+    # A successful run replaces the report and removes the staging directory.
+    config = load_study_config(_study(tmp_path, fail=False, title="second"))
+    run_study(config, progress=False)
+    assert not staging.exists()
+    assert "second" in (study / "README.md").read_text()
+
+
+def test_headline_errors_do_not_mask_the_notebook_error(tmp_path: Path):
+    """The issue's case: a value error in ``train`` breaks the headline after a failure."""
+    path = _study(tmp_path, fail=True, groups=[{
+        "name": "so_vs_none", "description": "", "seeds": [0],
+        "variants": {"no_so": {"so_lambda": 0.0}, "so": {"so_lambda": 0.1}}}],
+        train={"dataset": "cub200", "epochs": 0})
+    config = load_study_config(path)
+    lines: list[str] = []
+
+    class Stream:
+        def write(self, text: str) -> None:
+            lines.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    with pytest.raises(NotebookExecutionError, match=r"b\.ipynb failed in cell 2"):
+        run_study(config, html=False, stream=Stream())  # type: ignore[arg-type]
+    assert not config.study_dir.exists()  # nothing claims success
+    assert any("left untouched" in line for line in lines)
+
+
+def test_cli_exits_nonzero_naming_notebook_and_cell(tmp_path: Path):
+    path = _study(tmp_path, fail=True)
+    out = subprocess.run([sys.executable, "-m", "dml_study.study", "--config", str(path),
+                          "--no-html", "--quiet"], capture_output=True, text=True,
+                         env=subprocess_env(), timeout=600)
+    assert out.returncode == 1
+    assert "b.ipynb failed in cell 2" in out.stderr and "boom in b" in out.stderr
+
+
+def test_publish_replaces_and_a_crash_between_renames_is_recovered(tmp_path: Path):
+    config = load_study_config(_study(tmp_path, fail=False))
+    final = config.study_dir
+    final.mkdir(parents=True)
+    (final / "old.txt").write_text("old")
+    staging = stage_study_dir(config)
+    assert (staging / "old.txt").read_text() == "old"  # a copy: only= runs keep the rest
+    (staging / "new.txt").write_text("new")
+    publish_study_dir(staging, final)
+    assert sorted(os.listdir(final)) == ["new.txt", "old.txt"] and not staging.exists()
+
+    # Killed after the first rename of a later publish: the next run restores the report.
+    os.replace(final, final.with_name("tiny.previous"))
+    stage_study_dir(config)
+    assert (final / "new.txt").is_file()

@@ -1,0 +1,77 @@
+"""SIGINT/SIGTERM: finish the step, checkpoint, say how to resume, exit non-zero."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from reliability_helpers import wait_for
+
+from dml_study.training import train
+from dml_study.training.checkpoint import load_checkpoint
+from dml_study.training.interrupt import GracefulInterrupt
+
+RETRIEVAL_KEYS = ("R@1", "R@2", "R@4", "MAP@R", "RP", "NMI")
+
+
+def _interrupt(start_training, results_dir: Path, sig: signal.Signals, **overrides):
+    run_dir = results_dir / "runs" / "sig"
+    proc = start_training(run_name="sig", **overrides)
+    # provenance.json is written right before the first training step.
+    wait_for(lambda: (run_dir / "provenance.json").is_file(), proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=600)
+    return proc.returncode, out, err, run_dir
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_checkpoints_the_current_step_and_resume_is_bit_identical(
+    sig, start_training, results_dir: Path, tiny_config
+):
+    code, _out, err, run_dir = _interrupt(start_training, results_dir, sig, epochs=3)
+    assert code == 128 + sig, err
+    match = re.search(r"interrupted at step (\d+); re-run the same command to resume", err)
+    assert match, err
+    assert "Traceback" not in err
+    step = int(match.group(1))
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert state["global_step"] == step
+    assert not (run_dir / "metrics.json").exists()
+
+    # Re-running the same command resumes and ends where an uninterrupted run ends.
+    resumed = start_training(run_name="sig", epochs=3)
+    _out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    full = train(tiny_config(run_name="full", epochs=3))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in RETRIEVAL_KEYS:
+        assert metrics[key] == full.metrics[key], key
+    np.testing.assert_array_equal(np.load(run_dir / "proxies.npy"), np.load(full.run_dir.proxies))
+    a = load_checkpoint(full.run_dir.last_checkpoint)["model"]
+    b = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_second_signal_stops_at_once():
+    seen = []
+    guard = GracefulInterrupt(on_first=seen.append)
+    with guard:
+        assert signal.getsignal(signal.SIGTERM) == guard.handle
+        guard.handle(signal.SIGINT)
+        assert guard.requested and seen == [signal.SIGINT]
+        with pytest.raises(KeyboardInterrupt, match="second SIGINT"):
+            guard.handle(signal.SIGINT)
+        # The previous handlers are back: a third Ctrl-C is Python's default.
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_handlers_are_restored_after_training(tiny_config):
+    before = signal.getsignal(signal.SIGTERM)
+    train(tiny_config(run_name="h", epochs=1))
+    assert signal.getsignal(signal.SIGTERM) is before
