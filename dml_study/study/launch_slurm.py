@@ -21,8 +21,12 @@ requeue included), which is how this path is tested without a cluster.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -61,24 +65,56 @@ class SlurmRunJob(submitit.helpers.Checkpointable):
         requeued job resumes from ``checkpoints/last.pt``.
         """
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_process(proc)
         return super().checkpoint(task)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_proc": None}
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """SIGTERM ``proc``, wait up to ``timeout`` s for it to exit, then SIGKILL it.
+
+    Runs inside a signal handler that interrupted ``proc.wait()``, which holds the Popen's
+    wait lock, so ``proc.wait`` here would deadlock; ``os.waitpid`` reaps it directly.
+    """
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(proc.pid, os.WNOHANG)
+        except ChildProcessError:  # already reaped
+            return
+        if pid:
+            return
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(proc.pid, 0)
+
+
 def torchrun_command(parameters: dict[str, Any], gpus: int) -> tuple[str, ...]:
-    """``torchrun`` training a run with ``parameters`` on ``gpus`` GPUs of one node (DDP)."""
+    """``torchrun`` training a run with ``parameters`` on ``gpus`` GPUs of one node (DDP).
+
+    The trainer's ``batch_size`` is per process under DDP, so the run's (global) batch ``B``
+    is split: each of the ``G`` processes gets ``B / G``; the recipe, and so the run, stay
+    the same. ``B`` must be a multiple of ``G × m_per_class``.
+    """
+    from dml_study.study.grid import resolved_config
+
+    resolved = resolved_config(parameters)
+    batch, m = resolved["data.batch_size"], resolved["data.m_per_class"]
+    if batch % (gpus * m):
+        raise ValueError(
+            f"run {parameters.get('run_name')}: batch {batch} cannot be split over {gpus} GPUs "
+            f"in whole classes of {m} images; use gpus_per_run dividing {batch // m}, or "
+            "gpus_per_run: 1"
+        )
     args = ["torchrun", "--standalone", f"--nproc_per_node={gpus}", "-m", "dml_study.train"]
     flat = {k: v for k, v in parameters.items() if k != "overrides"}
     flat.update(parameters.get("overrides") or {})
+    flat["batch_size"] = batch // gpus
     for key, value in flat.items():
         if value is not None:
             text = value if isinstance(value, str) else yaml.safe_dump(

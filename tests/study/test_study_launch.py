@@ -149,23 +149,28 @@ def test_slurm_resources_reach_the_sbatch_script(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # "srun exists"
 
     config = load_study_config(write_study(tmp_path))
-    slurm = SlurmConfig(partition="gpu", account="proj", time_min=720, gpus_per_run=4,
+    slurm = SlurmConfig(partition="gpu", account="proj", time_min=720, gpus_per_run=3,
                         cpus_per_run=16, mem_gb=64, setup=("module load cuda",),
-                        additional={"gres": "gpu:a100:4"}, cluster="slurm")
+                        additional={"gres": "gpu:a100:3"}, cluster="slurm")
     executor = SlurmLauncher(slurm).executor(config)
     script = _make_sbatch_string(command="python x", folder=tmp_path,
                                  **executor._executor.parameters)
-    for line in ("--partition=gpu", "--account=proj", "--time=720", "--gpus-per-node=4",
-                 "--cpus-per-task=16", "--mem=64GB", "--gres=gpu:a100:4", "module load cuda"):
+    for line in ("--partition=gpu", "--account=proj", "--time=720", "--gpus-per-node=3",
+                 "--cpus-per-task=16", "--mem=64GB", "--gres=gpu:a100:3", "module load cuda"):
         assert line in script
     spec = expand_grid(config)[0]
     task = SlurmLauncher(slurm).job_task(make_task(config, spec))
     assert task.parameters["device"] == "cuda" and task.env["OMP_NUM_THREADS"] == "16"
-    assert task.pre_command[:4] == ("torchrun", "--standalone", "--nproc_per_node=4", "-m")
-    command = torchrun_command({"so_lambda": 0.1, "quiet": True, "lr": None,
+    assert task.pre_command[:4] == ("torchrun", "--standalone", "--nproc_per_node=3", "-m")
+    command = torchrun_command({"dataset": "icons", "so_lambda": 0.1, "quiet": True,
+                                "lr": None, "batch_size": 64, "m_per_class": 4,
                                 "overrides": {"optim.proxy_lr_mult": 10}}, 2)
-    assert command[5:] == ("--so_lambda", "0.1", "--quiet", "true",
+    # The run's batch of 64 is split over the two processes (the trainer's is per process).
+    assert command[5:] == ("--dataset", "icons", "--so_lambda", "0.1", "--quiet", "true",
+                           "--batch_size", "32", "--m_per_class", "4",
                            "--optim.proxy_lr_mult", "10")
+    with pytest.raises(ValueError, match="cannot be split over 3 GPUs"):
+        torchrun_command({"dataset": "icons", "batch_size": 64, "m_per_class": 4}, 3)
 
 
 # --------------------------------------------------------------------------- local
