@@ -324,3 +324,40 @@ def test_slurm_no_wait_then_collect_renders_the_finished_grid(fake_project: Path
     assert executed.metadata["papermill"]["parameters"]["train"] is False
     summary = json.loads((config.study_dir / "summary.json").read_text())
     assert summary["headline"]["metrics"]["R@1"]["n"] == 2
+
+
+# --------------------------------------------------------------------------- real training
+
+
+@pytest.mark.slow
+def test_small_study_with_real_training_two_at_a_time(tmp_path: Path, repo_root: Path):
+    """Two variants x two seeds, 1 epoch, the real ``02_train``: ``--launcher local
+    --max-parallel 2`` trains all four runs, then ``03_ablations`` reuses them."""
+    from dml_study.data.fixtures import write_cub_fixture
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    for name in ("02_train.ipynb", "03_ablations.ipynb"):
+        (notebooks / name).write_bytes((repo_root / "notebooks" / name).read_bytes())
+    data_root = write_cub_fixture(tmp_path / "data", num_classes=12, images_per_class=6)
+    train = {
+        "dataset": "cub200", "backbone": "efficientnet_lite0", "pretrained": True,
+        "image_size": 32, "embedding_dim": 16, "epochs": 1, "batch_size": 24,
+        "m_per_class": 4, "lr": 1e-3, "device": "cpu", "num_workers": 0, "quiet": True,
+    }
+    groups = [{"name": "so_vs_none", "seeds": [0, 1],
+               "variants": {"no_so": {"so_lambda": 0.0}, "so": {"so_lambda": 0.1}}}]
+    path = write_study(tmp_path, notebooks=["03_ablations.ipynb"], train_notebook="02_train.ipynb",
+                       train=train, data_root=str(data_root), groups=groups)
+    assert main(["--config", str(path), "--launcher", "local", "--max-parallel", "2",
+                 "--no-html", "--quiet"]) == 0
+    config = load_study_config(path)
+    runs = unique_runs(expand_grid(config))
+    assert len(runs) == 4 and all(is_finished(config.results_dir, r.run_name) for r in runs)
+    state = read_launch_state(config)
+    assert {state[r.run_name]["status"] for r in runs} == {"trained"}
+    for run in runs:  # one thread each (2 cores / 2 runs), recorded by the trainer itself
+        provenance = json.loads((config.runs_dir / run.run_name / "provenance.json").read_text())
+        assert provenance["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)
+    ablations = nbformat.read(config.study_dir / "03_ablations.ipynb", as_version=4)
+    assert "reused" in json.dumps([c.get("outputs", []) for c in ablations.cells])
