@@ -12,12 +12,16 @@ study's real runs (real ``02_train`` notebooks, the preset's epochs), so this ta
 minutes. On a shared machine the absolute times are noisy; the ratio of two back-to-back
 measurements less so.
 
-    python benchmarks/bench_launch.py [--runs 4] [--study studies/embedded.yaml]
+    python benchmarks/bench_launch.py [--runs 4] [--epochs N] [--study studies/embedded.yaml]
+
+On a machine shared with other CPU-bound jobs the comparison favours the parallel grid:
+the scheduler shares the cores per process, so two runs get more of the machine than one.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -31,10 +35,12 @@ from dml_study.study.launch_local import LocalLauncher
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed_grid(study: Path, runs: int, launcher: LocalLauncher) -> float:
+def timed_grid(study: Path, runs: int, launcher: LocalLauncher, epochs: int | None) -> float:
     """Seconds to train the first ``runs`` runs of ``study`` from scratch with ``launcher``."""
     with tempfile.TemporaryDirectory(prefix="bench-launch-") as tmp:
         config = load_study_config(study, results_dir=tmp)
+        if epochs is not None:
+            config = dataclasses.replace(config, train={**config.train, "epochs": epochs})
         specs = unique_runs(expand_grid(config))[:runs]
         started = time.perf_counter()
         grid = launch_grid(config, launcher, specs=specs, progress=True)
@@ -48,14 +54,19 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", type=Path, default=ROOT / "studies" / "embedded.yaml")
     parser.add_argument("--runs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="train each run this many epochs (default: the preset's)")
     args = parser.parse_args()
     from dml_study.data import get_dataset
 
     get_dataset("icons", "train")  # build the dataset cache before timing anything
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at the start")
-    sequential = timed_grid(args.study, args.runs, LocalLauncher(max_parallel=1))
-    parallel = timed_grid(args.study, args.runs, LocalLauncher(max_parallel=2, threads_per_run=1))
-    print(f"{args.runs} runs of {args.study.name}: sequential {sequential:.0f} s, "
+    sequential = timed_grid(args.study, args.runs, LocalLauncher(max_parallel=1), args.epochs)
+    print(f"load average {os.getloadavg()[0]:.1f} after the sequential grid")
+    parallel = timed_grid(args.study, args.runs, LocalLauncher(max_parallel=2, threads_per_run=1),
+                          args.epochs)
+    epochs = f", {args.epochs} epoch(s) each" if args.epochs else ""
+    print(f"{args.runs} runs of {args.study.name}{epochs}: sequential {sequential:.0f} s, "
           f"--max-parallel 2 (1 thread each) {parallel:.0f} s; speed-up "
           f"{sequential / parallel:.2f}x (load average {os.getloadavg()[0]:.1f} at the end)")
 

@@ -361,3 +361,44 @@ def test_small_study_with_real_training_two_at_a_time(tmp_path: Path, repo_root:
         assert provenance["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)
     ablations = nbformat.read(config.study_dir / "03_ablations.ipynb", as_version=4)
     assert "reused" in json.dumps([c.get("outputs", []) for c in ablations.cells])
+
+
+@pytest.mark.slow
+def test_slurm_path_preempted_real_training_resumes_from_its_checkpoint(tmp_path: Path,
+                                                                         repo_root: Path):
+    """The real ``02_train`` as a (local) SLURM job, preempted after its first checkpoint:
+    the requeued job resumes the run (``provenance.json`` records the resume) and ends with
+    every epoch exactly once in the history."""
+    from dml_study.data.fixtures import write_cub_fixture
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    (notebooks / "02_train.ipynb").write_bytes((repo_root / "notebooks" / "02_train.ipynb")
+                                               .read_bytes())
+    data_root = write_cub_fixture(tmp_path / "data", num_classes=12, images_per_class=6)
+    epochs = 8
+    train = {
+        "dataset": "cub200", "backbone": "efficientnet_lite0", "pretrained": True,
+        "image_size": 32, "embedding_dim": 16, "epochs": epochs, "batch_size": 24,
+        "m_per_class": 4, "lr": 1e-3, "device": "cpu", "num_workers": 0, "quiet": True,
+    }
+    config = load_study_config(write_study(tmp_path, notebooks=[],
+                                           train_notebook="02_train.ipynb", train=train,
+                                           data_root=str(data_root)))
+    spec = unique_runs(expand_grid(config))[0]
+    launcher = SlurmLauncher(_local_slurm())
+    job = launcher.executor(config).submit(SlurmRunJob(), launcher.job_task(make_task(config,
+                                                                                     spec)))
+    run = config.runs_dir / spec.run_name
+    deadline = time.time() + 600
+    while not (run / "checkpoints" / "last.pt").exists():
+        assert time.time() < deadline and job.state != "FINISHED", job.stderr()
+        time.sleep(0.1)
+    _preempt(job)
+    result = job.result()
+    assert result.status == "trained", result
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance.get("resumed"), provenance  # the requeued job resumed the run
+    history = json.loads((run / "history.json").read_text())
+    assert sorted(h["epoch"] for h in history) == list(range(epochs + 1))
+    assert is_finished(config.results_dir, spec.run_name)
