@@ -3,8 +3,14 @@
 - :mod:`~dml_study.study.config` — :class:`StudyConfig` loaded from ``studies/<name>.yaml``.
 - :mod:`~dml_study.study.grid` — ablation groups → run specs with stable names; executes
   ``02_train`` for every missing run (finished runs are reused).
-- :mod:`~dml_study.study.runner` — executes a study's notebooks in order (papermill),
-  renders HTML (nbconvert) and writes ``results/<study>/index.html`` and ``README.md``.
+- :mod:`~dml_study.study.launch` — launchers that train the grid's missing runs before
+  the notebooks: ``local`` (:mod:`~dml_study.study.launch_local`, ``--max-parallel N``)
+  and ``slurm`` (:mod:`~dml_study.study.launch_slurm`, submitit job arrays, requeue on
+  preemption); claim files (:mod:`~dml_study.study.launch_claims`) keep two launchers
+  from training the same run.
+- :mod:`~dml_study.study.runner` — trains the grid, executes a study's notebooks in order
+  (papermill), renders HTML (nbconvert) and writes ``results/<study>/index.html`` and
+  ``README.md``.
 - :mod:`~dml_study.study.report` (front page: claims, figures, headline, links),
   :mod:`~dml_study.study.pages` (self-contained pages, math as MathML),
   :mod:`~dml_study.study.machine_paths` (no absolute paths in ``results/``),
@@ -16,7 +22,8 @@
 - :mod:`~dml_study.study.analysis`, :mod:`~dml_study.study.plots`,
   :mod:`~dml_study.study.dataview` — what the notebooks compute and draw.
 
-Command line: ``python -m dml_study.study --config studies/embedded.yaml``.
+Command line: ``python -m dml_study.study --config studies/embedded.yaml [--launcher
+local|slurm] [--max-parallel N] [--no-wait] [--collect] [--list-runs]``.
 """
 
 from dml_study.study.config import StudyConfig, StudyConfigError, load_study_config

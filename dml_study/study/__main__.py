@@ -1,23 +1,42 @@
 """Command line: ``python -m dml_study.study --config studies/embedded.yaml``.
 
-Executes the study's notebooks in order and writes ``results/<study>/``. ``--list-runs``
-prints the ablation grid (run names, finished or not) without running anything.
+Trains the ablation grid's missing runs, then executes the study's notebooks in order and
+writes ``results/<study>/``. How runs are trained (study file: ``execution``; overridable
+here):
+
+  --launcher local --max-parallel 2                   two runs at once on this machine
+  --launcher local --max-parallel 4 --devices cuda:0,cuda:1,cuda:2,cuda:3
+  --launcher slurm --slurm partition=gpu --slurm time_min=720 [--no-wait]
+
+``--list-runs`` prints every run of the grid as pending / running / finished / failed
+with its job id, without running anything. ``--collect`` trains nothing and renders the
+report from the runs that have finished (e.g. after ``--no-wait``).
 ``--smoke`` runs the whole grid and every notebook with a tiny CPU recipe (minutes; checks
 the data root and the pipeline, see :mod:`dml_study.study.smoke`); ``--results-dir DIR``
 writes runs and report under DIR instead of the study's ``results_dir``.
-Exit status 1 with the failing notebook and cell when a notebook fails.
+Exit status 1 names every failed run (executed notebook, traceback) or the failing
+notebook and cell; a re-run retries only what failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
-from dml_study.study.config import StudyConfigError, load_study_config
+import yaml
+
+from dml_study.study.config import (
+    LAUNCHERS,
+    StudyConfig,
+    StudyConfigError,
+    build_slurm_config,
+    load_study_config,
+)
 from dml_study.study.notebooks import NotebookExecutionError
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dml_study.study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="studies/embedded.yaml",
@@ -27,13 +46,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-html", action="store_true", help="skip the nbconvert HTML pages")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.add_argument("--list-runs", action="store_true",
-                        help="print the ablation grid's runs and whether they are finished")
+                        help="print the grid's runs: pending / running / finished / failed, "
+                             "with job ids")
     parser.add_argument("--smoke", action="store_true",
                         help="whole grid and every notebook with a tiny CPU recipe (1 epoch, "
                         "DeiT-Tiny without pretrained weights, 32 px): checks data + pipeline")
     parser.add_argument("--results-dir", metavar="DIR",
                         help="write runs and report under DIR (default: the study's "
                         "results_dir; with --smoke: <results_dir>/smoke)")
+    grid = parser.add_argument_group("training the grid (default: the study's execution section)")
+    grid.add_argument("--launcher", choices=LAUNCHERS,
+                      help="local: runs on this machine, --max-parallel at a time; slurm: one "
+                           "SLURM job per run through submitit (a job array)")
+    grid.add_argument("--max-parallel", type=int, metavar="N",
+                      help="local launcher: train up to N runs at once")
+    grid.add_argument("--devices", metavar="D1,D2,...",
+                      help="local launcher: devices assigned round-robin to concurrent runs, "
+                           "e.g. cuda:0,cuda:1 (default: the study's train.device)")
+    grid.add_argument("--threads-per-run", type=int, metavar="T",
+                      help="local launcher: CPU threads of each run (default: cores / N)")
+    grid.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a key of execution.slurm (repeatable), e.g. "
+                           "partition=gpu, account=proj, time_min=720, gpus_per_run=4")
+    grid.add_argument("--no-wait", action="store_true",
+                      help="return after submitting the grid; render later with --collect")
+    grid.add_argument("--collect", action="store_true",
+                      help="train nothing: render the notebooks and report from finished runs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         config = load_study_config(args.config)
@@ -44,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             config = load_study_config(
                 derived_study_file(args.config, results_dir, smoke=args.smoke)
             )
+        config = apply_execution_overrides(config, args)
     except StudyConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -57,10 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as exc:
             print(f"error: smoke check of the data root failed: {exc}", file=sys.stderr)
             return 2
+    from dml_study.study.launch import GridFailedError
     from dml_study.study.runner import run_study
 
     try:
-        run_study(config, only=args.only, html=not args.no_html, progress=not args.quiet)
+        run_study(config, only=args.only, html=not args.no_html, progress=not args.quiet,
+                  wait=not args.no_wait, collect=args.collect)
+    except GridFailedError as exc:
+        print(f"\nstudy {config.name} stopped: {exc}", file=sys.stderr)
+        return 1
     except NotebookExecutionError as exc:
         print(f"\nstudy {config.name} stopped: {exc}", file=sys.stderr)
         return 1
@@ -70,16 +119,50 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _list_runs(config) -> int:
-    from dml_study.study.grid import expand_grid, is_finished, unique_runs
+def apply_execution_overrides(config: StudyConfig, args: argparse.Namespace) -> StudyConfig:
+    """``config`` with the command line's launcher options applied to ``execution``."""
+    execution = config.execution
+    changes: dict[str, object] = {}
+    if args.launcher is not None:
+        changes["launcher"] = args.launcher
+    if args.max_parallel is not None:
+        if args.max_parallel < 1:
+            raise StudyConfigError(f"--max-parallel must be >= 1, got {args.max_parallel}")
+        changes["max_parallel"] = args.max_parallel
+    if args.devices:
+        changes["devices"] = tuple(d.strip() for d in args.devices.split(",") if d.strip())
+    if args.threads_per_run is not None:
+        if args.threads_per_run < 1:
+            raise StudyConfigError(f"--threads-per-run must be >= 1, got {args.threads_per_run}")
+        changes["threads_per_run"] = args.threads_per_run
+    if args.slurm:
+        overrides = {}
+        for item in args.slurm:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise StudyConfigError(f"--slurm {item!r}: expected KEY=VALUE, e.g. partition=gpu")
+            overrides[key.strip()] = yaml.safe_load(value)
+        changes["slurm"] = build_slurm_config(execution.slurm, overrides, "--slurm")
+    if not changes:
+        return config
+    return dataclasses.replace(config, execution=dataclasses.replace(execution, **changes))
 
-    specs = expand_grid(config)
-    runs = unique_runs(specs)
-    for spec in runs:
-        cells = [f"{s.group}/{s.variant}" for s in specs if s.run_name == spec.run_name]
-        state = "finished" if is_finished(config.results_dir, spec.run_name) else "missing"
-        print(f"{spec.run_name:48s} {state:8s} {', '.join(sorted(set(cells)))}")
-    print(f"{len(runs)} runs for {len(specs)} grid cells")
+
+def _list_runs(config: StudyConfig) -> int:
+    from dml_study.study.grid import expand_grid
+    from dml_study.study.launch import run_states
+    from dml_study.study.launch_slurm import scheduler_state
+
+    rows = run_states(config, job_state=lambda launcher, job: scheduler_state(config, launcher,
+                                                                              job))
+    for row in rows:
+        job = row.job_id or "-"
+        detail = f"  ({row.detail})" if row.detail else ""
+        print(f"{row.run_name:48s} {row.state:8s} {job:>12s}  {', '.join(row.cells)}{detail}")
+    counts = {s: sum(r.state == s for r in rows) for s in ("finished", "running", "pending",
+                                                           "failed")}
+    print(f"{len(rows)} runs for {len(expand_grid(config))} grid cells: "
+          + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return 0
 
 

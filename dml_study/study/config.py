@@ -91,6 +91,49 @@ class ExecutionConfig:
     figure_dpi: int = 80
     #: Stream the notebooks' printed output (progress lines) to the terminal.
     stream_output: bool = True
+    #: How the grid's runs are trained before the notebooks: ``local`` or ``slurm``
+    #: (:mod:`dml_study.study.launch`; ``--launcher`` on the command line).
+    launcher: str = "local"
+    #: Runs trained at once by the local launcher (``--max-parallel``).
+    max_parallel: int = 1
+    #: Devices the local launcher assigns round-robin to concurrent runs (``--devices``);
+    #: empty: every run uses the study's ``train.device``.
+    devices: tuple[str, ...] = ()
+    #: CPU threads per concurrent local run (``None``: the cores divided by ``max_parallel``).
+    threads_per_run: int | None = None
+    #: Resources of each SLURM job (``--launcher slurm``).
+    slurm: SlurmConfig = field(default_factory=lambda: SlurmConfig())
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """Resources of one SLURM job (one grid run); the ``execution.slurm`` section.
+
+    Every key can be overridden on the command line: ``--slurm partition=gpu``. Values map
+    onto :meth:`submitit.AutoExecutor.update_parameters`.
+    """
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    #: Wall-clock limit of one job, minutes; a run that needs longer is requeued at the
+    #: limit and resumes from its checkpoint (up to ``max_requeues`` times).
+    time_min: int = 240
+    max_requeues: int = 3
+    #: GPUs of one run; more than one trains it with ``torchrun --nproc_per_node`` (DDP).
+    gpus_per_run: int = 1
+    cpus_per_run: int = 8
+    mem_gb: int | None = 32
+    #: Most runs of the job array running at once.
+    array_parallelism: int = 64
+    #: Shell lines run before each job (e.g. ``module load cuda``, activating the venv).
+    setup: tuple[str, ...] = ()
+    #: Further ``#SBATCH`` options, e.g. ``{"gres": "gpu:a100:1"}``.
+    additional: dict[str, Any] = field(default_factory=dict)
+    #: submitit cluster: ``None`` (SLURM when ``sbatch`` exists), ``slurm``, or ``local``
+    #: (the same jobs as local processes through submitit's LocalExecutor; for testing).
+    cluster: str | None = None
 
 
 @dataclass(frozen=True)
@@ -246,9 +289,11 @@ def study_config_from_dict(
             values[key] = tuple(
                 _build_group(g, f"{where}: groups[{i}]") for i, g in enumerate(value)
             )
-        elif key in ("headline", "analysis", "stats", "execution"):
+        elif key == "execution":
+            values[key] = _build_execution(value, f"{where}: {key}")
+        elif key in ("headline", "analysis", "stats"):
             cls = {"headline": HeadlineConfig, "analysis": AnalysisConfig,
-                   "stats": StatsConfig, "execution": ExecutionConfig}[key]
+                   "stats": StatsConfig}[key]
             values[key] = _build_section(cls, value, f"{where}: {key}")
         else:
             values[key] = _coerce(value, field_types(StudyConfig)[key], f"{where}: {key}")
@@ -285,6 +330,23 @@ def _build_group(raw: Any, where: str) -> GroupConfig:
         if not values:
             raise StudyConfigError(f"{where} ({group.name}).sweep.{param}: empty list")
     return group
+
+
+def _build_execution(raw: Any, where: str) -> ExecutionConfig:
+    """The ``execution`` section with its nested ``slurm`` section."""
+    if isinstance(raw, dict) and "slurm" in raw:
+        raw = dict(raw)
+        slurm = _build_section(SlurmConfig, raw.pop("slurm"), f"{where}.slurm")
+        return dataclasses.replace(_build_section(ExecutionConfig, raw, where), slurm=slurm)
+    return _build_section(ExecutionConfig, raw, where)
+
+
+def build_slurm_config(base: SlurmConfig, overrides: dict[str, Any], where: str) -> SlurmConfig:
+    """``base`` with ``overrides`` (e.g. from ``--slurm key=value``) checked like the file."""
+    merged = {**dataclasses.asdict(base), **overrides}
+    slurm = _build_section(SlurmConfig, merged, where)
+    validate_slurm(slurm, where)
+    return slurm
 
 
 def _build_section(cls: type, raw: Any, where: str) -> Any:
@@ -363,8 +425,36 @@ def _validate(config: StudyConfig, where: str) -> None:
             f"{where}: headline.group: {config.headline.group!r} is not a group; groups: "
             f"{', '.join(names)}"
         )
+    _validate_execution(config.execution, f"{where}: execution")
     if not 0.0 < config.stats.confidence < 1.0:
         raise StudyConfigError(f"{where}: stats.confidence must lie in (0, 1)")
+
+
+#: Launchers of the grid (see :mod:`dml_study.study.launch`).
+LAUNCHERS: tuple[str, ...] = ("local", "slurm")
+
+
+def _validate_execution(execution: ExecutionConfig, where: str) -> None:
+    if execution.launcher not in LAUNCHERS:
+        raise StudyConfigError(
+            f"{where}.launcher: {execution.launcher!r}; valid: {', '.join(LAUNCHERS)}"
+        )
+    if execution.max_parallel < 1:
+        raise StudyConfigError(f"{where}.max_parallel: must be >= 1, got {execution.max_parallel}")
+    if execution.threads_per_run is not None and execution.threads_per_run < 1:
+        raise StudyConfigError(f"{where}.threads_per_run: must be >= 1 or null")
+    validate_slurm(execution.slurm, f"{where}.slurm")
+
+
+def validate_slurm(slurm: SlurmConfig, where: str) -> None:
+    """Raise :class:`StudyConfigError` for impossible SLURM resources."""
+    if slurm.cluster not in (None, "slurm", "local"):
+        raise StudyConfigError(f"{where}.cluster: {slurm.cluster!r}; valid: null, slurm, local")
+    for key in ("time_min", "cpus_per_run", "array_parallelism"):
+        if getattr(slurm, key) < 1:
+            raise StudyConfigError(f"{where}.{key}: must be >= 1, got {getattr(slurm, key)}")
+    if slurm.gpus_per_run < 0 or slurm.max_requeues < 0:
+        raise StudyConfigError(f"{where}: gpus_per_run and max_requeues must be >= 0")
 
 
 def _variant_names(group: GroupConfig) -> list[str]:

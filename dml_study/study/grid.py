@@ -19,14 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from dml_study.study.config import StudyConfig
-from dml_study.study.notebooks import Progress, execute_notebook
+from dml_study.study.notebooks import Progress
 
 #: Training parameters that do not affect the result and so are not part of a run's identity.
 NON_IDENTITY_PARAMETERS: frozenset[str] = frozenset(
@@ -208,16 +207,21 @@ def run_grid(
     progress: bool = True,
     stream: TextIO | None = None,
 ) -> list[RunOutcome]:
-    """Train every run of the grid that is not finished yet, by executing ``02_train``.
+    """Train every run of the grid that is not finished yet, one after another, here.
 
-    Each missing run executes the study's training notebook with papermill; the executed
-    copy goes to ``results/<study>/runs/<run_name>.ipynb``. Finished runs (a run directory
-    with ``metrics.json``) are skipped, so a re-run only computes what is missing. A failing
-    run stops the grid with :class:`~dml_study.study.notebooks.NotebookExecutionError`
-    naming the run's executed notebook and its failing cell.
+    Each missing run executes the study's training notebook with papermill through
+    :func:`dml_study.study.launch.execute_run` (the one place a run is trained: it claims
+    the run, so a launcher training the same study is never duplicated); the executed copy
+    goes to ``results/<study>/runs/<run_name>.ipynb``. Finished runs (a run directory with
+    ``metrics.json``) are skipped, so a re-run only computes what is missing, and a run
+    another launcher is training is waited for. A failing run stops the grid with its
+    error (:class:`~dml_study.study.notebooks.NotebookExecutionError` naming the run's
+    executed notebook and failing cell). The study runner trains the grid *before* the
+    notebooks with a parallel launcher, so inside ``03_ablations`` every run is reused.
     """
+    from dml_study.study.launch import execute_run, make_task, wait_for_run
+
     runs = unique_runs(specs if specs is not None else expand_grid(config))
-    notebook = config.notebook_path(config.train_notebook)
     stream = stream or sys.stdout
     todo = {s.run_name for s in runs if not is_finished(config.results_dir, s.run_name)}
     bar = Progress(len(runs), "grid", stream=stream, enabled=progress)
@@ -228,26 +232,17 @@ def run_grid(
             outcomes.append(RunOutcome(spec.run_name, "reused", 0.0, None))
             bar.step(f"{spec.run_name}: finished earlier, reused")
             continue
-        started = time.perf_counter()
-        executed = config.executed_runs_dir / f"{spec.run_name}.ipynb"
         bar.log(f"{spec.run_name}: training ({spec.group}/{spec.variant}, seed {spec.seed})")
-        execute_notebook(
-            notebook,
-            executed,
-            spec.notebook_parameters(config.results_dir),
-            kernel_name=config.execution.kernel_name,
-            cwd=config.root,  # relative data paths (./data) resolve as on the command line
-            cell_timeout=config.execution.cell_timeout,
-        )
-        if not is_finished(config.results_dir, spec.run_name):
-            raise RuntimeError(
-                f"{notebook.name} finished for run {spec.run_name} but wrote no "
-                f"{run_dir(config.results_dir, spec.run_name) / FINISHED_MARKER}; "
-                f"see {executed}"
-            )
-        seconds = time.perf_counter() - started
-        outcomes.append(RunOutcome(spec.run_name, "trained", seconds, executed))
-        bar.step(f"{spec.run_name}: trained in {seconds:.0f} s")
+        result = execute_run(make_task(config, spec, launcher="notebook"))
+        while result.status == "claimed":  # another launcher trains it: wait, then look again
+            bar.log(f"{spec.run_name}: being trained by {result.holder}; waiting")
+            wait_for_run(config.results_dir, spec.run_name)
+            result = execute_run(make_task(config, spec, launcher="notebook"))
+        if result.status == "failed":
+            raise result.exception or RuntimeError(result.error)
+        executed = Path(result.executed_notebook) if result.executed_notebook else None
+        outcomes.append(RunOutcome(spec.run_name, result.status, result.seconds, executed))
+        bar.step(f"{spec.run_name}: {result.status} in {result.seconds:.0f} s")
     return outcomes
 
 

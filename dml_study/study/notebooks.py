@@ -14,8 +14,12 @@ figures embedded). :func:`check_notebook` validates the committed form of a note
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -130,7 +134,18 @@ def _local_kernel_config() -> Any:
     config = Config()
     if sys.platform != "win32":
         config.KernelManager.transport = "ipc"
+        # IPC sockets are files "<ip>-<n>" picked by the first free n; kernels started at
+        # the same moment by parallel runs (dml_study.study.launch) in one directory could
+        # pick the same files, so every process gets its own directory.
+        config.KernelManager.ip = str(_ipc_dir() / "kernel")
     return config
+
+
+@functools.cache
+def _ipc_dir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="dml-kernels-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def check_parameters(notebook: str | Path, parameters: dict[str, Any]) -> None:

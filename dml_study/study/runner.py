@@ -1,18 +1,27 @@
-"""Run a whole study: execute its notebooks in order, render them, write the index.
+"""Run a whole study: train the grid, execute its notebooks in order, render, write the index.
 
-``run_study`` executes every notebook of the study with papermill (``03_ablations``
-in turn executes ``02_train`` once per missing grid run), renders each executed notebook
-to HTML with nbconvert, and writes ``results/<study>/{index.html, README.md,
-summary.json}``. Progress is printed as plain lines.
+``run_study`` first trains every missing run of the ablation grid through a launcher
+(:mod:`dml_study.study.launch`: ``local`` with ``max_parallel`` runs at once, or
+``slurm``), then executes every notebook of the study with papermill (``03_ablations``'s
+training cell finds every run finished), renders each executed notebook to HTML with
+nbconvert, and writes ``results/<study>/{index.html, README.md, summary.json}``. Progress
+is printed as plain lines.
+
+Failures: failed grid runs do not stop the other runs; when the grid is done the study
+stops before the notebooks, the index lists every failed run, and
+:class:`~dml_study.study.launch.GridFailedError` names each with its executed notebook
+and traceback.
+``wait=False`` returns after submitting the grid (SLURM); ``collect=True`` trains nothing
+and renders the notebooks from the runs that have finished.
 
 Everything is written into a staging directory, ``results/<study>.staging/`` (a copy of the
 previous results, so ``only=`` re-runs keep the other notebooks' pages); it replaces
 ``results/<study>/`` only when every notebook succeeded and the report was written. A
-failing notebook stops the study: the previous ``results/<study>/`` stays untouched (a
-committed study is never overwritten by a failed run), the staging directory keeps the
-executed copy with the traceback in the failing cell and an index recording the failure,
-and :class:`~dml_study.study.notebooks.NotebookExecutionError` names the notebook and cell
-— nothing raised while writing that index can mask it.
+failing notebook (or a failed grid) stops the study: the previous ``results/<study>/``
+stays untouched (a committed study is never overwritten by a failed run), the staging
+directory keeps the executed copy with the traceback in the failing cell and an index
+recording the failure, and :class:`~dml_study.study.notebooks.NotebookExecutionError`
+names the notebook and cell — nothing raised while writing that index can mask it.
 """
 
 from __future__ import annotations
@@ -27,15 +36,39 @@ from pathlib import Path
 from typing import TextIO
 
 from dml_study.study.config import STAGING_ENV, STAGING_SUFFIX, StudyConfig
+from dml_study.study.launch import (
+    GridFailedError,
+    GridReport,
+    Launcher,
+    describe_failures,
+    launch_grid,
+)
 from dml_study.study.notebooks import NotebookExecutionError, execute_notebook, render_html
 from dml_study.study.report import NotebookRecord, StudyRecord, headline, write_reports
 
+TRAIN_PARAMETER = "train"
 
-def notebook_parameters(config: StudyConfig, notebook: str) -> dict[str, object]:
-    """Parameters a study notebook is executed with: the study file, plus overrides."""
+
+def notebook_parameters(
+    config: StudyConfig, notebook: str, collect: bool = False
+) -> dict[str, object]:
+    """Parameters a study notebook is executed with: the study file, plus overrides.
+
+    With ``collect`` a notebook that can train the grid is told not to (``train=False``).
+    """
     if config.source is None:
         raise ValueError("run_study needs a config loaded from a file (load_study_config)")
-    return {"study_config": str(config.source), **config.notebook_parameters.get(notebook, {})}
+    parameters = {"study_config": str(config.source),
+                  **config.notebook_parameters.get(notebook, {})}
+    if collect and _declares(config.notebook_path(notebook), TRAIN_PARAMETER):
+        parameters[TRAIN_PARAMETER] = False
+    return parameters
+
+
+def _declares(notebook: Path, parameter: str) -> bool:
+    import papermill
+
+    return parameter in papermill.inspect_notebook(str(notebook))
 
 
 def run_study(
@@ -45,10 +78,16 @@ def run_study(
     html: bool | None = None,
     progress: bool = True,
     stream: TextIO | None = None,
-) -> StudyRecord:
-    """Execute the study's notebooks (or the ``only`` subset) and write its report.
+    launcher: Launcher | None = None,
+    wait: bool = True,
+    collect: bool = False,
+) -> StudyRecord | None:
+    """Train the grid, execute the study's notebooks (or the ``only`` subset), write the report.
 
-    Returns the :class:`StudyRecord` also written to ``summary.json``. Raises
+    The grid is trained first (with ``launcher``, default: the study's ``execution``
+    section) when a selected notebook trains it; ``collect`` skips training. Returns the
+    :class:`StudyRecord` also written to ``summary.json``, or ``None`` when ``wait=False``
+    left runs unfinished (nothing rendered yet). Raises :class:`GridFailedError` or
     :class:`NotebookExecutionError` after recording the failure in the staging directory's
     index; ``results/<study>/`` then still holds the previous (successful) results.
     """
@@ -65,7 +104,6 @@ def run_study(
             raise FileNotFoundError(f"study notebook {config.notebook_path(notebook)} is missing")
     record = StudyRecord(name=config.name, title=config.title, environment=_environment())
     final_dir = config.study_dir
-    staging = stage_study_dir(config)
     started = time.perf_counter()
 
     def say(message: str) -> None:
@@ -73,12 +111,32 @@ def run_study(
             elapsed = time.perf_counter() - started
             print(f"[study {config.name} | {elapsed:6.0f} s] {message}", file=stream, flush=True)
 
+    grid = None
+    if config.groups and not collect and any(
+        _declares(config.notebook_path(nb), TRAIN_PARAMETER) for nb in notebooks
+    ):
+        # Runs live in results/runs/ and their executed notebooks in results/<study>/runs/:
+        # a run's record, never the report, which is only replaced after success below.
+        say("training the grid")
+        grid = launch_grid(config, launcher, wait=wait, progress=progress, stream=stream,
+                           raise_on_failure=False)
+        if grid.unfinished and not grid.failed:
+            say(f"{len(grid.unfinished)} run(s) not finished yet (submitted or trained "
+                "elsewhere); render the report later with --collect")
+            return None
+    staging = stage_study_dir(config)
     say(f"{len(notebooks)} notebook(s) -> {final_dir} (staged in {staging})")
-    failure: NotebookExecutionError | None = None
+    failure: GridFailedError | NotebookExecutionError | None = None
     with staging_env(config):
-        for position, notebook in enumerate(notebooks, start=1):
+        if grid is not None and grid.failed:
+            # The index lists the failed runs (per-run outcomes: results/<study>/launch.json).
+            record.notebooks.append(_grid_record(config, grid))
+            say(f"{len(grid.failed)} grid run(s) FAILED; the notebooks were not executed")
+            failure = GridFailedError(grid.failed)
+        for position, notebook in enumerate([] if failure else notebooks, start=1):
             say(f"({position}/{len(notebooks)}) executing {notebook}")
-            nb_record = _execute_one(config, notebook, html, stream if progress else None)
+            nb_record = _execute_one(config, notebook, html, stream if progress else None,
+                                     collect)
             record.notebooks.append(nb_record)
             if nb_record.error is not None:
                 say(f"({position}/{len(notebooks)}) {notebook} FAILED")
@@ -164,8 +222,16 @@ def _write_failure_reports(
         say(f"(report of the failed attempt not written: {type(exc).__name__}: {exc})")
 
 
+def _grid_record(config: StudyConfig, grid: GridReport) -> NotebookRecord:
+    """The failed grid's line in the index, naming every failed run."""
+    counts = {s: len(grid.with_status(s)) for s in ("trained", "reused", "failed")}
+    name = (f"{config.train_notebook} × {len(grid.results)} runs ({counts['trained']} trained, "
+            f"{counts['reused']} reused, {counts['failed']} failed)")
+    return NotebookRecord(name, "failed", grid.seconds, None, describe_failures(grid.failed))
+
+
 def _execute_one(
-    config: StudyConfig, notebook: str, html: bool, stdout: TextIO | None
+    config: StudyConfig, notebook: str, html: bool, stdout: TextIO | None, collect: bool = False
 ) -> NotebookRecord:
     output = config.study_dir / notebook
     started = time.perf_counter()
@@ -174,7 +240,7 @@ def _execute_one(
         execute_notebook(
             config.notebook_path(notebook),
             output,
-            notebook_parameters(config, notebook),
+            notebook_parameters(config, notebook, collect),
             kernel_name=config.execution.kernel_name,
             cwd=config.root,  # relative data paths (./data) resolve as on the command line
             cell_timeout=config.execution.cell_timeout,

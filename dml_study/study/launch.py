@@ -1,0 +1,504 @@
+"""Launchers: train the study grid's missing runs, in parallel or on a SLURM cluster.
+
+The study runner trains every missing run of the grid *before* it executes the study
+notebooks (``03_ablations`` keeps its training cell, which then finds every run finished).
+How the runs are trained is the launcher's business (registry in the timm style):
+
+- ``local`` (:class:`~dml_study.study.launch_local.LocalLauncher`): up to ``max_parallel``
+  runs at once on this machine, devices assigned round-robin, CPU threads split.
+- ``slurm`` (:class:`~dml_study.study.launch_slurm.SlurmLauncher`): one SLURM job per run
+  through submitit (a job array), requeued on timeout or preemption.
+
+Whatever the launcher, one run is one :class:`RunTask` executed by :func:`execute_run`:
+claim the run (:mod:`~dml_study.study.launch_claims`), execute ``02_train`` with papermill
+into ``results/<study>/runs/<run_name>.ipynb`` (the run's own log is
+``results/<study>/runs/<run_name>.log``), release the claim. Training resumes from the run
+directory's checkpoint when there is one, so a requeued or retried run continues where it
+stopped. A failed run does not stop the others: :func:`launch_grid` collects every outcome,
+records it in ``results/<study>/launch.json`` (status, job id, executed notebook, traceback)
+and :class:`GridFailedError` names every failed run; a re-run retries only those, because
+finished runs (``metrics.json``) are reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from dml_study.atomic_io import atomic_write_json
+from dml_study.study.config import LAUNCHERS, StudyConfig
+from dml_study.study.grid import (
+    FINISHED_MARKER,
+    RunSpec,
+    expand_grid,
+    is_finished,
+    run_dir,
+    unique_runs,
+)
+from dml_study.study.launch_claims import ClaimInfo, live_claim, try_claim
+from dml_study.study.notebooks import NotebookExecutionError, Progress, execute_notebook
+
+#: Seconds between two looks at a run another launcher is training.
+POLL_SECONDS = 5.0
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """Everything a worker needs to train one run (JSON-serialisable, picklable)."""
+
+    run_name: str
+    label: str  # "<group>/<variant>, seed <seed>" for messages
+    notebook: str
+    executed: str
+    log: str
+    parameters: dict[str, Any]
+    results_dir: str
+    cwd: str
+    kernel_name: str = "python3"
+    cell_timeout: int | None = None
+    launcher: str = "local"
+    job_id: str | None = None
+    #: Environment variables set for the run (threads, visible devices).
+    env: dict[str, str] = field(default_factory=dict)
+    #: A command run (under the claim) before the notebook, e.g. ``torchrun`` training the
+    #: run on several GPUs; the notebook then finds the run finished and reports it.
+    pre_command: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunTask:
+        return cls(**{**data, "pre_command": tuple(data.get("pre_command") or ())})
+
+
+@dataclass
+class RunResult:
+    """What became of one run.
+
+    ``status``: ``trained`` | ``reused`` (finished earlier) | ``failed`` | ``claimed``
+    (another launcher holds it) | ``submitted`` (a SLURM job not waited for).
+    """
+
+    run_name: str
+    status: str
+    seconds: float = 0.0
+    executed_notebook: str | None = None
+    log: str | None = None
+    job_id: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    holder: str | None = None
+    #: The failure itself, for callers that re-raise it (not serialised).
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "exception"}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunResult:
+        return cls(**{k: v for k, v in data.items() if k != "exception"})
+
+
+def make_task(
+    config: StudyConfig,
+    spec: RunSpec,
+    *,
+    launcher: str = "local",
+    device: str | None = None,
+    env: dict[str, str] | None = None,
+) -> RunTask:
+    """The task training ``spec`` with ``config``'s training notebook.
+
+    ``device`` replaces the run's ``device`` parameter (not part of the run's identity).
+    """
+    parameters = spec.notebook_parameters(config.results_dir)
+    if device is not None:
+        parameters["device"] = device
+    executed = config.executed_runs_dir / f"{spec.run_name}.ipynb"
+    return RunTask(
+        run_name=spec.run_name,
+        label=f"{spec.group}/{spec.variant}, seed {spec.seed}",
+        notebook=str(config.notebook_path(config.train_notebook)),
+        executed=str(executed),
+        log=str(executed.with_suffix(".log")),
+        parameters=parameters,
+        results_dir=str(config.results_dir),
+        cwd=str(config.root),  # relative data paths (./data) resolve as on the command line
+        kernel_name=config.execution.kernel_name,
+        cell_timeout=config.execution.cell_timeout,
+        launcher=launcher,
+        env=dict(env or {}),
+    )
+
+
+def execute_run(task: RunTask, stdout: TextIO | None = None) -> RunResult:
+    """Train one run: claim it, execute the training notebook, release it.
+
+    Never raises for a failing run: the failure (message, traceback from the executed
+    notebook) is in the returned :class:`RunResult`. ``stdout`` receives the kernel's
+    output live (the run's log when called by a worker process).
+    """
+    started = time.perf_counter()
+    results_dir = Path(task.results_dir)
+
+    def result(status: str, **kw: Any) -> RunResult:
+        kw = {"executed_notebook": task.executed, "log": task.log, "job_id": task.job_id, **kw}
+        return RunResult(task.run_name, status, time.perf_counter() - started, **kw)
+
+    if is_finished(results_dir, task.run_name):
+        return result("reused", executed_notebook=None)
+    claim = try_claim(results_dir, task.run_name, launcher=task.launcher, job_id=task.job_id)
+    if isinstance(claim, ClaimInfo):
+        return result("claimed", executed_notebook=None, holder=claim.describe())
+    with claim.start_heartbeat():
+        if is_finished(results_dir, task.run_name):  # finished while we were claiming
+            return result("reused", executed_notebook=None)
+        try:
+            if task.pre_command:
+                subprocess.run(list(task.pre_command), cwd=task.cwd, check=True,
+                               stdout=stdout, stderr=subprocess.STDOUT if stdout else None)
+            execute_notebook(
+                task.notebook, task.executed, task.parameters, kernel_name=task.kernel_name,
+                cwd=task.cwd, cell_timeout=task.cell_timeout, stdout=stdout,
+            )
+        except NotebookExecutionError as exc:
+            return result("failed", error=str(exc), traceback=notebook_traceback(task.executed),
+                          exception=exc)
+        except Exception as exc:  # one run's failure must not stop the grid
+            return result("failed", error=f"{type(exc).__name__}: {exc}",
+                          traceback=traceback.format_exc(), exception=exc)
+    if not is_finished(results_dir, task.run_name):
+        message = (f"{Path(task.notebook).name} finished for run {task.run_name} but wrote no "
+                   f"{run_dir(results_dir, task.run_name) / FINISHED_MARKER}")
+        return result("failed", error=message, exception=RuntimeError(message))
+    return result("trained")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def notebook_traceback(executed: str | Path) -> str | None:
+    """The traceback stored in an executed notebook's failing cell (ANSI colours removed)."""
+    import nbformat
+
+    try:
+        book = nbformat.read(executed, as_version=4)
+    except (OSError, ValueError):
+        return None
+    for cell in book.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                return _ANSI.sub("", "\n".join(output.get("traceback", [])))
+    return None
+
+
+# --------------------------------------------------------------------------- registry
+
+
+class Launcher(Protocol):
+    """Trains a batch of runs; see :func:`create_launcher`."""
+
+    name: str
+
+    def launch(
+        self,
+        config: StudyConfig,
+        tasks: Sequence[RunTask],
+        *,
+        wait: bool = True,
+        on_result: Callable[[RunResult], None] | None = None,
+    ) -> list[RunResult]:
+        """Train ``tasks``; with ``wait=False`` return after submitting (status ``submitted``)."""
+        ...
+
+
+def list_launchers() -> list[str]:
+    """Names accepted by :func:`create_launcher`."""
+    return list(LAUNCHERS)
+
+
+def is_launcher(name: str) -> bool:
+    """True when ``name`` is a launcher."""
+    return name in LAUNCHERS
+
+
+def create_launcher(name: str, **kwargs: Any) -> Launcher:
+    """A launcher by name: ``local`` (``max_parallel``, ``devices``, ``threads_per_run``) or
+    ``slurm`` (``slurm``: a :class:`~dml_study.study.config.SlurmConfig`)."""
+    if name == "local":
+        from dml_study.study.launch_local import LocalLauncher
+
+        return LocalLauncher(**kwargs)
+    if name == "slurm":
+        from dml_study.study.launch_slurm import SlurmLauncher
+
+        return SlurmLauncher(**kwargs)
+    import difflib
+
+    close = difflib.get_close_matches(name, LAUNCHERS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown launcher {name!r}{hint}; launchers: {', '.join(LAUNCHERS)}")
+
+
+def launcher_from_config(config: StudyConfig, name: str | None = None) -> Launcher:
+    """The launcher ``config.execution`` describes (``name`` overrides its ``launcher``)."""
+    execution = config.execution
+    name = name or execution.launcher
+    if name == "slurm":
+        return create_launcher("slurm", slurm=execution.slurm)
+    return create_launcher(name, max_parallel=execution.max_parallel,
+                           devices=execution.devices, threads_per_run=execution.threads_per_run)
+
+
+# --------------------------------------------------------------------------- the grid
+
+
+class GridFailedError(RuntimeError):
+    """Runs of the grid failed; the message names each with its notebook and traceback."""
+
+    def __init__(self, failed: Sequence[RunResult]) -> None:
+        self.failed = list(failed)
+        super().__init__(describe_failures(self.failed))
+
+
+def describe_failures(failed: Sequence[RunResult], traceback_lines: int = 12) -> str:
+    """Every failed run: its error, executed notebook, log and the end of its traceback."""
+    lines = [f"{len(failed)} run(s) failed (a re-run retries only these):"]
+    for res in failed:
+        lines.append(f"- {res.run_name}" + (f" (job {res.job_id})" if res.job_id else ""))
+        lines.append(f"    error: {res.error}")
+        if res.executed_notebook:
+            lines.append(f"    executed notebook: {res.executed_notebook}")
+        if res.log:
+            lines.append(f"    log: {res.log}")
+        if res.traceback:
+            tail = res.traceback.strip().splitlines()[-traceback_lines:]
+            lines += ["    traceback (last lines):", *(f"      {ln}" for ln in tail)]
+    return "\n".join(lines)
+
+
+@dataclass
+class GridReport:
+    """Outcome of :func:`launch_grid`: one :class:`RunResult` per distinct run."""
+
+    results: list[RunResult]
+    seconds: float = 0.0
+
+    def with_status(self, *status: str) -> list[RunResult]:
+        return [r for r in self.results if r.status in status]
+
+    @property
+    def failed(self) -> list[RunResult]:
+        return self.with_status("failed")
+
+    @property
+    def unfinished(self) -> list[RunResult]:
+        """Submitted or held elsewhere, not finished yet (``wait=False``)."""
+        return self.with_status("submitted", "claimed")
+
+
+def launch_state_path(config: StudyConfig) -> Path:
+    """``results/<study>/launch.json``: the last known outcome and job id of every run."""
+    return config.study_dir / "launch.json"
+
+
+def read_launch_state(config: StudyConfig) -> dict[str, dict[str, Any]]:
+    """Run name -> its last recorded :class:`RunResult` fields (empty when none)."""
+    path = launch_state_path(config)
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")).get("runs", {}))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); delete it to start afresh") from None
+
+
+def record_results(config: StudyConfig, results: Iterable[RunResult], launcher: str) -> None:
+    """Merge ``results`` into ``launch.json`` (atomically)."""
+    runs = read_launch_state(config)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    for res in results:
+        runs[res.run_name] = {**res.to_json(), "launcher": launcher, "updated": now}
+    atomic_write_json(launch_state_path(config), {"study": config.name, "runs": runs})
+
+
+def launch_grid(
+    config: StudyConfig,
+    launcher: Launcher | None = None,
+    specs: Iterable[RunSpec] | None = None,
+    *,
+    wait: bool = True,
+    progress: bool = True,
+    stream: TextIO | None = None,
+    raise_on_failure: bool = True,
+) -> GridReport:
+    """Train every missing run of the grid with ``launcher`` (default: the study's).
+
+    Finished runs are reused. With ``wait`` the call returns when every run has finished or
+    failed, also runs another launcher was training; without it, after submitting.
+    Raises :class:`GridFailedError` naming every failed run (after all the others finished)
+    unless ``raise_on_failure`` is false.
+    """
+    launcher = launcher or launcher_from_config(config)
+    stream = stream or sys.stdout
+    started = time.perf_counter()
+    runs = unique_runs(specs if specs is not None else expand_grid(config))
+    done = {s.run_name: RunResult(s.run_name, "reused") for s in runs
+            if is_finished(config.results_dir, s.run_name)}
+    todo = [s for s in runs if s.run_name not in done]
+    bar = Progress(len(runs), "grid", stream=stream, enabled=progress)
+    bar.done = len(done)
+    bar.log(f"{len(runs)} runs, {len(done)} already finished, {len(todo)} to train "
+            f"({launcher.name} launcher)")
+
+    def report(res: RunResult) -> None:
+        if res.status in ("trained", "failed", "reused"):
+            bar.step(_describe(res))
+        else:
+            bar.log(_describe(res))
+
+    tasks = [make_task(config, s, launcher=launcher.name) for s in todo]
+    while tasks:
+        results = launcher.launch(config, tasks, wait=wait, on_result=report)
+        record_results(config, results, launcher.name)
+        done.update({r.run_name: r for r in results})
+        claimed = [r for r in results if r.status == "claimed"]
+        if not (wait and claimed):
+            break
+        _wait_for_claims(config, [r.run_name for r in claimed], bar)
+        tasks = [t for t in tasks if t.run_name in {r.run_name for r in claimed}]
+    grid = GridReport([done[s.run_name] for s in runs], time.perf_counter() - started)
+    failed = grid.failed
+    bar.log(f"grid done in {grid.seconds:.0f} s: {len(grid.with_status('trained'))} trained, "
+            f"{len(grid.with_status('reused'))} reused, {len(failed)} failed, "
+            f"{len(grid.unfinished)} unfinished")
+    if failed and raise_on_failure:
+        raise GridFailedError(failed)
+    return grid
+
+
+def _describe(res: RunResult) -> str:
+    job = f" [job {res.job_id}]" if res.job_id else ""
+    if res.status == "trained":
+        return f"{res.run_name}{job}: trained in {res.seconds:.0f} s"
+    if res.status == "reused":
+        return f"{res.run_name}: finished earlier, reused"
+    if res.status == "failed":
+        return f"{res.run_name}{job}: FAILED ({(res.error or '').splitlines()[0]}); see {res.log}"
+    if res.status == "claimed":
+        return f"{res.run_name}: being trained by {res.holder}; waiting for it"
+    return f"{res.run_name}{job}: {res.status}"
+
+
+def _wait_for_claims(config: StudyConfig, names: Sequence[str], bar: Progress) -> None:
+    """Block until no live claim holds any of ``names``."""
+    for name in names:
+        wait_for_run(config.results_dir, name)
+    bar.log(f"{len(names)} run(s) released by the other launcher")
+
+
+def wait_for_run(results_dir: Path, run_name: str, poll: float = POLL_SECONDS) -> None:
+    """Block until no live claim holds ``run_name`` (its holder finished, failed or died)."""
+    while live_claim(results_dir, run_name) is not None:
+        time.sleep(poll)
+
+
+# --------------------------------------------------------------------------- run states
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """One row of ``--list-runs``."""
+
+    run_name: str
+    state: str  # "finished" | "running" | "pending" | "failed"
+    job_id: str | None
+    cells: tuple[str, ...]
+    detail: str = ""
+
+
+def run_states(config: StudyConfig, job_state: Callable[[str, str], str | None] | None = None
+               ) -> list[RunStatus]:
+    """State of every run of the grid, from the run directories, claims and ``launch.json``.
+
+    ``finished``: ``metrics.json`` exists. ``running``: a live claim holds it (or its SLURM
+    job runs). ``failed``: its last attempt failed. ``pending``: not started (or a SLURM job
+    waiting in the queue). ``job_state(launcher, job_id)`` asks the scheduler (optional).
+    """
+    specs = expand_grid(config)
+    state = read_launch_state(config)
+    rows: list[RunStatus] = []
+    for spec in unique_runs(specs):
+        cells = tuple(sorted({f"{s.group}/{s.variant}" for s in specs
+                              if s.run_name == spec.run_name}))
+        last = state.get(spec.run_name, {})
+        job_id = last.get("job_id")
+        holder = live_claim(config.results_dir, spec.run_name)
+        scheduler = job_state(last.get("launcher", ""), job_id) if job_state and job_id else None
+        if is_finished(config.results_dir, spec.run_name):
+            status, detail = "finished", ""
+        elif holder is not None:
+            status, detail = "running", holder.describe()
+            job_id = holder.job_id or job_id
+        elif scheduler in ("RUNNING", "COMPLETING", "CONFIGURING"):
+            status, detail = "running", f"scheduler: {scheduler}"
+        elif scheduler in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "SUSPENDED"):
+            status, detail = "pending", f"scheduler: {scheduler}"
+        elif last.get("status") == "failed" or scheduler in ("FAILED", "TIMEOUT", "CANCELLED",
+                                                            "OUT_OF_MEMORY", "NODE_FAIL"):
+            status = "failed"
+            detail = last.get("executed_notebook") or last.get("log") or str(scheduler or "")
+        else:
+            status, detail = "pending", ""
+        rows.append(RunStatus(spec.run_name, status, job_id, cells, detail))
+    return rows
+
+
+def worker_env(threads: int | None) -> dict[str, str]:
+    """Environment of a run limited to ``threads`` CPU threads (torch, OpenMP, BLAS).
+
+    torch reads ``OMP_NUM_THREADS`` at import, so the kernel of ``02_train`` starts with
+    ``torch.get_num_threads() == threads``.
+    """
+    if threads is None:
+        return {}
+    return {var: str(threads) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                          "OPENBLAS_NUM_THREADS")}
+
+
+def default_threads(max_parallel: int) -> int | None:
+    """CPU threads per run when ``max_parallel`` runs share this machine (None: 1 run)."""
+    if max_parallel <= 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // max_parallel)
+
+
+__all__ = [
+    "GridFailedError",
+    "GridReport",
+    "Launcher",
+    "RunResult",
+    "RunStatus",
+    "RunTask",
+    "create_launcher",
+    "execute_run",
+    "is_launcher",
+    "launch_grid",
+    "list_launchers",
+    "make_task",
+    "run_states",
+]
+
