@@ -593,7 +593,16 @@ class Trainer:
             with self.interrupt:
                 return self._run()
         finally:
+            self._stop_workers()
             self.lock.release()
+
+    def _stop_workers(self) -> None:
+        """Shut persistent data-loader workers down now (they ignore SIGINT/SIGTERM)."""
+        for loader in [self.train_loader, *(ld for ld, _ in self.eval_loaders.values())]:
+            iterator = getattr(loader, "_iterator", None)
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+                loader._iterator = None
 
     def _run(self) -> RunResult:
         state = self._prepare_run_dir()

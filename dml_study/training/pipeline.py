@@ -98,6 +98,20 @@ class EpochBatches(torch.utils.data.Sampler[list[SampleKey]]):
             yield keys
 
 
+def _ignore_interrupts(_worker_id: int) -> None:
+    """Workers leave SIGINT/SIGTERM to the main process.
+
+    Ctrl-C reaches the whole process group, and SLURM signals every process of a job step;
+    a worker dying of it would break the batch the trainer is finishing before it checkpoints
+    (:mod:`dml_study.training.interrupt`). The trainer shuts its workers down itself when
+    the run ends, however it ends.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(
     dataset: torch.utils.data.Dataset,
     *,
@@ -120,6 +134,7 @@ def make_loader(
     }
     if num_workers > 0:
         kwargs["persistent_workers"] = True
+        kwargs["worker_init_fn"] = _ignore_interrupts
     if batch_sampler is not None:
         return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)

@@ -14,7 +14,7 @@ from dml_study.config import ConfigError, load_config
 from dml_study.data.fixtures import write_cub_fixture
 from dml_study.data.images import CorruptImageError
 from dml_study.evaluation import evaluate
-from dml_study.training import Trainer, train
+from dml_study.training import Trainer
 from dml_study.training.run_dir import RunDirectory
 
 
@@ -120,24 +120,3 @@ def test_evaluate_names_the_rows_with_non_finite_values():
     x[[3, 7]] = np.nan
     with pytest.raises(ValueError, match=r"NaN or infinite values in 2 row\(s\).*\[3, 7\]"):
         evaluate(x, labels)
-
-
-def test_nonfinite_loss_advice_can_be_followed(tiny_config):
-    """The advice: resume from the last checkpoint with a lower lr and allow_lr_change."""
-    from dml_study.training.errors import NonFiniteLossError, StopRequested, TrainingError
-
-    assert "allow_lr_change" in str(NonFiniteLossError(float("nan"), 7, 2, 2, "last.pt"))
-    with pytest.raises(StopRequested):
-        train(tiny_config(run_name="lr", epochs=3, checkpoint_every_steps=3,
-                          stop_after_steps=7))
-    with pytest.raises(TrainingError, match="allow_lr_change=true"):
-        train(tiny_config(run_name="lr", epochs=3, lr=5e-4))
-    resumed = train(tiny_config(run_name="lr", epochs=3, lr=5e-4, allow_lr_change=True))
-    reference = train(tiny_config(run_name="ref", epochs=3))
-    # Before the change (epoch 1) both runs used lr 1e-3; afterwards the resumed one used half.
-    assert resumed.history[1]["lr_backbone"] == reference.history[1]["lr_backbone"]
-    assert resumed.history[2]["lr_backbone"] == pytest.approx(
-        reference.history[2]["lr_backbone"] / 2)
-    provenance = resumed.run_dir.read_json("provenance.json")
-    assert provenance["lr_changes"] == [{"step": 6, "from": 1e-3, "to": 5e-4}]
-    assert "lr: 0.0005" in resumed.run_dir.config.read_text()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from reliability_helpers import wait_for
+from reliability_helpers import cli_args, subprocess_env, tiny_overrides, wait_for
 
 from dml_study.training import train
 from dml_study.training.checkpoint import load_checkpoint
@@ -75,3 +78,22 @@ def test_handlers_are_restored_after_training(tiny_config):
     before = signal.getsignal(signal.SIGTERM)
     train(tiny_config(run_name="h", epochs=1))
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.slow
+def test_signal_to_the_whole_process_group_with_workers(cub_root: Path, results_dir: Path):
+    """Ctrl-C in a terminal / SLURM signal the data-loader workers too: still a clean stop."""
+    options = {**tiny_overrides(cub_root, results_dir), "dataset": "cub200",
+               "run_name": "group", "epochs": 3, "num_workers": 2}
+    proc = subprocess.Popen([sys.executable, "-m", "dml_study.train", *cli_args(options)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=subprocess_env(), start_new_session=True)
+    try:
+        wait_for(lambda: (results_dir / "runs" / "group" / "provenance.json").is_file(), proc)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err
+    assert "re-run the same command to resume" in err and "Traceback" not in err
