@@ -12,7 +12,8 @@ study's real runs (real ``02_train`` notebooks, the preset's epochs), so this ta
 minutes. On a shared machine the absolute times are noisy; the ratio of two back-to-back
 measurements less so.
 
-    python benchmarks/bench_launch.py [--runs 4] [--epochs N] [--study studies/embedded.yaml]
+    python benchmarks/bench_launch.py [--runs 4] [--epochs N] [--parallel-first]
+                                      [--study studies/embedded.yaml]
 
 On a machine shared with other CPU-bound jobs the comparison favours the parallel grid:
 the scheduler shares the cores per process, so two runs get more of the machine than one.
@@ -56,15 +57,23 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=None,
                         help="train each run this many epochs (default: the preset's)")
+    parser.add_argument("--parallel-first", action="store_true",
+                        help="time the parallel grid first (to check for drift in the load)")
     args = parser.parse_args()
     from dml_study.data import get_dataset
 
     get_dataset("icons", "train")  # build the dataset cache before timing anything
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at the start")
-    sequential = timed_grid(args.study, args.runs, LocalLauncher(max_parallel=1), args.epochs)
-    print(f"load average {os.getloadavg()[0]:.1f} after the sequential grid")
-    parallel = timed_grid(args.study, args.runs, LocalLauncher(max_parallel=2, threads_per_run=1),
-                          args.epochs)
+    legs = {
+        "sequential": LocalLauncher(max_parallel=1),
+        "parallel": LocalLauncher(max_parallel=2, threads_per_run=1),
+    }
+    order = ["parallel", "sequential"] if args.parallel_first else ["sequential", "parallel"]
+    seconds = {}
+    for leg in order:
+        seconds[leg] = timed_grid(args.study, args.runs, legs[leg], args.epochs)
+        print(f"load average {os.getloadavg()[0]:.1f} after the {leg} grid")
+    sequential, parallel = seconds["sequential"], seconds["parallel"]
     epochs = f", {args.epochs} epoch(s) each" if args.epochs else ""
     print(f"{args.runs} runs of {args.study.name}{epochs}: sequential {sequential:.0f} s, "
           f"--max-parallel 2 (1 thread each) {parallel:.0f} s; speed-up "

@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="override a key of execution.slurm (repeatable), e.g. "
                            "partition=gpu, account=proj, time_min=720, gpus_per_run=4")
     grid.add_argument("--no-wait", action="store_true",
-                      help="return after submitting the grid; render later with --collect")
+                      help="slurm launcher: return after submitting the grid; render later "
+                           "with --collect (local runs always finish first)")
     grid.add_argument("--collect", action="store_true",
                       help="train nothing: render the notebooks and report from finished runs")
     return parser

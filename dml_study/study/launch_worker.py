@@ -8,7 +8,7 @@ goes to this process's stdout: the run's log) and writes the
 :class:`~dml_study.study.launch.RunResult` to ``RESULT`` atomically. Exit status 0 when the
 result was written, whether the run trained or failed.
 
-On SIGTERM or SIGINT (a launcher stopping, a SLURM job preempted) the worker first kills
+On SIGTERM, SIGINT or SIGUSR2 (a launcher stopping, a SLURM job preempted) the worker kills
 its descendants: the papermill kernel runs in its own session and would otherwise keep
 training after the worker is gone. Then it exits, releasing the run's claim; the run's
 checkpoint lets the next attempt resume.
@@ -99,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     task = RunTask.from_json(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    # SIGTERM: a launcher stopping; SIGINT: Ctrl-C; SIGUSR2: SLURM's preemption/timeout
+    # warning, which reaches every process of the job step.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
+        signal.signal(signum, _stop)
     print(f"launch_worker: run {task.run_name} ({task.label})", flush=True)
     result = execute_run(task, stdout=sys.stdout)
     atomic_write_json(argv[1], result.to_json())
