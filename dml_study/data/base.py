@@ -24,12 +24,16 @@ from .images import CorruptImageError, load_rgb
 ON_CORRUPT_CHOICES = ("raise", "skip")
 
 
-class IconBuildError(RuntimeError):
-    """The icon dataset can be neither built (packages unavailable) nor read from the cache.
+class EmbeddedBuildError(RuntimeError):
+    """An embedded dataset (``icons``, ``glyphs``) can be neither built nor read from the cache.
 
-    Defined here rather than in :mod:`dml_study.data.icons` so that importing the package does
-    not import the builder (``python -m dml_study.data.icons`` would otherwise warn).
+    Defined here rather than in :mod:`dml_study.data.embedded` so that importing the package
+    does not import a builder (``python -m dml_study.data.icons`` would otherwise warn).
     """
+
+
+#: The former name, kept for code written against the icons-only builder.
+IconBuildError = EmbeddedBuildError
 
 
 class DatasetLayoutError(FileNotFoundError):

@@ -28,25 +28,21 @@ theme draws the same freedesktop icon *concepts* (``printer``, ``battery``,
   id-ordered split, related names such as ``battery-*`` stay on one side).
 
 Build it with ``python -m dml_study.data.icons build``; ``get_dataset("icons", ...)`` builds
-it on first use.
+it on first use. Fetching, locking, caching and the manifest are the shared embedded-dataset
+builder's (:mod:`dml_study.data.embedded`); this module only knows about icon themes.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
-import hashlib
 import io
-import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -55,10 +51,11 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from . import embedded
 from .base import IconBuildError, SplitRecords
+from .embedded import CACHE_ENV, cache_root
 from .images import to_rgb
 
-CACHE_ENV = "DML_STUDY_CACHE"
 MANIFEST_FORMAT = 1
 DEFAULT_SIZE = 64
 DEFAULT_MIN_INSTANCES = 8
@@ -124,14 +121,6 @@ class Candidate:
 
 
 # --------------------------------------------------------------------------- locations
-
-
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """``cache_dir``, else ``$DML_STUDY_CACHE``, else ``~/.cache/dml_study``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "dml_study"
 
 
 def dataset_dir(cache_dir: str | os.PathLike[str] | None = None, size: int = DEFAULT_SIZE) -> Path:
@@ -203,10 +192,6 @@ def choose_candidate(candidates: Iterable[Candidate], size: int) -> Candidate | 
     return min(ranked, key=lambda kc: (kc[0], str(kc[1].path)))[1]
 
 
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def collect_instances(
     sources: Sequence[ThemeSource],
     size: int,
@@ -230,7 +215,7 @@ def collect_instances(
     for name in sorted(frequent):
         for theme in sorted(frequent[name]):
             path = frequent[name][theme]
-            digest = _sha256_file(path)
+            digest = embedded.sha256_file(path)
             claims.append((name, theme, path, digest))
             owner.setdefault(digest, name)  # names are visited sorted: smallest name wins
     instances: dict[str, list[tuple[str, Path]]] = defaultdict(list)
@@ -291,74 +276,18 @@ def _render_job(job: tuple[str, str, str, int]) -> tuple[str, str, bytes | None,
 # --------------------------------------------------------------------------- packages
 
 
-def _run(cmd: Sequence[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, check=False)
-
-
 def _install_hint(themes: Sequence[IconTheme]) -> str:
-    packages = " ".join(t.package for t in themes)
-    return (
-        "The embedded dataset is rendered from Debian icon-theme packages. Either\n"
-        f"  - run `sudo apt-get update` (so `apt-get download` can find them) and retry, or\n"
-        f"  - install them: `sudo apt-get install {packages}` (and `pip install cairosvg`), or\n"
-        f"  - copy a built cache folder (icons-<size>/ with manifest.json) into "
-        f"${CACHE_ENV} or ~/.cache/dml_study."
-    )
-
-
-def _deb_version(deb: Path) -> str:
-    result = _run(["dpkg-deb", "-f", str(deb), "Version"])
-    if result.returncode:
-        raise IconBuildError(f"cannot read {deb}: {result.stderr.strip()}")
-    return result.stdout.strip()
+    return embedded.install_hint([t.package for t in themes], "icons-<size>/",
+                                 " (and `pip install cairosvg`)")
 
 
 def _installed(theme: IconTheme) -> ThemeSource | None:
     """The theme from ``/usr/share/icons`` when its package is installed."""
     path = Path("/usr/share/icons") / theme.theme
-    if not path.is_dir() or shutil.which("dpkg-query") is None:
+    if not path.is_dir():
         return None
-    result = _run(["dpkg-query", "-W", "-f=${Status}|${Version}", theme.package])
-    if result.returncode or "install ok installed" not in result.stdout:
-        return None
-    return ThemeSource(theme.package, result.stdout.split("|")[1].strip(), theme.theme, path)
-
-
-def _download(packages: Sequence[str], deb_dir: Path) -> None:
-    """``apt-get download`` into ``deb_dir``; as root, one ``apt-get update`` when needed."""
-    if shutil.which("apt-get") is None:
-        raise IconBuildError("apt-get is not available on this machine")
-    deb_dir.mkdir(parents=True, exist_ok=True)
-    result = _run(["apt-get", "download", *packages], cwd=deb_dir)
-    if result.returncode and hasattr(os, "geteuid") and os.geteuid() == 0:
-        _run(["apt-get", "update"])  # stale/missing package lists: refresh once
-        result = _run(["apt-get", "download", *packages], cwd=deb_dir)
-    if result.returncode:
-        raise IconBuildError(f"`apt-get download {' '.join(packages)}` failed:\n"
-                             f"{result.stderr.strip()[-800:]}")
-
-
-def _unpack_theme(deb: Path, theme: str, target: Path) -> None:
-    """Unpack only ``usr/share/icons/<theme>`` of ``deb`` (minus symbolic icons and cursors).
-
-    Packages ship several variants (Papirus-Dark, ePapirus, ...); extracting just the one
-    theme used keeps unpacking and the clean-up after the build fast.
-    """
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
-    result = subprocess.run(
-        ["tar", "-x", "-C", str(partial), "--wildcards", "--no-wildcards-match-slash",
-         "--exclude=*symbolic*", "--exclude=cursors", "--exclude=animations",
-         f"./usr/share/icons/{theme}"],
-        stdin=tar.stdout, capture_output=True, text=True, check=False,
-    )
-    assert tar.stdout is not None
-    tar.stdout.close()
-    if tar.wait() or result.returncode:
-        raise IconBuildError(f"unpacking {theme} from {deb} failed: {result.stderr.strip()}")
-    partial.rename(target)
+    version = embedded.installed_version(theme.package)
+    return None if version is None else ThemeSource(theme.package, version, theme.theme, path)
 
 
 def fetch_themes(
@@ -375,35 +304,25 @@ def fetch_themes(
         if installed is not None:
             sources[theme.theme] = installed
     missing = [t for t in themes if t.theme not in sources]
+    debs = embedded.fetch_debs([t.package for t in missing], deb_dir, _install_hint(missing))
 
-    def deb_of(package: str) -> Path | None:
-        debs = sorted(deb_dir.glob(f"{package}_*.deb"))
-        return debs[-1] if debs else None
-
-    to_download = [t.package for t in missing if deb_of(t.package) is None]
-    if to_download:
-        try:
-            _download(sorted(set(to_download)), deb_dir)
-        except IconBuildError as err:
-            raise IconBuildError(f"{err}\n{_install_hint(missing)}") from err
     def unpack(theme: IconTheme) -> ThemeSource:
-        deb = deb_of(theme.package)
-        if deb is None:
-            raise IconBuildError(f"no .deb for {theme.package} in {deb_dir}\n"
-                                 f"{_install_hint([theme])}")
+        deb = debs[theme.package]
         target = work_dir / theme.package
         if not target.exists():
-            _unpack_theme(deb, theme.theme, target)
+            # Packages ship several variants (Papirus-Dark, ePapirus, ...): only the one
+            # theme used is extracted, minus symbolic icons and cursors.
+            embedded.unpack_deb(deb, [f"./usr/share/icons/{theme.theme}"], target,
+                                excludes=("*symbolic*", "cursors", "animations"))
         path = target / "usr" / "share" / "icons" / theme.theme
         if not path.is_dir():
             raise IconBuildError(f"{deb} has no usr/share/icons/{theme.theme}")
-        return ThemeSource(theme.package, _deb_version(deb), theme.theme, path)
+        return ThemeSource(theme.package, embedded.deb_version(deb), theme.theme, path)
 
     # xz decompression dominates: unpack packages in parallel subprocesses.
-    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        for src in tqdm(pool.map(unpack, missing), total=len(missing),
-                        desc="unpack icon themes", disable=not progress):
-            sources[src.theme] = src
+    for src in embedded.parallel_map(unpack, missing, num_workers, progress,
+                                     "unpack icon themes"):
+        sources[src.theme] = src
     return [sources[t.theme] for t in themes]
 
 
@@ -415,19 +334,6 @@ def _split_classes(classes: Sequence[str]) -> dict[str, list[str]]:
     ordered = sorted(classes)
     half = (len(ordered) + 1) // 2
     return {"train": ordered[:half], "test": ordered[half:]}
-
-
-def _renderer_versions() -> dict[str, str]:
-    """Versions of the libraries whose output bytes the manifest checksums depend on."""
-    import importlib.metadata
-
-    versions = {}
-    for dist in ("cairosvg", "pillow"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = "missing"
-    return versions
 
 
 def build_from_sources(
@@ -443,12 +349,9 @@ def build_from_sources(
     Rendering happens in ``out_dir.tmp`` which replaces ``out_dir`` only when complete, so
     an interrupted build never leaves a half dataset that looks finished.
     """
-    if size < 8:
-        raise ValueError(f"icon size must be >= 8 px, got {size}")
+    embedded.check_positive(size=size, min_instances=min_instances)
     instances = collect_instances(sources, size, min_instances, progress=progress)
     jobs = [(n, t, str(p), size) for n, items in instances.items() for t, p in items]
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     rendered: dict[str, dict[str, bytes]] = defaultdict(dict)
     failures: list[str] = []
     bar = tqdm(total=len(jobs), desc=f"render icons ({size}px)", disable=not progress)
@@ -464,13 +367,8 @@ def build_from_sources(
             bar.update()
     bar.close()
     kept = {n: v for n, v in sorted(rendered.items()) if len(v) >= min_instances}
-    files: dict[str, str] = {}
-    for name, by_theme in kept.items():
-        (tmp / "images" / name).mkdir(parents=True, exist_ok=True)
-        for theme in sorted(by_theme):
-            rel = f"images/{name}/{theme}.png"
-            (tmp / rel).write_bytes(by_theme[theme])
-            files[rel] = hashlib.sha256(by_theme[theme]).hexdigest()
+    images = {f"images/{name}/{theme}.png": by_theme[theme]
+              for name, by_theme in kept.items() for theme in sorted(by_theme)}
     manifest = {
         "format": MANIFEST_FORMAT,
         "size": size,
@@ -478,20 +376,15 @@ def build_from_sources(
         "packages": [
             {"package": s.package, "version": s.version, "theme": s.theme} for s in sources
         ],
-        "renderer": _renderer_versions(),
+        "renderer": embedded.library_versions(("cairosvg", "pillow")),
         "num_classes": len(kept),
-        "num_images": len(files),
+        "num_images": len(images),
         "classes": list(kept),
         "split": _split_classes(list(kept)),
         "counts": {n: len(v) for n, v in kept.items()},
         "render_failures": sorted(failures),
-        "files": files,
     }
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return manifest
+    return embedded.publish(out_dir, images, manifest)
 
 
 def _collect(rendered, failures, name, theme, data, error) -> None:  # type: ignore[no-untyped-def]
@@ -503,26 +396,10 @@ def _collect(rendered, failures, name, theme, data, error) -> None:  # type: ign
 
 def read_manifest(out_dir: Path) -> dict | None:
     """The manifest of a *complete* dataset in ``out_dir`` (every listed file exists), else None."""
-    path = out_dir / "manifest.json"
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    if manifest.get("format") != MANIFEST_FORMAT:
-        return None
-    if not all((out_dir / rel).is_file() for rel in manifest.get("files", {})):
-        return None
-    return manifest
+    return embedded.read_manifest(out_dir, MANIFEST_FORMAT)
 
 
-def verify_manifest(out_dir: Path, manifest: dict) -> list[str]:
-    """Files whose sha256 differs from the manifest (empty when the dataset is intact)."""
-    return [
-        rel for rel, digest in sorted(manifest["files"].items())
-        if _sha256_file(out_dir / rel) != digest
-    ]
+verify_manifest = embedded.verify_manifest
 
 
 def build_icons(
@@ -542,24 +419,20 @@ def build_icons(
     ``<cache>/icon-themes`` (deleting ~100k small files takes longer than unpacking them;
     ``keep_sources=False`` removes them).
     """
+    embedded.check_positive(size=size, min_instances=min_instances, num_workers=num_workers)
     root = cache_root(cache_dir)
     out_dir = dataset_dir(root, size)
-    manifest = None if force else read_manifest(out_dir)
-    if manifest is not None and manifest.get("min_instances") == min_instances:
-        return out_dir, manifest
-    root.mkdir(parents=True, exist_ok=True)
-    # Several processes (DDP ranks, parallel notebooks) may ask for the dataset at once:
-    # one builds, the others wait on the lock and then find the finished manifest.
-    with open(root / f"icons-{size}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            manifest = None if force else read_manifest(out_dir)
-            if manifest is not None and manifest.get("min_instances") == min_instances:
-                return out_dir, manifest
-            return _build_locked(root, out_dir, size, min_instances, themes, num_workers,
-                                 progress, keep_sources)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def existing() -> dict | None:
+        manifest = None if force else read_manifest(out_dir)
+        ok = manifest is not None and manifest.get("min_instances") == min_instances
+        return manifest if ok else None
+
+    def build() -> dict:
+        return _build_locked(root, out_dir, size, min_instances, themes, num_workers,
+                             progress, keep_sources)[1]
+
+    return out_dir, embedded.locked_build(root, f"icons-{size}", existing, build)
 
 
 def _build_locked(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ class DatasetInfo:
         expected: published ``(images, classes)`` per split (``None`` = no fixed size).
         source_url: where users download it.
         layout: the expected on-disk tree.
+        embedded: for datasets built locally on first use, the module of
+            ``dml_study.data`` that builds them; its ``load_records(split, **kw)`` gets the
+            keyword arguments of :func:`get_dataset` that are not common ones.
     """
 
     name: str
@@ -38,6 +42,7 @@ class DatasetInfo:
     expected: dict[str, tuple[int, int]] | None
     source_url: str
     layout: str
+    embedded: str | None = None
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -57,12 +62,32 @@ DATASETS: dict[str, DatasetInfo] = {
         "inshop", ("train", "query", "gallery"), "query_gallery", (1, 10, 20, 30, 40),
         inshop.EXPECTED, inshop.SOURCE_URL, inshop.LAYOUT,
     ),
-    "icons": DatasetInfo(
-        "icons", ("train", "test"), "self", (1, 2, 4, 8), None,
-        "Debian *-icon-theme packages (built locally, see dml_study.data.icons)",
-        "~/.cache/dml_study/icons-<size>/ (built on first use; $DML_STUDY_CACHE overrides)",
-    ),
 }
+
+
+def register_dataset(info: DatasetInfo) -> DatasetInfo:
+    """Add ``info`` to :data:`DATASETS` (``get_dataset(info.name, ...)`` then loads it)."""
+    if info.name in DATASETS:
+        raise ValueError(f"dataset {info.name!r} is already registered")
+    DATASETS[info.name] = info
+    return info
+
+
+def register_embedded(name: str, recall_ks: tuple[int, ...], source: str) -> DatasetInfo:
+    """Register an embedded dataset built by ``dml_study.data.<name>`` into the cache dir."""
+    return register_dataset(DatasetInfo(
+        name, ("train", "test"), "self", recall_ks, None,
+        f"{source} (built locally, see dml_study.data.{name})",
+        f"~/.cache/dml_study/{name}-<size>/ (built on first use; $DML_STUDY_CACHE overrides)",
+        embedded=name,
+    ))
+
+
+# The embedded datasets: registered here by name only, so importing dml_study.data does not
+# import their builders (``python -m dml_study.data.<name>`` would otherwise warn).
+register_embedded("icons", (1, 2, 4, 8), "Debian *-icon-theme packages")
+register_embedded("glyphs", (1, 2, 4, 8, 16, 32),
+                  "Debian CJK font packages and Unihan (unicode-data)")
 
 # Keyword arguments consumed by make_dataset (the rest go to the dataset-specific loader).
 _COMMON_KW = ("on_corrupt", "check_images", "cache_decoded", "cache_size", "progress")
@@ -103,14 +128,14 @@ def _records(
         "cars196": cars.load_records,
         "sop": sop.load_records,
     }
+    info = dataset_info(name)
+    if info.embedded is not None:  # lazily: only an embedded dataset needs its builder
+        module = importlib.import_module(f"{__package__}.{info.embedded}")
+        return module.load_records(split, **kw), None
     if name in loaders:
         return loaders[name](data_root, split), None
-    if name == "inshop":
-        records, space = inshop.load_records(data_root, split)
-        return records, (space if split != "train" else None)
-    from . import icons  # lazily: only the embedded dataset needs the builder
-
-    return icons.load_records(split, **kw), None
+    records, space = inshop.load_records(data_root, split)
+    return records, (space if split != "train" else None)
 
 
 def get_dataset(
@@ -124,22 +149,23 @@ def get_dataset(
 
     Args:
         name: one of :data:`DATASETS` (``"cub200"``, ``"cars196"``, ``"sop"``, ``"inshop"``,
-            ``"icons"``).
+            and the embedded ``"icons"`` and ``"glyphs"``).
         split: ``"train"``/``"test"``; In-Shop uses ``"train"``/``"query"``/``"gallery"``.
         data_root: folder holding the benchmark folders (default ``$DML_DATA_ROOT`` or
-            ``./data``). Ignored for ``"icons"``, which lives in the cache dir and is built
-            on first use.
+            ``./data``). Ignored for embedded datasets, which live in the cache dir and are
+            built on first use.
         transform: applied to each RGB PIL image.
         **kw: ``on_corrupt`` (``"raise"``/``"skip"``), ``check_images``, ``cache_decoded``,
-            ``cache_size`` (shorter side, default 256), ``progress``; for ``"icons"`` also
-            ``cache_dir``, ``icon_size`` and ``build``.
+            ``cache_size`` (shorter side, default 256), ``progress``; embedded datasets also
+            take their loader's arguments: ``cache_dir`` and ``build`` for both, ``icon_size``
+            for ``"icons"``, ``size`` and ``num_classes`` for ``"glyphs"``.
     """
     info = dataset_info(name)
     _check_split(info, split)
     common = {k: kw.pop(k) for k in _COMMON_KW if k in kw}
-    if name != "icons" and kw:
+    if info.embedded is None and kw:
         raise TypeError(f"unexpected keyword(s) for {name}: {sorted(kw)}")
-    if name == "icons":
+    if info.embedded is not None:
         kw.setdefault("progress", common.get("progress", True))
     records, label_space = _records(name, split, resolve_data_root(data_root), kw)
     ds = make_dataset(name, split, records, transform=transform, label_space=label_space, **common)

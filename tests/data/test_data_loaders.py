@@ -145,7 +145,7 @@ def test_transform_is_applied_and_settable(fixture_root: Path) -> None:
 
 def test_registry_protocols() -> None:
     assert DEFAULT_DATASET == "icons"
-    assert set(DATASETS) == {"cub200", "cars196", "sop", "inshop", "icons"}
+    assert set(DATASETS) == {"cub200", "cars196", "sop", "inshop", "icons", "glyphs"}
     assert dataset_protocol("inshop") == "query_gallery"
     assert dataset_protocol("cub200") == "self"
     assert default_recall_ks("cub200") == (1, 2, 4, 8, 16, 32)

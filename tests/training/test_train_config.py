@@ -22,7 +22,7 @@ from dml_study.config import (
 
 
 def test_every_dataset_has_a_valid_preset_with_cited_sources():
-    assert preset_names() == ["cars196", "cub200", "icons", "inshop", "sop"]
+    assert preset_names() == ["cars196", "cub200", "glyphs", "icons", "inshop", "sop"]
     for name in preset_names():
         cfg = load_config(name)
         assert cfg.data.dataset == name

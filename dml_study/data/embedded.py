@@ -1,0 +1,293 @@
+"""The shared builder of the embedded offline datasets (``icons``, ``glyphs``).
+
+An embedded dataset is rendered on first use from Debian packages (fetched with
+``apt-get download``, or taken from ``/usr/share`` when installed) into a cache folder
+``$DML_STUDY_CACHE/<name>-<size>/`` (default cache ``~/.cache/dml_study``) holding
+``images/`` and a ``manifest.json`` (package versions, classes, split, sha256 of every
+image). What every embedded dataset shares lives here:
+
+- :func:`cache_root` — where the cache is;
+- :func:`locked_build` — one process builds, concurrent ones (DDP ranks, parallel notebooks)
+  wait on a file lock and then find the finished manifest; a complete dataset is a no-op;
+- :func:`fetch_debs` / :func:`unpack_deb` / :func:`installed_version` — package access with a
+  clear error naming the ``apt-get install ...`` line when neither packages nor a cache can
+  be had;
+- :func:`publish` — images and manifest are written to ``<dir>.tmp`` which replaces ``<dir>``
+  only when complete (an interrupted build never looks finished); the manifest is written as
+  ``json.dumps(manifest, indent=1, sort_keys=True)`` so two builds give identical bytes;
+- :func:`read_manifest` / :func:`verify_manifest` — a dataset counts as built only when every
+  listed file exists; ``verify`` re-checks the sha256 of each;
+- :func:`check_positive` — build arguments are validated before anything is downloaded.
+
+The dataset-specific part (which packages, how to turn their files into images, classes and
+split) stays in :mod:`dml_study.data.icons` and :mod:`dml_study.data.glyphs`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .base import EmbeddedBuildError
+
+CACHE_ENV = "DML_STUDY_CACHE"
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``cache_dir``, else ``$DML_STUDY_CACHE``, else ``~/.cache/dml_study``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "dml_study"
+
+
+def check_positive(**values: int) -> None:
+    """Raise ``ValueError`` naming the argument when a build parameter is < 1 (or < 8 px).
+
+    Called before any download so that ``--size 0`` fails at once.
+    """
+    for name, value in values.items():
+        low = 8 if name == "size" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return sha256_bytes(Path(path).read_bytes())
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def read_manifest(out_dir: Path, fmt: int) -> dict | None:
+    """The manifest of a *complete* dataset in ``out_dir`` (every listed file exists), else None."""
+    path = Path(out_dir) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if manifest.get("format") != fmt:
+        return None
+    if not all((out_dir / rel).is_file() for rel in manifest.get("files", {})):
+        return None
+    return manifest
+
+
+def verify_manifest(out_dir: Path, manifest: dict) -> list[str]:
+    """Files whose sha256 differs from the manifest (empty when the dataset is intact)."""
+    return [
+        rel for rel, digest in sorted(manifest["files"].items())
+        if sha256_file(out_dir / rel) != digest
+    ]
+
+
+def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+    """The canonical serialisation (sorted keys, indent 1, trailing newline)."""
+    return (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+
+
+def publish(out_dir: Path, images: Mapping[str, bytes], manifest: dict) -> dict:
+    """Write ``images`` (relative path -> bytes) and ``manifest`` as the dataset ``out_dir``.
+
+    ``manifest["files"]`` is set to the sha256 of every image. Everything is written to
+    ``<out_dir>.tmp`` first, which then replaces ``out_dir``.
+    """
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    files: dict[str, str] = {}
+    for rel in images:
+        target = tmp / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(images[rel])
+        files[rel] = sha256_bytes(images[rel])
+    manifest["files"] = files
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "manifest.json").write_bytes(manifest_bytes(manifest))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return manifest
+
+
+def locked_build(
+    root: Path,
+    lock_name: str,
+    existing: Callable[[], dict | None],
+    build: Callable[[], dict],
+) -> dict:
+    """``existing()`` when it finds a complete dataset, else ``build()`` under a file lock.
+
+    Several processes may ask for the dataset at once: one builds, the others wait on the
+    lock ``<root>/<lock_name>.lock`` and then find the finished manifest.
+    """
+    found = existing()
+    if found is not None:
+        return found
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{lock_name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            found = existing()
+            return found if found is not None else build()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def library_versions(dists: Sequence[str]) -> dict[str, str]:
+    """Installed versions of ``dists`` (``"missing"`` when absent), for the manifest."""
+    versions = {}
+    for dist in dists:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = "missing"
+    return versions
+
+
+# --------------------------------------------------------------------------- packages
+
+
+def run(cmd: Sequence[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, check=False)
+
+
+def install_hint(packages: Sequence[str], dirs: str, extra: str = "") -> str:
+    """How to get the packages (or a built cache) — appended to every fetch error."""
+    return (
+        "The embedded dataset is rendered from Debian packages. Either\n"
+        f"  - run `sudo apt-get update` (so `apt-get download` can find them) and retry, or\n"
+        f"  - install them: `sudo apt-get install {' '.join(packages)}`{extra}, or\n"
+        f"  - copy a built cache folder ({dirs} with manifest.json) into "
+        f"${CACHE_ENV} or ~/.cache/dml_study."
+    )
+
+
+def deb_version(deb: Path) -> str:
+    """The ``Version`` field of a .deb file."""
+    result = run(["dpkg-deb", "-f", str(deb), "Version"])
+    if result.returncode:
+        raise EmbeddedBuildError(f"cannot read {deb}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def installed_version(package: str) -> str | None:
+    """The version of ``package`` when dpkg says it is installed, else None."""
+    if shutil.which("dpkg-query") is None:
+        return None
+    result = run(["dpkg-query", "-W", "-f=${Status}|${Version}", package])
+    if result.returncode or "install ok installed" not in result.stdout:
+        return None
+    return result.stdout.split("|")[1].strip()
+
+
+def apt_download(packages: Sequence[str], deb_dir: Path) -> None:
+    """``apt-get download`` into ``deb_dir``; as root, one ``apt-get update`` when needed."""
+    if shutil.which("apt-get") is None:
+        raise EmbeddedBuildError("apt-get is not available on this machine")
+    deb_dir.mkdir(parents=True, exist_ok=True)
+    result = run(["apt-get", "download", *packages], cwd=deb_dir)
+    if result.returncode and hasattr(os, "geteuid") and os.geteuid() == 0:
+        run(["apt-get", "update"])  # stale/missing package lists: refresh once
+        result = run(["apt-get", "download", *packages], cwd=deb_dir)
+    if result.returncode:
+        raise EmbeddedBuildError(f"`apt-get download {' '.join(packages)}` failed:\n"
+                                 f"{result.stderr.strip()[-800:]}")
+
+
+def cached_deb(deb_dir: Path, package: str) -> Path | None:
+    """The newest ``<package>_*.deb`` in ``deb_dir``."""
+    debs = sorted(deb_dir.glob(f"{package}_*.deb"))
+    return debs[-1] if debs else None
+
+
+def fetch_debs(packages: Sequence[str], deb_dir: Path, hint: str) -> dict[str, Path]:
+    """``{package: .deb}``, downloading those not yet in ``deb_dir`` (errors end with ``hint``)."""
+    missing = sorted({p for p in packages if cached_deb(deb_dir, p) is None})
+    if missing:
+        try:
+            apt_download(missing, deb_dir)
+        except EmbeddedBuildError as err:
+            raise EmbeddedBuildError(f"{err}\n{hint}") from err
+    debs = {}
+    for package in packages:
+        deb = cached_deb(deb_dir, package)
+        if deb is None:
+            raise EmbeddedBuildError(f"no .deb for {package} in {deb_dir}\n{hint}")
+        debs[package] = deb
+    return debs
+
+
+def unpack_deb(deb: Path, members: Sequence[str], target: Path,
+               excludes: Sequence[str] = ()) -> None:
+    """Unpack only ``members`` (tar paths such as ``./usr/share/icons/Tango``) of ``deb``.
+
+    Extracting just what is used keeps unpacking and the clean-up after the build fast.
+    The tree appears at ``target`` only when complete.
+    """
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    result = subprocess.run(
+        ["tar", "-x", "-C", str(partial), "--wildcards", "--no-wildcards-match-slash",
+         *[f"--exclude={e}" for e in excludes], *members],
+        stdin=tar.stdout, capture_output=True, text=True, check=False,
+    )
+    assert tar.stdout is not None
+    tar.stdout.close()
+    if tar.wait() or result.returncode:
+        raise EmbeddedBuildError(f"unpacking {' '.join(members)} from {deb} failed: "
+                                 f"{result.stderr.strip()}")
+    partial.rename(target)
+
+
+def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], num_workers: int,
+                 progress: bool, desc: str) -> list[Any]:
+    """``[fn(x) for x in items]`` on threads (for subprocess-bound work such as unpacking)."""
+    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+        return list(tqdm(pool.map(fn, items), total=len(items), desc=desc,
+                         disable=not progress))
+
+
+__all__ = [
+    "CACHE_ENV",
+    "EmbeddedBuildError",
+    "apt_download",
+    "cache_root",
+    "cached_deb",
+    "check_positive",
+    "deb_version",
+    "fetch_debs",
+    "install_hint",
+    "installed_version",
+    "library_versions",
+    "locked_build",
+    "manifest_bytes",
+    "parallel_map",
+    "publish",
+    "read_manifest",
+    "run",
+    "sha256_bytes",
+    "sha256_file",
+    "unpack_deb",
+    "verify_manifest",
+]
