@@ -137,6 +137,9 @@ class FrozenConfig:
     #: Per-dataset training parameters of frozen runs (e.g. the embedding size that puts a
     #: dataset in the C < d or C >> d regime).
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Per-dataset feature settings overriding ``views`` / ``feature_seed`` and setting
+    #: ``max_train_per_class`` / ``max_test_per_class`` (seeded per-class subsets).
+    features: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -462,6 +465,14 @@ def _validate(config: StudyConfig, where: str) -> None:
     _check_train_params(config.frozen.train, f"{where}: frozen.train")
     for dataset, params in config.frozen.datasets.items():
         _check_train_params({"dataset": dataset, **params}, f"{where}: frozen.datasets")
+    valid_features = ("views", "feature_seed", "max_train_per_class", "max_test_per_class")
+    for dataset, settings in config.frozen.features.items():
+        unknown = sorted(set(settings) - set(valid_features))
+        if unknown:
+            raise StudyConfigError(
+                f"{where}: frozen.features.{dataset}: unknown key(s) {unknown}; valid: "
+                f"{', '.join(valid_features)}"
+            )
     if config.frozen.views < 1:
         raise StudyConfigError(f"{where}: frozen.views must be >= 1, got {config.frozen.views}")
     for claim in config.claims:

@@ -89,36 +89,67 @@ class FrozenFeatures:
         return len(self.class_names)
 
 
-def feature_identity(config: ExperimentConfig, views: int, feature_seed: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FeatureSettings:
+    """How a dataset's features are cached: augmented views per training image, their seed,
+    and optional seeded per-class subsets (many-class datasets: every class is kept, each
+    with at most ``max_*_per_class`` images, so extraction and runs stay CPU-sized)."""
+
+    views: int = 8
+    feature_seed: int = 0
+    max_train_per_class: int | None = None
+    max_test_per_class: int | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change the features (unset subsets are left out)."""
+        out = {"views": int(self.views), "feature_seed": int(self.feature_seed)}
+        for key in ("max_train_per_class", "max_test_per_class"):
+            if getattr(self, key) is not None:
+                out[key] = int(getattr(self, key))
+        return out
+
+
+def feature_identity(config: ExperimentConfig, settings: FeatureSettings) -> dict[str, Any]:
     """Everything the cached features depend on (hashed into the cache file name)."""
     d, m = config.data, config.model
     return {
         "version": FEATURE_CACHE_VERSION, "dataset": d.dataset, "backbone": m.backbone,
         "pretrained": m.pretrained, "pretrained_path": m.pretrained_path,
         "image_size": d.image_size, "resize_ratio": d.resize_ratio,
-        "crop_scale": list(d.crop_scale), "augment": d.augment, "views": int(views),
-        "feature_seed": int(feature_seed), "timm_kwargs": dict(m.timm_kwargs),
+        "crop_scale": list(d.crop_scale), "augment": d.augment,
+        "timm_kwargs": dict(m.timm_kwargs), **settings.identity(),
     }
 
 
 def feature_cache_path(
-    config: ExperimentConfig, views: int, feature_seed: int, cache_dir: str | Path | None = None
+    config: ExperimentConfig, settings: FeatureSettings, cache_dir: str | Path | None = None
 ) -> Path:
     """``<cache>/frozen_features/<dataset>-<backbone>-<size>px-v<views>-<hash>.npz``."""
     from dml_study.losses.text import default_cache_dir
 
-    identity = feature_identity(config, views, feature_seed)
+    identity = feature_identity(config, settings)
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     name = (f"{config.data.dataset}-{config.model.backbone}-{config.data.image_size}px"
-            f"-v{views}-{digest}.npz")
+            f"-v{settings.views}-{digest}.npz")
     return root / "frozen_features" / name
+
+
+def per_class_subset(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """Sorted indices keeping at most ``limit`` images of every class (seeded choice)."""
+    labels = np.asarray(labels)
+    if limit is None:
+        return np.arange(len(labels))
+    if limit < 2:
+        raise FrozenTierError(f"max_*_per_class must be >= 2 (retrieval needs pairs), got {limit}")
+    rng = np.random.default_rng([seed, limit])
+    keep = [rng.permutation(np.flatnonzero(labels == c))[:limit] for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep))
 
 
 def extract_features(
     config: ExperimentConfig,
-    views: int = 8,
-    feature_seed: int = 0,
+    settings: FeatureSettings | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = False,
 ) -> FrozenFeatures:
@@ -126,13 +157,15 @@ def extract_features(
 
     View ``v`` of training image ``i`` is the training transform drawn under the seed
     ``(feature_seed, v, 0, i, 0)`` of :func:`dml_study.training.pipeline.sample_seed`.
-    Only the dataset's train and test splits (self-retrieval protocol) are supported.
+    Only self-retrieval datasets (train/test splits) are supported.
     """
-    if views < 1:
-        raise FrozenTierError(f"frozen.views must be >= 1, got {views}")
-    path = feature_cache_path(config, views, feature_seed, cache_dir)
+    settings = settings or FeatureSettings()
+    if settings.views < 1:
+        raise FrozenTierError(f"frozen views must be >= 1, got {settings.views}")
+    path = feature_cache_path(config, settings, cache_dir)
     if path.is_file():
         return _load_features(path)
+    from dml_study.config import replace
     from dml_study.data import dataset_protocol
     from dml_study.models import create_embedder
     from dml_study.training.pipeline import (
@@ -149,7 +182,8 @@ def extract_features(
             f"{config.data.dataset!r} uses {dataset_protocol(config.data.dataset)!r}: "
             "run it in the fine-tuned tier"
         )
-    train_set, eval_sets = load_datasets(config, progress=progress)
+    # Images are read once per view: the decoded-image cache would only cost memory.
+    train_set, eval_sets = load_datasets(replace(config, cache_decoded=False), progress=progress)
     m = config.model
     backbone = create_embedder(
         backbone=m.backbone, embedding_dim=None, pretrained=m.pretrained,
@@ -162,17 +196,18 @@ def extract_features(
         loader = make_loader(dataset, batch_size=batch, num_workers=config.data.num_workers)
         return embed(backbone, loader, "cpu", progress=progress)[0].astype(np.float16)
 
-    n = len(train_set)
-    train_views = np.stack([
-        run(_ViewDataset(SeededAugmentation(train_set, train_tf), view, feature_seed))
-        for view in range(views)
-    ])
+    seed = settings.feature_seed
+    train_idx = per_class_subset(train_set.labels, settings.max_train_per_class, seed)
+    test_set = eval_sets.query
+    test_idx = per_class_subset(test_set.labels, settings.max_test_per_class, seed + 1)
+    augmented = SeededAugmentation(train_set, train_tf)
     features = {
-        "train_views": train_views,
-        "train_eval": run(_Transformed(train_set, np.arange(n), eval_tf)),
-        "train_labels": np.asarray(train_set.labels, dtype=np.int64),
-        "test": run(_Transformed(eval_sets.query, np.arange(len(eval_sets.query)), eval_tf)),
-        "test_labels": np.asarray(eval_sets.query.labels, dtype=np.int64),
+        "train_views": np.stack([run(_ViewDataset(augmented, train_idx, view, seed))
+                                 for view in range(settings.views)]),
+        "train_eval": run(_Transformed(train_set, train_idx, eval_tf)),
+        "train_labels": np.asarray(train_set.labels, dtype=np.int64)[train_idx],
+        "test": run(_Transformed(test_set, test_idx, eval_tf)),
+        "test_labels": np.asarray(test_set.labels, dtype=np.int64)[test_idx],
         "class_names": np.asarray(list(train_set.class_names)),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,14 +218,14 @@ def extract_features(
 class _ViewDataset(torch.utils.data.Dataset):
     """Augmented view ``view`` of every training image (seeded per image and view)."""
 
-    def __init__(self, augmented: Any, view: int, seed: int):
-        self.augmented, self.view, self.seed = augmented, view, seed
+    def __init__(self, augmented: Any, indices: np.ndarray, view: int, seed: int):
+        self.augmented, self.indices, self.view, self.seed = augmented, indices, view, seed
 
     def __len__(self) -> int:
-        return len(self.augmented)
+        return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.augmented[(i, self.view, 0, 0, self.seed)]
+        return self.augmented[(int(self.indices[i]), self.view, 0, 0, self.seed)]
 
 
 def _load_features(path: Path) -> FrozenFeatures:
@@ -423,16 +458,14 @@ def _metrics_only(record: dict[str, Any]) -> dict[str, float]:
 
 
 def train_frozen_runs(
-    items: Iterable[tuple[str, ExperimentConfig]],
+    items: Iterable[tuple[str, ExperimentConfig, FeatureSettings]],
     results_dir: str | Path,
-    views: int = 8,
-    feature_seed: int = 0,
     *,
     stream: TextIO | None = None,
 ) -> list[tuple[str, float]]:
-    """Train every ``(run_name, config)`` not finished yet, in this process.
+    """Train every ``(run_name, config, feature settings)`` not finished yet, in this process.
 
-    Features are extracted (or loaded from the cache) once per distinct backbone/dataset.
+    Features are extracted (or loaded from the cache) once per dataset/backbone/settings.
     Returns ``(run_name, seconds)`` of the runs trained now.
     """
     from dml_study.env import environment_report
@@ -440,20 +473,21 @@ def train_frozen_runs(
     cache: dict[str, FrozenFeatures] = {}
     provenance: dict[str, Any] | None = None
     done: list[tuple[str, float]] = []
-    for run_name, config in items:
+    for run_name, config, settings in items:
         run_dir = RunDirectory.for_run(results_dir, run_name)
         if run_dir.metrics.is_file():
             continue
-        key = str(feature_cache_path(config, views, feature_seed))
+        key = str(feature_cache_path(config, settings))
         if key not in cache:
             began = time.perf_counter()
-            cache[key] = extract_features(config, views, feature_seed)
+            cache.clear()  # one dataset's features in memory at a time
+            cache[key] = extract_features(config, settings)
             _say(stream, f"frozen features {Path(key).name}: {time.perf_counter() - began:.0f} s")
         if provenance is None:
             provenance = environment_report()
         began = time.perf_counter()
         train_frozen(config, cache[key], run_dir, provenance=provenance,
-                     tier_info={"views": views, "feature_seed": feature_seed})
+                     tier_info={"features": settings.identity()})
         seconds = time.perf_counter() - began
         done.append((run_name, seconds))
         _say(stream, f"{run_name}: trained (frozen tier) in {seconds:.1f} s")

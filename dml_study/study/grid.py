@@ -172,10 +172,18 @@ def make_run_name(
     return "-".join(parts)
 
 
-def frozen_tier_identity(config: StudyConfig) -> dict[str, Any]:
-    """What makes a frozen run differ from a fine-tuned one of the same config."""
+def frozen_feature_settings(config: StudyConfig, dataset: str | None) -> Any:
+    """:class:`~dml_study.study.frozen.FeatureSettings` of ``dataset`` in this study."""
+    from dml_study.study.frozen import FeatureSettings
+
     f = config.frozen
-    return {"tier": "frozen", "views": f.views, "feature_seed": f.feature_seed}
+    return FeatureSettings(**{"views": f.views, "feature_seed": f.feature_seed,
+                              **f.features.get(str(dataset), {})})
+
+
+def frozen_tier_identity(config: StudyConfig, dataset: str | None) -> dict[str, Any]:
+    """What makes a frozen run differ from a fine-tuned one of the same config."""
+    return {"tier": "frozen", **frozen_feature_settings(config, dataset).identity()}
 
 
 def expand_grid(config: StudyConfig) -> list[RunSpec]:
@@ -191,14 +199,14 @@ def expand_grid(config: StudyConfig) -> list[RunSpec]:
         for param, values in group.sweep.items():
             variants += [(sweep_variant_name(param, v), {param: v}) for v in values]
         frozen = group.tier == "frozen"
-        tier = frozen_tier_identity(config) if frozen else None
         for dataset in group.datasets or (None,):
             shared = {**config.train, **(config.frozen.train if frozen else {})}
             if dataset is not None:
                 shared["dataset"] = dataset
-            name = shared.get("dataset") or group.base.get("dataset")
+            name = group.base.get("dataset") or shared.get("dataset")
             if frozen and name in config.frozen.datasets:
                 shared.update(config.frozen.datasets[name])
+            tier = frozen_tier_identity(config, name) if frozen else None
             for variant, overrides in variants:
                 for seed in group.seeds:
                     params = {**shared, **group.base, **overrides, "seed": int(seed)}
@@ -308,9 +316,9 @@ def run_frozen_tier(
     if stream is not None:
         print(f"frozen tier: {len(specs)} runs, {len(specs) - len(todo)} already finished, "
               f"{len(todo)} to train", file=stream, flush=True)
-    items = [(s.run_name, _frozen_run_config(config, s)) for s in todo]
-    trained = dict(train_frozen_runs(items, config.results_dir, config.frozen.views,
-                                     config.frozen.feature_seed, stream=stream))
+    items = [(s.run_name, _frozen_run_config(config, s),
+              frozen_feature_settings(config, s.dataset)) for s in todo]
+    trained = dict(train_frozen_runs(items, config.results_dir, stream=stream))
     return [RunOutcome(s.run_name, "trained" if s.run_name in trained else "reused",
                        trained.get(s.run_name, 0.0), None) for s in specs]
 
