@@ -95,7 +95,7 @@ def tsne_with_proxies(
 
 #: History columns (first match wins) holding orthogonality error and effective rank.
 HISTORY_SERIES: dict[str, tuple[str, ...]] = {
-    "orthogonality error ‖P̂P̂ᵀ−I‖²_F": ("orth_so_frobenius", "so_frobenius"),
+    "orthogonality error ‖P̂P̂ᵀ − I‖² (Frobenius)": ("orth_so_frobenius", "so_frobenius"),
     "effective rank": ("orth_effective_rank", "effective_rank"),
     "mean |cos|": ("orth_mean_abs_cos", "mean_abs_cos"),
 }
@@ -153,7 +153,9 @@ def so_floor_table(proxies: dict[str, np.ndarray]) -> pd.DataFrame:
             "rms_cos_floor": float(np.sqrt(stats["so_floor"] / pairs)) if pairs else 0.0,
             "mean_abs_cos": stats["mean_abs_cos"],
         })
-    return pd.DataFrame(rows).set_index("proxies")
+    columns = ["proxies", "C", "d", "so_frobenius", "so_floor", "rms_cos", "rms_cos_floor",
+               "mean_abs_cos"]
+    return pd.DataFrame(rows, columns=columns).set_index("proxies")
 
 
 def class_motivation(proxies: np.ndarray, class_recall: np.ndarray) -> pd.DataFrame:

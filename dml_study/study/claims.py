@@ -255,3 +255,53 @@ def write_claims(config: StudyConfig) -> Path:
     path = claims_path(config)
     atomic_write_json(path, scorecard(config))
     return path
+
+
+def paired_values(config: StudyConfig, claim: ClaimConfig) -> pd.DataFrame:
+    """Per-seed values behind a paired claim: ``dataset, tier, seed, baseline, treatment,
+    effect`` (effect = scale · (treatment − baseline)), seeds of both arms only."""
+    frames = []
+    specs = [s for s in expand_grid(config) if s.group == claim.group]
+    for dataset in dict.fromkeys(s.dataset for s in specs):
+        cells = [s for s in specs if s.dataset == dataset]
+        base = _values(config.results_dir, [s for s in cells if s.variant == claim.baseline],
+                       claim.metric, claim.kind)
+        treat = _values(config.results_dir, [s for s in cells if s.variant == claim.treatment],
+                        claim.metric, claim.kind)
+        seeds = sorted(set(base) & set(treat))
+        frames.append(pd.DataFrame({
+            "dataset": dataset or config.train.get("dataset"), "tier": cells[0].tier,
+            "seed": seeds, "baseline": [base[k] for k in seeds],
+            "treatment": [treat[k] for k in seeds],
+            "effect": [claim.scale * (treat[k] - base[k]) for k in seeds],
+        }))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def claim(config: StudyConfig, name: str) -> ClaimConfig:
+    """The claim called ``name`` (error lists the study's claims)."""
+    for item in config.claims:
+        if item.name == name:
+            return item
+    raise KeyError(f"no claim {name!r}; claims: {', '.join(c.name for c in config.claims)}")
+
+
+def effects_frame(config: StudyConfig, selected: list[ClaimConfig]) -> pd.DataFrame:
+    """Per-seed effects of paired claims with their row's CI, for :func:`plots.paired_effects`.
+
+    Columns of :func:`paired_values` plus ``claim``, ``panel`` ("<dataset> · <tier>"),
+    ``ci_low`` and ``ci_high``; empty when no claim has finished runs.
+    """
+    frames = []
+    for item in selected:
+        values = paired_values(config, item)
+        if values.empty:
+            continue
+        rows = {(r["dataset"], r["tier"]): r for r in claim_rows(config, item)}
+        keys = list(zip(values["dataset"], values["tier"], strict=True))
+        frames.append(values.assign(
+            claim=item.name, panel=values["dataset"] + " · " + values["tier"],
+            ci_low=[rows[k]["ci_low"] if k in rows else np.nan for k in keys],
+            ci_high=[rows[k]["ci_high"] if k in rows else np.nan for k in keys],
+        ))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -261,3 +261,23 @@ def load_run(results_dir: str | Path, run_name: str) -> RunArtifacts:
         embeddings=None if test is None else test[0],
         labels=None if test is None else test[1],
     )
+
+
+def grid_histories(specs: Iterable[RunSpec], results_dir: str | Path) -> pd.DataFrame:
+    """Per-epoch histories of the finished cells of ``specs``, stacked (one row per epoch).
+
+    Columns: ``group, variant, seed, tier, dataset, run_name`` and the history's columns
+    (``epoch``, loss terms, ``R@1``, ``MAP@R``, ``orth_*``...).
+    """
+    frames = []
+    for spec in specs:
+        path = run_dir(Path(results_dir), spec.run_name)
+        if not (path / FINISHED_MARKER).is_file():
+            continue
+        history = load_history(path)
+        if history.empty:
+            continue
+        frames.append(history.assign(group=spec.group, variant=spec.variant, seed=spec.seed,
+                                     tier=spec.tier, dataset=spec.dataset,
+                                     run_name=spec.run_name))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

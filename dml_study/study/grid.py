@@ -344,3 +344,41 @@ def headline_runs(config: StudyConfig, seed: int | None = None) -> tuple[RunSpec
         raise ValueError(
             f"seed {seed} is not a seed of headline group {head.group!r}; seeds: {seeds}"
         ) from None
+
+
+#: Resolved config keys shown by :func:`settings_table` (the ones tiers and datasets vary).
+SETTINGS_KEYS: tuple[str, ...] = (
+    "model.backbone", "data.image_size", "model.embedding_dim", "schedule.epochs",
+    "data.batch_size", "data.m_per_class", "optim.lr", "optim.head_lr_mult",
+    "optim.proxy_lr_mult", "schedule.freeze_backbone_epochs",
+)
+
+
+def settings_table(specs: Iterable[RunSpec]) -> Any:
+    """One row per (tier, dataset): the key resolved settings of its first run."""
+    import pandas as pd
+
+    rows = {}
+    for spec in specs:
+        key = (spec.tier, spec.dataset)
+        if key in rows:
+            continue
+        config = resolved_config(spec.params)
+        rows[key] = {k.split(".", 1)[1]: config.get(k) for k in SETTINGS_KEYS}
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.names = ["tier", "dataset"]
+    return frame
+
+
+def outcome_summary(outcomes: Iterable[RunOutcome], specs: Iterable[RunSpec]) -> Any:
+    """Runs trained / reused per tier and the training time (s, whole seconds)."""
+    import pandas as pd
+
+    tiers = {s.run_name: s.tier for s in specs}
+    frame = pd.DataFrame([{"tier": tiers.get(o.run_name, "?"), "status": o.status,
+                           "seconds": o.seconds} for o in outcomes])
+    if frame.empty:
+        return pd.DataFrame(columns=["tier", "status", "runs", "seconds"])
+    return (frame.groupby(["tier", "status"]).agg(runs=("seconds", "size"),
+                                                  seconds=("seconds", "sum"))
+            .round(0).astype(int))
