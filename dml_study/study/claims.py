@@ -171,7 +171,15 @@ def _number(x: float) -> float | None:
 def claim_rows(config: StudyConfig, claim: ClaimConfig) -> list[dict[str, Any]]:
     """Scorecard rows of one claim: one per dataset of its group (datasets without finished
     runs are left out)."""
-    specs = [s for s in expand_grid(config) if s.group == claim.group]
+    rows = []
+    for group in claim.all_groups:
+        rows += _group_rows(config, claim, [s for s in expand_grid(config) if s.group == group])
+    return rows
+
+
+def _group_rows(
+    config: StudyConfig, claim: ClaimConfig, specs: list[RunSpec]
+) -> list[dict[str, Any]]:
     datasets = list(dict.fromkeys(s.dataset or config.train.get("dataset") for s in specs))
     rows = []
     for dataset in datasets:
@@ -185,7 +193,7 @@ def claim_rows(config: StudyConfig, claim: ClaimConfig) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "claim": claim.claim or claim.name, "paper": claim.paper, "dataset": dataset,
             "regime": regime(c, d), "tier": cells[0].tier, "metric": claim.metric,
-            "unit": claim.unit, "name": claim.name, "group": claim.group,
+            "unit": claim.unit, "name": claim.name, "group": cells[0].group,
             "baseline": claim.baseline, "classes": c, "dim": d, "direction": claim.direction,
         }
         confidence = config.stats.confidence
@@ -261,9 +269,9 @@ def paired_values(config: StudyConfig, claim: ClaimConfig) -> pd.DataFrame:
     """Per-seed values behind a paired claim: ``dataset, tier, seed, baseline, treatment,
     effect`` (effect = scale · (treatment − baseline)), seeds of both arms only."""
     frames = []
-    specs = [s for s in expand_grid(config) if s.group == claim.group]
-    for dataset in dict.fromkeys(s.dataset for s in specs):
-        cells = [s for s in specs if s.dataset == dataset]
+    specs = [s for s in expand_grid(config) if s.group in claim.all_groups]
+    for key in dict.fromkeys((s.group, s.dataset) for s in specs):
+        cells = [s for s in specs if (s.group, s.dataset) == key]
         base = _values(config.results_dir, [s for s in cells if s.variant == claim.baseline],
                        claim.metric, claim.kind)
         treat = _values(config.results_dir, [s for s in cells if s.variant == claim.treatment],

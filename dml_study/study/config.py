@@ -152,13 +152,20 @@ class ClaimConfig:
     or, with ``kind: correlation``, a per-class rank correlation of the baseline runs
     (``spearman:nearest_proxy_cos:train_R@1``). ``direction`` is what the paper claims:
     ``increase`` / ``decrease`` of treatment − baseline (or of the correlation), or ``any``
-    (a difference in either direction). One scorecard row per dataset of the group.
+    (a difference in either direction). One scorecard row per dataset of each group.
     """
+
+    @property
+    def all_groups(self) -> tuple[str, ...]:
+        """``group`` followed by ``groups``."""
+        return tuple(dict.fromkeys(g for g in (self.group, *self.groups) if g))
 
     name: str
     claim: str = ""
     paper: str = "SO"
     group: str = ""
+    #: More groups measured the same way (e.g. one group per benchmark in ``paper.yaml``).
+    groups: tuple[str, ...] = ()
     baseline: str = ""
     treatment: str = ""
     metric: str = "R@1"
@@ -485,20 +492,23 @@ def _validate_claim(
     config: StudyConfig, claim: ClaimConfig, groups: list[str], where: str
 ) -> None:
     at = f"{where}: claims ({claim.name})"
-    if claim.group not in groups:
-        raise StudyConfigError(
-            f"{at}.group: {claim.group!r} is not a group; groups: {', '.join(groups)}"
-            f"{_did_you_mean(claim.group, groups)}"
-        )
-    variants = _variant_names(config.group(claim.group))
-    roles = ("baseline",) if claim.kind == "correlation" else ("baseline", "treatment")
-    for role in roles:
-        value = getattr(claim, role)
-        if value not in variants:
+    if not claim.all_groups:
+        raise StudyConfigError(f"{at}: give 'group' (and/or 'groups')")
+    for group in claim.all_groups:
+        if group not in groups:
             raise StudyConfigError(
-                f"{at}.{role}: {value!r} is not a variant of group {claim.group!r}; "
-                f"variants: {', '.join(variants)}{_did_you_mean(value, variants)}"
+                f"{at}.group: {group!r} is not a group; groups: {', '.join(groups)}"
+                f"{_did_you_mean(group, groups)}"
             )
+        variants = _variant_names(config.group(group))
+        roles = ("baseline",) if claim.kind == "correlation" else ("baseline", "treatment")
+        for role in roles:
+            value = getattr(claim, role)
+            if value not in variants:
+                raise StudyConfigError(
+                    f"{at}.{role}: {value!r} is not a variant of group {group!r}; "
+                    f"variants: {', '.join(variants)}{_did_you_mean(value, variants)}"
+                )
 
 
 def _variant_names(group: GroupConfig) -> list[str]:

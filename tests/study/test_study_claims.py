@@ -202,3 +202,22 @@ def test_mean_ci_matches_scipy():
     ref = sps.t.interval(0.95, 3, loc=np.mean(values), scale=sps.sem(values))
     assert mean == pytest.approx(np.mean(values))
     assert (low, high) == pytest.approx(ref)
+
+
+def test_one_claim_over_several_groups_gives_a_row_per_group(tmp_path):
+    raw = {
+        "name": "two", "results_dir": str(tmp_path / "results"),
+        "train": {"embedding_dim": 8},
+        "groups": [{"name": f"g_{d}", "seeds": [0, 1], "base": {"dataset": d},
+                    "variants": {"base": {"so_lambda": 0.0}, "treat": {"so_lambda": 0.1}}}
+                   for d in ("icons", "cub200")],
+        "headline": {"group": "g_icons", "baseline": "base", "treatment": "treat"},
+        "claims": [{**R1_CLAIM, "group": "g_icons", "groups": ["g_cub200"]}],
+    }
+    config = study_config_from_dict(raw, root=tmp_path)
+    _fill(config, {(v, s): 0.4 + 0.01 * s + (0.02 if v == "treat" else 0.0)
+                   for v in ("base", "treat") for s in (0, 1)})
+    rows = C.scorecard(config)
+    assert [(r["dataset"], r["group"]) for r in rows] == [("icons", "g_icons"),
+                                                         ("cub200", "g_cub200")]
+    assert all(r["tier"] == "fine-tuned" and r["effect"] == pytest.approx(2.0) for r in rows)
