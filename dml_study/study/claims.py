@@ -278,7 +278,7 @@ def paired_values(config: StudyConfig, claim: ClaimConfig) -> pd.DataFrame:
                         claim.metric, claim.kind)
         seeds = sorted(set(base) & set(treat))
         frames.append(pd.DataFrame({
-            "dataset": dataset or config.train.get("dataset"), "tier": cells[0].tier,
+            "dataset": key[1] or config.train.get("dataset"), "tier": cells[0].tier,
             "seed": seeds, "baseline": [base[k] for k in seeds],
             "treatment": [treat[k] for k in seeds],
             "effect": [claim.scale * (treat[k] - base[k]) for k in seeds],
