@@ -116,11 +116,12 @@ def paired_effects(frame: pd.DataFrame, unit: str = "pp", title: str = "") -> Fi
         ax.errorbar([i + 0.32], [mean], yerr=[[mean - low], [high - mean]], fmt="D",
                     color="black", capsize=5, zorder=3,
                     label="mean, 95% t-CI" if i == 0 else None)
-        ax.annotate(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]\nn = {len(part)}",
-                    (i + 0.36, high), fontsize=8, va="bottom")
+        ax.annotate(f"{mean:+.2f}\n[{low:+.2f}, {high:+.2f}]\nn = {len(part)}",
+                    (i + 0.42, mean), fontsize=8, va="center")
     ax.axhline(0.0, color="0.3", linewidth=1, linestyle="--")
     ax.set_xticks(range(len(panels)), panels)
-    ax.set_xlim(-0.6, len(panels) - 0.1)
+    ax.set_xlim(-0.6, len(panels) + 0.3)
+    ax.margins(y=0.15)
     ax.set_ylabel(f"effect ({unit})")
     if title:
         ax.set_title(title, fontsize=TITLE_SIZE)

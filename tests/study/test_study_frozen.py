@@ -146,3 +146,28 @@ def test_frozen_groups_expand_per_dataset_with_their_own_parameters(tmp_path):
     with pytest.raises(StudyConfigError, match="did you mean 'frozen'"):
         study_config_from_dict({**raw, "groups": [{**raw["groups"][1], "tier": "frozn"},
                                                   raw["groups"][0]]}, root=tmp_path)
+
+
+def test_per_class_subset_keeps_every_class_and_is_seeded():
+    labels = np.repeat(np.arange(5), [3, 8, 2, 10, 4])
+    keep = frozen.per_class_subset(labels, 3, seed=0)
+    counts = np.bincount(labels[keep], minlength=5)
+    assert counts.tolist() == [3, 3, 2, 3, 3]
+    assert np.all(np.diff(keep) > 0)
+    np.testing.assert_array_equal(keep, frozen.per_class_subset(labels, 3, seed=0))
+    assert not np.array_equal(keep, frozen.per_class_subset(labels, 3, seed=1))
+    np.testing.assert_array_equal(frozen.per_class_subset(labels, None, 0), np.arange(27))
+    with pytest.raises(frozen.FrozenTierError, match=">= 2"):
+        frozen.per_class_subset(labels, 1, 0)
+
+
+def test_feature_cache_key_depends_on_the_settings(tmp_path):
+    config = _config(tmp_path)
+    base = frozen.feature_cache_path(config, frozen.FeatureSettings(), tmp_path)
+    assert base.parent == tmp_path / "frozen_features" and base.name.startswith("icons-")
+    other = frozen.feature_cache_path(config, frozen.FeatureSettings(views=2), tmp_path)
+    subset = frozen.feature_cache_path(
+        config, frozen.FeatureSettings(max_train_per_class=4), tmp_path)
+    assert len({base, other, subset}) == 3
+    # settings that are not set leave the identity (and the cached file) unchanged
+    assert frozen.FeatureSettings().identity() == {"views": 8, "feature_seed": 0}
