@@ -16,7 +16,7 @@ into one row per dataset of its group:
 
 The verdict follows the CI (:func:`dml_study.study.stats.verdict_from_ci`): ``inconclusive``
 exactly when the CI holds 0. Every row names its dataset, regime (``C<d``: the proxies can be
-orthogonal; ``C≫d``: the SO floor :math:`C^2/d - C` binds) and tier. :func:`write_claims`
+orthogonal; ``C>>d``: the SO floor :math:`C^2/d - C` binds) and tier. :func:`write_claims`
 writes ``results/<study>/claims.json`` (a JSON list; the report renders it first).
 """
 
@@ -46,10 +46,11 @@ class ClaimError(ValueError):
 
 
 def regime(num_classes: int, dim: int) -> str:
-    """``"C<d"`` (orthogonal proxies possible), ``"C≫d"`` (C ≥ 4d) or ``"C>d"``."""
+    """``"C<d"`` (C ≤ d: orthogonal proxies possible), ``"C>>d"`` (C ≥ 4d: the SO floor
+    C²/d − C binds hard) or ``"C>d"`` (in between)."""
     if num_classes <= dim:
         return "C<d"
-    return "C≫d" if num_classes >= 4 * dim else "C>d"
+    return "C>>d" if num_classes >= 4 * dim else "C>d"
 
 
 def run_shape(path: Path) -> tuple[int, int]:

@@ -221,3 +221,9 @@ def test_one_claim_over_several_groups_gives_a_row_per_group(tmp_path):
     assert [(r["dataset"], r["group"]) for r in rows] == [("icons", "g_icons"),
                                                          ("cub200", "g_cub200")]
     assert all(r["tier"] == "fine-tuned" and r["effect"] == pytest.approx(2.0) for r in rows)
+
+
+def test_regimes():
+    assert C.regime(171, 384) == "C<d"   # icons at 384-d, CUB/Cars with DeiT-S
+    assert C.regime(171, 128) == "C>d"   # icons at the preset's 128-d
+    assert C.regime(1200, 128) == "C>>d"  # glyphs, SOP/In-Shop
