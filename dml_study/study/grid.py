@@ -61,7 +61,13 @@ class RunSpec:
         return self.params.get("dataset")
 
     def notebook_parameters(self, results_dir: Path) -> dict[str, Any]:
-        """The parameters ``02_train`` is executed with."""
+        """The parameters ``02_train`` is executed with (fine-tuned runs only)."""
+        if self.tier == "frozen":
+            raise ValueError(
+                f"run {self.run_name} belongs to the frozen tier: it is trained in-process by "
+                "dml_study.study.grid.run_frozen_tier, not by executing 02_train; route "
+                "specs with tier == 'frozen' there"
+            )
         return {**self.params, "run_name": self.run_name, "results_dir": str(results_dir)}
 
 

@@ -171,3 +171,13 @@ def test_feature_cache_key_depends_on_the_settings(tmp_path):
     assert len({base, other, subset}) == 3
     # settings that are not set leave the identity (and the cached file) unchanged
     assert frozen.FeatureSettings().identity() == {"views": 8, "feature_seed": 0}
+
+
+def test_frozen_specs_refuse_to_become_02_train_runs(tmp_path):
+    raw = {"name": "s", "train": {"dataset": "icons"},
+           "groups": [{"name": "fz", "tier": "frozen", "seeds": [0],
+                       "variants": {"a": {}, "b": {"so_lambda": 0.1}}}],
+           "headline": {"group": "fz", "baseline": "a", "treatment": "b"}}
+    spec = expand_grid(study_config_from_dict(raw, root=tmp_path))[0]
+    with pytest.raises(ValueError, match="run_frozen_tier"):
+        spec.notebook_parameters(tmp_path)
