@@ -19,6 +19,11 @@
 - :mod:`~dml_study.study.collect`, :mod:`~dml_study.study.stats`,
   :mod:`~dml_study.study.tables`, :mod:`~dml_study.study.published` — tables: runs,
   mean ± std over seeds, paired SO-vs-no-SO tests, published reference numbers.
+- :mod:`~dml_study.study.frozen` — the frozen-backbone tier: head + proxies trained on
+  cached backbone features, many seeds in seconds, normal run directories.
+- :mod:`~dml_study.study.claims` — the claims scorecard (``results/<study>/claims.json``):
+  every claim of the two papers as a paired effect with a 95 % CI and a verdict;
+  :mod:`~dml_study.study.figures` — ``results/<study>/figures/index.json``.
 - :mod:`~dml_study.study.analysis`, :mod:`~dml_study.study.plots`,
   :mod:`~dml_study.study.dataview` — what the notebooks compute and draw.
 

@@ -95,7 +95,7 @@ def tsne_with_proxies(
 
 #: History columns (first match wins) holding orthogonality error and effective rank.
 HISTORY_SERIES: dict[str, tuple[str, ...]] = {
-    "orthogonality error ‖P̂P̂ᵀ−I‖²_F": ("orth_so_frobenius", "so_frobenius"),
+    "orthogonality error ‖P̂P̂ᵀ − I‖² (Frobenius)": ("orth_so_frobenius", "so_frobenius"),
     "effective rank": ("orth_effective_rank", "effective_rank"),
     "mean |cos|": ("orth_mean_abs_cos", "mean_abs_cos"),
 }
@@ -119,3 +119,53 @@ def history_series(history: pd.DataFrame) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=["epoch", "quantity", "value"])
     return pd.concat(frames, ignore_index=True).dropna(subset=["value"])
+
+
+def nearest_proxy_cosine(proxies: np.ndarray) -> np.ndarray:
+    """Per class: cosine of its proxy to the nearest *other* proxy, shape (C,)."""
+    gram = cosine_matrix(proxies)
+    np.fill_diagonal(gram, -np.inf)
+    return gram.max(axis=1)
+
+
+def close_class_fraction(proxies: np.ndarray, threshold: float = 0.5) -> float:
+    """Fraction of classes whose nearest other proxy has cosine above ``threshold``."""
+    return float(np.mean(nearest_proxy_cosine(proxies) > threshold))
+
+
+def so_floor_table(proxies: dict[str, np.ndarray]) -> pd.DataFrame:
+    r"""Where the SO floor binds: ‖P̂P̂ᵀ − I‖²_F of each proxy matrix beside its floor.
+
+    For unit rows the penalty cannot go below :math:`\max(0, C^2/d - C)` (tight frames reach
+    it), i.e. a mean squared off-diagonal cosine of at least :math:`(C/d - 1)/(C - 1)`.
+    When C < d the floor is 0 and SO can make the proxies exactly orthogonal; when C ≫ d
+    it binds and "more orthogonal" can only mean "closer to a tight frame".
+    """
+    rows = []
+    for label, p in proxies.items():
+        stats = orthogonality_summary(p)
+        c, d = int(stats["num_proxies"]), int(stats["dim"])
+        pairs = c * (c - 1)
+        rows.append({
+            "proxies": label, "C": c, "d": d, "so_frobenius": stats["so_frobenius"],
+            "so_floor": stats["so_floor"],
+            "rms_cos": float(np.sqrt(stats["so_frobenius"] / pairs)) if pairs else 0.0,
+            "rms_cos_floor": float(np.sqrt(stats["so_floor"] / pairs)) if pairs else 0.0,
+            "mean_abs_cos": stats["mean_abs_cos"],
+        })
+    columns = ["proxies", "C", "d", "so_frobenius", "so_floor", "rms_cos", "rms_cos_floor",
+               "mean_abs_cos"]
+    return pd.DataFrame(rows, columns=columns).set_index("proxies")
+
+
+def class_motivation(proxies: np.ndarray, class_recall: np.ndarray) -> pd.DataFrame:
+    """Per training class: nearest-other-proxy cosine and the class's train R@1 (in %)."""
+    if len(class_recall) != len(proxies):
+        raise ValueError(
+            f"{len(class_recall)} per-class recalls for {len(proxies)} proxies: both must "
+            "cover the training classes"
+        )
+    return pd.DataFrame({
+        "nearest_proxy_cos": nearest_proxy_cosine(proxies),
+        "train_R@1": 100 * np.asarray(class_recall, dtype=float),
+    }).dropna()

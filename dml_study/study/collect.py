@@ -120,17 +120,24 @@ def run_recipe(params: dict[str, Any]) -> str:
     return "full" if full else "cpu"
 
 
+def run_tier(path: str | Path) -> str:
+    """``"frozen"`` for frozen-backbone runs (``metrics.json`` says so), else ``"fine-tuned"``."""
+    raw = json.loads((Path(path) / FINISHED_MARKER).read_text(encoding="utf-8"))
+    return str(raw.get("tier", "fine-tuned"))
+
+
 def collect_runs(results_dir: str | Path) -> pd.DataFrame:
-    """One row per finished run: run name, parameters, recipe, metrics (fractions)."""
+    """One row per finished run: run name, parameters, recipe, tier, metrics (fractions)."""
     rows = []
     for path in finished_run_dirs(results_dir):
         params = run_parameters(load_run_config(path))
         row: dict[str, Any] = {"run_name": path.name}
         row.update({k: params.get(k) for k in PARAM_COLUMNS})
         row["recipe"] = run_recipe(params)
+        row["tier"] = run_tier(path)
         _add_metrics(row, load_metrics(path))
         rows.append(row)
-    columns = ["run_name", *PARAM_COLUMNS, "recipe"]
+    columns = ["run_name", *PARAM_COLUMNS, "recipe", "tier"]
     if not rows:
         return pd.DataFrame(columns=columns)
     frame = pd.DataFrame(rows)
@@ -158,13 +165,16 @@ def grid_results(specs: Iterable[RunSpec], results_dir: str | Path) -> pd.DataFr
             "group": spec.group,
             "variant": spec.variant,
             "seed": spec.seed,
+            "tier": spec.tier,
             "run_name": spec.run_name,
         }
         row.update({k: spec.params.get(k) for k in PARAM_COLUMNS if k != "seed"})
         _add_metrics(row, load_metrics(path))
         rows.append(row)
     if not rows:  # keep the columns so that filtering an empty table still works
-        return pd.DataFrame(columns=["group", "variant", "seed", "run_name", *PARAM_COLUMNS[:-1]])
+        return pd.DataFrame(
+            columns=["group", "variant", "seed", "tier", "run_name", *PARAM_COLUMNS[:-1]]
+        )
     return pd.DataFrame(rows)
 
 
@@ -251,3 +261,23 @@ def load_run(results_dir: str | Path, run_name: str) -> RunArtifacts:
         embeddings=None if test is None else test[0],
         labels=None if test is None else test[1],
     )
+
+
+def grid_histories(specs: Iterable[RunSpec], results_dir: str | Path) -> pd.DataFrame:
+    """Per-epoch histories of the finished cells of ``specs``, stacked (one row per epoch).
+
+    Columns: ``group, variant, seed, tier, dataset, run_name`` and the history's columns
+    (``epoch``, loss terms, ``R@1``, ``MAP@R``, ``orth_*``...).
+    """
+    frames = []
+    for spec in specs:
+        path = run_dir(Path(results_dir), spec.run_name)
+        if not (path / FINISHED_MARKER).is_file():
+            continue
+        history = load_history(path)
+        if history.empty:
+            continue
+        frames.append(history.assign(group=spec.group, variant=spec.variant, seed=spec.seed,
+                                     tier=spec.tier, dataset=spec.dataset,
+                                     run_name=spec.run_name))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,10 @@ TRAIN_CHOICES: dict[str, tuple[Any, ...]] = {
 }
 
 RECIPES: tuple[str, ...] = ("cpu", "full")
+
+#: How a group's runs are trained: ``"fine-tuned"`` (``02_train``: the whole network) or
+#: ``"frozen"`` (head + proxies on cached backbone features, :mod:`dml_study.study.frozen`).
+TIERS: tuple[str, ...] = ("fine-tuned", "frozen")
 
 
 class StudyConfigError(ValueError):
@@ -151,6 +156,10 @@ class GroupConfig:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     description: str = ""
+    #: ``"fine-tuned"`` (default) or ``"frozen"``; see :data:`TIERS`.
+    tier: str = "fine-tuned"
+    #: Run every variant on each of these datasets (empty: the dataset of ``train``/``base``).
+    datasets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,6 +170,64 @@ class HeadlineConfig:
     baseline: str = "no_so"
     treatment: str = "so"
     metrics: tuple[str, ...] = ("R@1", "MAP@R")
+
+
+@dataclass(frozen=True)
+class FrozenConfig:
+    """Settings of the frozen-backbone tier (:mod:`dml_study.study.frozen`)."""
+
+    #: Cached augmented views per training image.
+    views: int = 8
+    #: Seed of the cached augmentations (the runs' own seeds vary head, proxies and batches).
+    feature_seed: int = 0
+    #: Training parameters of every frozen run, on top of the study's ``train``.
+    train: dict[str, Any] = field(default_factory=dict)
+    #: Per-dataset training parameters of frozen runs (e.g. the embedding size that puts a
+    #: dataset in the C < d or C >> d regime).
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Per-dataset feature settings overriding ``views`` / ``feature_seed`` and setting
+    #: ``max_train_per_class`` / ``max_test_per_class`` (seeded per-class subsets).
+    features: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClaimConfig:
+    """One claim of a paper, measured as ``treatment − baseline`` within a group.
+
+    ``metric`` names what is compared (see :func:`dml_study.study.claims.run_value`):
+    a final metric (``R@1``, ``MAP@R``), a proxy statistic (``proxies/mean_abs_cos``,
+    ``proxies/close_classes@0.5``), convergence (``epochs_to:0.9:R@1``, ``at_epoch:2:R@1``)
+    or, with ``kind: correlation``, a per-class rank correlation of the baseline runs
+    (``spearman:nearest_proxy_cos:train_R@1``). ``direction`` is what the paper claims:
+    ``increase`` / ``decrease`` of treatment − baseline (or of the correlation), or ``any``
+    (a difference in either direction). One scorecard row per dataset of each group.
+    """
+
+    @property
+    def all_groups(self) -> tuple[str, ...]:
+        """``group`` followed by ``groups``."""
+        return tuple(dict.fromkeys(g for g in (self.group, *self.groups) if g))
+
+    name: str
+    claim: str = ""
+    paper: str = "SO"
+    group: str = ""
+    #: More groups measured the same way (e.g. one group per benchmark in ``paper.yaml``).
+    groups: tuple[str, ...] = ()
+    baseline: str = ""
+    treatment: str = ""
+    metric: str = "R@1"
+    kind: str = "paired"
+    direction: str = "increase"
+    #: Multiplier applied to the values (100: fractions to percentage points).
+    scale: float = 100.0
+    unit: str = "pp"
+    note: str = ""
+
+
+CLAIM_PAPERS: tuple[str, ...] = ("SO", "adaptive")
+CLAIM_KINDS: tuple[str, ...] = ("paired", "correlation")
+CLAIM_DIRECTIONS: tuple[str, ...] = ("increase", "decrease", "any")
 
 
 @dataclass(frozen=True)
@@ -208,6 +275,9 @@ class StudyConfig:
     train: dict[str, Any] = field(default_factory=dict)
     groups: tuple[GroupConfig, ...] = ()
     headline: HeadlineConfig = field(default_factory=HeadlineConfig)
+    #: The claims scorecard (``results/<study>/claims.json``); see :class:`ClaimConfig`.
+    claims: tuple[ClaimConfig, ...] = ()
+    frozen: FrozenConfig = field(default_factory=FrozenConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
@@ -291,9 +361,15 @@ def study_config_from_dict(
             )
         elif key == "execution":
             values[key] = _build_execution(value, f"{where}: {key}")
-        elif key in ("headline", "analysis", "stats"):
+        elif key == "claims":
+            if not isinstance(value, list):
+                raise StudyConfigError(f"{where}: claims: expected a list, got {value!r}")
+            values[key] = tuple(
+                _build_claim(c, f"{where}: claims[{i}]") for i, c in enumerate(value)
+            )
+        elif key in ("headline", "analysis", "stats", "frozen"):
             cls = {"headline": HeadlineConfig, "analysis": AnalysisConfig,
-                   "stats": StatsConfig}[key]
+                   "stats": StatsConfig, "frozen": FrozenConfig}[key]
             values[key] = _build_section(cls, value, f"{where}: {key}")
         else:
             values[key] = _coerce(value, field_types(StudyConfig)[key], f"{where}: {key}")
@@ -322,6 +398,13 @@ def _build_group(raw: Any, where: str) -> GroupConfig:
         )
     if not group.seeds:
         raise StudyConfigError(f"{where} ({group.name}): 'seeds' must not be empty")
+    if group.tier not in TIERS:
+        raise StudyConfigError(
+            f"{where} ({group.name}).tier: invalid value {group.tier!r}; valid: "
+            f"{', '.join(TIERS)}{_did_you_mean(group.tier, TIERS)}"
+        )
+    for dataset in group.datasets:
+        _check_train_params({"dataset": dataset}, f"{where} ({group.name}).datasets")
     for variant, params in group.variants.items():
         _check_train_params(params, f"{where} ({group.name}).variants.{variant}")
     _check_train_params(group.base, f"{where} ({group.name}).base")
@@ -347,6 +430,31 @@ def build_slurm_config(base: SlurmConfig, overrides: dict[str, Any], where: str)
     slurm = _build_section(SlurmConfig, merged, where)
     validate_slurm(slurm, where)
     return slurm
+
+
+def _build_claim(raw: Any, where: str) -> ClaimConfig:
+    if not isinstance(raw, dict):
+        raise StudyConfigError(f"{where}: expected a mapping, got {raw!r}")
+    _check_keys(raw, ClaimConfig, where)
+    if "name" not in raw:
+        raise StudyConfigError(f"{where}: missing required key 'name'")
+    claim = _build_section(ClaimConfig, raw, where)
+    for key, choices in (("paper", CLAIM_PAPERS), ("kind", CLAIM_KINDS),
+                         ("direction", CLAIM_DIRECTIONS)):
+        value = getattr(claim, key)
+        if value not in choices:
+            raise StudyConfigError(
+                f"{where} ({claim.name}).{key}: invalid value {value!r}; valid: "
+                f"{', '.join(choices)}{_did_you_mean(value, choices)}"
+            )
+    return claim
+
+
+def _did_you_mean(value: Any, choices: Sequence[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(value), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _build_section(cls: type, raw: Any, where: str) -> Any:
@@ -383,21 +491,30 @@ def _check_train_params(params: dict[str, Any], where: str) -> None:
             "from the group's 'seeds'); remove them"
         )
     for key, value in params.items():
-        choices = TRAIN_CHOICES.get(key)
+        choices = _dataset_choices() if key == "dataset" else TRAIN_CHOICES.get(key)
         if choices is not None and value is not None and value not in choices:
             raise StudyConfigError(
                 f"{where}.{key}: invalid value {value!r}; valid: {', '.join(map(str, choices))}"
             )
 
 
+def _dataset_choices() -> tuple[str, ...]:
+    """Registered dataset names (the data registry, embedded datasets included)."""
+    try:
+        from dml_study.data import DATASETS
+    except ImportError:  # pragma: no cover - the data layer is part of the package
+        return TRAIN_CHOICES["dataset"]
+    return tuple(dict.fromkeys([*TRAIN_CHOICES["dataset"], *DATASETS]))
+
+
 def _validate(config: StudyConfig, where: str) -> None:
     if config.recipe not in RECIPES:
         raise StudyConfigError(f"{where}: recipe {config.recipe!r}; valid: {', '.join(RECIPES)}")
     for dataset in config.datasets:
-        if dataset not in TRAIN_CHOICES["dataset"]:
+        if dataset not in _dataset_choices():
             raise StudyConfigError(
                 f"{where}: datasets: unknown dataset {dataset!r}; valid: "
-                f"{', '.join(TRAIN_CHOICES['dataset'])}"
+                f"{', '.join(_dataset_choices())}{_did_you_mean(dataset, _dataset_choices())}"
             )
     _check_train_params(config.train, f"{where}: train")
     names = [g.name for g in config.groups]
@@ -426,6 +543,21 @@ def _validate(config: StudyConfig, where: str) -> None:
             f"{', '.join(names)}"
         )
     _validate_execution(config.execution, f"{where}: execution")
+    _check_train_params(config.frozen.train, f"{where}: frozen.train")
+    for dataset, params in config.frozen.datasets.items():
+        _check_train_params({"dataset": dataset, **params}, f"{where}: frozen.datasets")
+    valid_features = ("views", "feature_seed", "max_train_per_class", "max_test_per_class")
+    for dataset, settings in config.frozen.features.items():
+        unknown = sorted(set(settings) - set(valid_features))
+        if unknown:
+            raise StudyConfigError(
+                f"{where}: frozen.features.{dataset}: unknown key(s) {unknown}; valid: "
+                f"{', '.join(valid_features)}"
+            )
+    if config.frozen.views < 1:
+        raise StudyConfigError(f"{where}: frozen.views must be >= 1, got {config.frozen.views}")
+    for claim in config.claims:
+        _validate_claim(config, claim, names, where)
     if not 0.0 < config.stats.confidence < 1.0:
         raise StudyConfigError(f"{where}: stats.confidence must lie in (0, 1)")
 
@@ -455,6 +587,29 @@ def validate_slurm(slurm: SlurmConfig, where: str) -> None:
             raise StudyConfigError(f"{where}.{key}: must be >= 1, got {getattr(slurm, key)}")
     if slurm.gpus_per_run < 0 or slurm.max_requeues < 0:
         raise StudyConfigError(f"{where}: gpus_per_run and max_requeues must be >= 0")
+
+
+def _validate_claim(
+    config: StudyConfig, claim: ClaimConfig, groups: list[str], where: str
+) -> None:
+    at = f"{where}: claims ({claim.name})"
+    if not claim.all_groups:
+        raise StudyConfigError(f"{at}: give 'group' (and/or 'groups')")
+    for group in claim.all_groups:
+        if group not in groups:
+            raise StudyConfigError(
+                f"{at}.group: {group!r} is not a group; groups: {', '.join(groups)}"
+                f"{_did_you_mean(group, groups)}"
+            )
+        variants = _variant_names(config.group(group))
+        roles = ("baseline",) if claim.kind == "correlation" else ("baseline", "treatment")
+        for role in roles:
+            value = getattr(claim, role)
+            if value not in variants:
+                raise StudyConfigError(
+                    f"{at}.{role}: {value!r} is not a variant of group {group!r}; "
+                    f"variants: {', '.join(variants)}{_did_you_mean(value, variants)}"
+                )
 
 
 def _variant_names(group: GroupConfig) -> list[str]:

@@ -52,9 +52,21 @@ class RunSpec:
     seed: int
     params: dict[str, Any] = field(hash=False)
     run_name: str = ""
+    #: ``"fine-tuned"`` (``02_train``) or ``"frozen"`` (:mod:`dml_study.study.frozen`).
+    tier: str = "fine-tuned"
+
+    @property
+    def dataset(self) -> str | None:
+        return self.params.get("dataset")
 
     def notebook_parameters(self, results_dir: Path) -> dict[str, Any]:
-        """The parameters ``02_train`` is executed with."""
+        """The parameters ``02_train`` is executed with (fine-tuned runs only)."""
+        if self.tier == "frozen":
+            raise ValueError(
+                f"run {self.run_name} belongs to the frozen tier: it is trained in-process by "
+                "dml_study.study.grid.run_frozen_tier, not by executing 02_train; route "
+                "specs with tier == 'frozen' there"
+            )
         return {**self.params, "run_name": self.run_name, "results_dir": str(results_dir)}
 
 
@@ -89,8 +101,8 @@ _NON_IDENTITY_CONFIG_KEYS = frozenset({
 })
 
 
-def resolved_config(params: dict[str, Any]) -> dict[str, Any]:
-    """The complete training config ``02_train`` builds from ``params``, flat (dotted keys).
+def experiment_config(params: dict[str, Any]) -> Any:
+    """The :class:`~dml_study.config.ExperimentConfig` ``02_train`` builds from ``params``.
 
     Mirrors the notebook: ``load_config(dataset, **params, **overrides)``, so ``None``
     values take the dataset preset. Raises the config's own error for invalid values.
@@ -98,8 +110,12 @@ def resolved_config(params: dict[str, Any]) -> dict[str, Any]:
     from dml_study.config import load_config
 
     kw = {k: v for k, v in params.items() if k not in ("dataset", "overrides")}
-    config = load_config(params.get("dataset"), **kw, **(params.get("overrides") or {}))
-    return dict(_flatten(config.to_dict()))
+    return load_config(params.get("dataset"), **kw, **(params.get("overrides") or {}))
+
+
+def resolved_config(params: dict[str, Any]) -> dict[str, Any]:
+    """The complete training config built from ``params``, flat (dotted keys)."""
+    return dict(_flatten(experiment_config(params).to_dict()))
 
 
 def _flatten(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -110,7 +126,9 @@ def _flatten(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
         yield prefix, list(node) if isinstance(node, tuple) else node
 
 
-def make_run_name(params: dict[str, Any], resolve: bool = True) -> str:
+def make_run_name(
+    params: dict[str, Any], resolve: bool = True, tier: dict[str, Any] | None = None
+) -> str:
     """Stable, readable run name: ``<dataset>-<loss>-so<λ>-d<dim>-s<seed>-<hash8>``.
 
     With ``resolve`` (default) the hash covers the *complete* config the training notebook
@@ -118,7 +136,8 @@ def make_run_name(params: dict[str, Any], resolve: bool = True) -> str:
     if every setting that affects its result is the same, so changing a dataset preset
     retrains instead of silently reusing stale runs, and ``epochs: null`` and the preset's
     explicit value name the same run. ``resolve=False`` hashes the given parameters only
-    (:func:`run_identity`). The prefix is only for humans.
+    (:func:`run_identity`). ``tier`` (frozen runs: ``{"tier": "frozen", "views": ...}``)
+    joins the identity and prefixes the name with ``frozen-``. The prefix is only for humans.
     """
     if resolve:
         config = resolved_config(params)
@@ -131,12 +150,16 @@ def make_run_name(params: dict[str, Any], resolve: bool = True) -> str:
         }
     else:
         identity = run_identity(params)
+    if tier:
+        identity = {**identity, "tier": tier}
     digest = hashlib.sha1(
         json.dumps(identity, sort_keys=True, default=str).encode("utf-8")
     ).hexdigest()[:8]
     dataset = params.get("dataset") or "preset"
     loss = params.get("loss") or "preset"
     parts = [str(dataset), _LOSS_SHORT.get(str(loss), str(loss))]
+    if tier:
+        parts.insert(0, str(tier.get("tier", "tier")))
     so_lambda = params.get("so_lambda")
     if so_lambda is not None:
         parts.append(f"so{_format_value(float(so_lambda))}")
@@ -154,21 +177,50 @@ def make_run_name(params: dict[str, Any], resolve: bool = True) -> str:
     return "-".join(parts)
 
 
+def frozen_feature_settings(config: StudyConfig, dataset: str | None) -> Any:
+    """:class:`~dml_study.study.frozen.FeatureSettings` of ``dataset`` in this study."""
+    from dml_study.study.frozen import FeatureSettings
+
+    f = config.frozen
+    return FeatureSettings(**{"views": f.views, "feature_seed": f.feature_seed,
+                              **f.features.get(str(dataset), {})})
+
+
+def frozen_tier_identity(config: StudyConfig, dataset: str | None) -> dict[str, Any]:
+    """What makes a frozen run differ from a fine-tuned one of the same config."""
+    return {"tier": "frozen", **frozen_feature_settings(config, dataset).identity()}
+
+
 def expand_grid(config: StudyConfig) -> list[RunSpec]:
-    """Every (group, variant, seed) cell of the study, in file order."""
+    """Every (group, dataset, variant, seed) cell of the study, in file order.
+
+    Parameters: the study's ``train``, then (frozen tier) ``frozen.train`` and
+    ``frozen.datasets[<dataset>]``, then the group's ``base``, the variant's overrides and
+    the seed. A group with ``datasets`` repeats every cell once per dataset.
+    """
     specs: list[RunSpec] = []
     for group in config.groups:
         variants: list[tuple[str, dict[str, Any]]] = list(group.variants.items())
         for param, values in group.sweep.items():
             variants += [(sweep_variant_name(param, v), {param: v}) for v in values]
-        for variant, overrides in variants:
-            for seed in group.seeds:
-                params = {**config.train, **group.base, **overrides, "seed": int(seed)}
-                if config.data_root is not None and params.get("data_root") is None:
-                    params["data_root"] = str(config.data_root)
-                specs.append(
-                    RunSpec(group.name, variant, int(seed), params, make_run_name(params))
-                )
+        frozen = group.tier == "frozen"
+        for dataset in group.datasets or (None,):
+            shared = {**config.train, **(config.frozen.train if frozen else {})}
+            if dataset is not None:
+                shared["dataset"] = dataset
+            name = group.base.get("dataset") or shared.get("dataset")
+            if frozen and name in config.frozen.datasets:
+                shared.update(config.frozen.datasets[name])
+            tier = frozen_tier_identity(config, name) if frozen else None
+            for variant, overrides in variants:
+                for seed in group.seeds:
+                    params = {**shared, **group.base, **overrides, "seed": int(seed)}
+                    if dataset is not None:
+                        params["dataset"] = dataset
+                    if config.data_root is not None and params.get("data_root") is None:
+                        params["data_root"] = str(config.data_root)
+                    specs.append(RunSpec(group.name, variant, int(seed), params,
+                                         make_run_name(params, tier=tier), group.tier))
     return specs
 
 
@@ -223,10 +275,13 @@ def run_grid(
 
     runs = unique_runs(specs if specs is not None else expand_grid(config))
     stream = stream or sys.stdout
+    outcomes = run_frozen_tier(config, [s for s in runs if s.tier == "frozen"],
+                               stream=stream if progress else None)
+    runs = [s for s in runs if s.tier != "frozen"]
     todo = {s.run_name for s in runs if not is_finished(config.results_dir, s.run_name)}
     bar = Progress(len(runs), "grid", stream=stream, enabled=progress)
-    bar.log(f"{len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to train")
-    outcomes: list[RunOutcome] = []
+    bar.log(f"{len(runs)} fine-tuned runs, {len(runs) - len(todo)} already finished, "
+            f"{len(todo)} to train")
     for spec in runs:
         if spec.run_name not in todo:
             outcomes.append(RunOutcome(spec.run_name, "reused", 0.0, None))
@@ -246,6 +301,35 @@ def run_grid(
     return outcomes
 
 
+def run_frozen_tier(
+    config: StudyConfig, specs: Iterable[RunSpec], *, stream: TextIO | None = None
+) -> list[RunOutcome]:
+    """Train the frozen-tier runs of ``specs`` in this process (no notebook per run).
+
+    Finished runs are reused; features are extracted once per dataset and backbone.
+    """
+    from dml_study.study.frozen import train_frozen_runs
+
+    specs = unique_runs(specs)
+    if not specs:
+        return []
+    todo = [s for s in specs if not is_finished(config.results_dir, s.run_name)]
+    if stream is not None:
+        print(f"frozen tier: {len(specs)} runs, {len(specs) - len(todo)} already finished, "
+              f"{len(todo)} to train", file=stream, flush=True)
+    items = [(s.run_name, _frozen_run_config(config, s),
+              frozen_feature_settings(config, s.dataset)) for s in todo]
+    trained = dict(train_frozen_runs(items, config.results_dir, stream=stream))
+    return [RunOutcome(s.run_name, "trained" if s.run_name in trained else "reused",
+                       trained.get(s.run_name, 0.0), None) for s in specs]
+
+
+def _frozen_run_config(config: StudyConfig, spec: RunSpec) -> Any:
+    params = {k: v for k, v in spec.params.items() if k not in ("quiet", "num_workers")}
+    return experiment_config({**params, "run_name": spec.run_name,
+                              "results_dir": str(config.results_dir)})
+
+
 def headline_runs(config: StudyConfig, seed: int | None = None) -> tuple[RunSpec, RunSpec]:
     """The (baseline, treatment) runs of the headline comparison at ``seed``.
 
@@ -261,3 +345,41 @@ def headline_runs(config: StudyConfig, seed: int | None = None) -> tuple[RunSpec
         raise ValueError(
             f"seed {seed} is not a seed of headline group {head.group!r}; seeds: {seeds}"
         ) from None
+
+
+#: Resolved config keys shown by :func:`settings_table` (the ones tiers and datasets vary).
+SETTINGS_KEYS: tuple[str, ...] = (
+    "model.backbone", "data.image_size", "model.embedding_dim", "schedule.epochs",
+    "data.batch_size", "data.m_per_class", "optim.lr", "optim.head_lr_mult",
+    "optim.proxy_lr_mult", "schedule.freeze_backbone_epochs",
+)
+
+
+def settings_table(specs: Iterable[RunSpec]) -> Any:
+    """One row per (tier, dataset): the key resolved settings of its first run."""
+    import pandas as pd
+
+    rows = {}
+    for spec in specs:
+        key = (spec.tier, spec.dataset)
+        if key in rows:
+            continue
+        config = resolved_config(spec.params)
+        rows[key] = {k.split(".", 1)[1]: config.get(k) for k in SETTINGS_KEYS}
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.names = ["tier", "dataset"]
+    return frame
+
+
+def outcome_summary(outcomes: Iterable[RunOutcome], specs: Iterable[RunSpec]) -> Any:
+    """Runs trained / reused per tier and the training time (s, whole seconds)."""
+    import pandas as pd
+
+    tiers = {s.run_name: s.tier for s in specs}
+    frame = pd.DataFrame([{"tier": tiers.get(o.run_name, "?"), "status": o.status,
+                           "seconds": o.seconds} for o in outcomes])
+    if frame.empty:
+        return pd.DataFrame(columns=["tier", "status", "runs", "seconds"])
+    return (frame.groupby(["tier", "status"]).agg(runs=("seconds", "size"),
+                                                  seconds=("seconds", "sum"))
+            .round(0).astype(int))

@@ -42,6 +42,7 @@ from dml_study.study.grid import (
     expand_grid,
     is_finished,
     run_dir,
+    run_frozen_tier,
     unique_runs,
 )
 from dml_study.study.launch_claims import ClaimInfo, live_claim, try_claim
@@ -356,12 +357,18 @@ def launch_grid(
     stream = stream or sys.stdout
     started = time.perf_counter()
     runs = unique_runs(specs if specs is not None else expand_grid(config))
+    # Frozen-tier runs are seconds each on cached features: trained here, in-process, first
+    # (a launcher's process and kernel per run would cost more than the run itself).
+    frozen = [s for s in runs if s.tier == "frozen"]
+    frozen_done = {o.run_name: RunResult(o.run_name, o.status, o.seconds) for o in
+                   run_frozen_tier(config, frozen, stream=stream if progress else None)}
+    runs = [s for s in runs if s.tier != "frozen"]
     done = {s.run_name: RunResult(s.run_name, "reused") for s in runs
             if is_finished(config.results_dir, s.run_name)}
     todo = [s for s in runs if s.run_name not in done]
     bar = Progress(len(runs), "grid", stream=stream, enabled=progress)
     bar.done = len(done)
-    bar.log(f"{len(runs)} runs, {len(done)} already finished, {len(todo)} to train "
+    bar.log(f"{len(runs)} fine-tuned runs, {len(done)} already finished, {len(todo)} to train "
             f"({launcher.name} launcher)")
 
     def report(res: RunResult) -> None:
@@ -380,7 +387,8 @@ def launch_grid(
             break
         _wait_for_claims(config, [r.run_name for r in claimed], bar)
         tasks = [t for t in tasks if t.run_name in {r.run_name for r in claimed}]
-    grid = GridReport([done[s.run_name] for s in runs], time.perf_counter() - started)
+    grid = GridReport(list(frozen_done.values()) + [done[s.run_name] for s in runs],
+                      time.perf_counter() - started)
     failed = grid.failed
     bar.log(f"grid done in {grid.seconds:.0f} s: {len(grid.with_status('trained'))} trained, "
             f"{len(grid.with_status('reused'))} reused, {len(failed)} failed, "

@@ -15,6 +15,10 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+#: Panel-title size (points): readable in the rendered HTML at the notebooks' dpi.
+TITLE_SIZE = 12
 
 
 def setup(dpi: int = 80) -> None:
@@ -40,22 +44,27 @@ def _percent(frame: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
 def metric_vs_param(
     frame: pd.DataFrame, param: str, metrics: Sequence[str], title: str = ""
 ) -> Figure:
-    """One panel per metric: mean (± std over seeds, if several) against ``param``.
+    """One panel per metric: every seed and the mean ± sd over seeds against ``param``.
 
-    A parameter spanning decades with a zero (the SO weight λ) gets a symmetric-log
-    axis, so λ = 0 and λ = 1e-3 … 1 are all visible.
+    The values sit on a categorical axis (in numeric order), so a parameter spanning decades
+    with a zero (the SO weight λ) shows λ = 0 beside 10⁻³ … 1 with no empty axis range.
     """
     data = _percent(frame, metrics)
+    values = sorted(pd.unique(data[param]), key=lambda v: float(v))
+    position = {v: i for i, v in enumerate(values)}
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    values = pd.to_numeric(data[param], errors="coerce")
-    positive = values[values > 0]
     for ax, metric in zip(axes[0], metrics, strict=True):
-        sns.lineplot(data=data, x=param, y=metric, marker="o", errorbar="sd", ax=ax)
-        if len(positive) and positive.max() / positive.min() >= 100:
-            ax.set_xscale("symlog", linthresh=float(positive.min()))
+        ax.scatter(data[param].map(position), data[metric], color="C1", s=16, zorder=2,
+                   label="one seed")
+        stats = data.groupby(param)[metric].agg(["mean", "std"]).reindex(values)
+        ax.errorbar(range(len(values)), stats["mean"], yerr=stats["std"].fillna(0.0),
+                    color="C0", marker="s", capsize=4, zorder=3, label="mean ± sd over seeds")
+        ax.set_xticks(range(len(values)), [f"{float(v):g}" for v in values])
+        ax.set_xlabel(param)
         ax.set_ylabel(f"{metric} (%)")
+        ax.legend(fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=TITLE_SIZE)
     fig.tight_layout()
     return fig
 
@@ -63,20 +72,116 @@ def metric_vs_param(
 def paired_seeds(
     frame: pd.DataFrame, variant_column: str, order: Sequence[str], metrics: Sequence[str]
 ) -> Figure:
-    """Per metric: each seed's value in each arm, joined by a line (the paired design)."""
+    """Per metric: each seed's value in each arm, joined by a line (the paired design).
+
+    Dots sit exactly on the arms (no jitter) so every line ends on its two dots; the arm
+    means ± sd over seeds are drawn beside them.
+    """
     data = _percent(frame, metrics)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         wide = data.pivot_table(index="seed", columns=variant_column, values=metric)
         wide = wide[[c for c in order if c in wide.columns]]
-        for _, row in wide.iterrows():
-            ax.plot(range(len(row)), row.to_numpy(), color="0.6", linewidth=1, zorder=1)
-        sns.pointplot(data=data, x=variant_column, y=metric, order=list(wide.columns),
-                      errorbar="sd", ax=ax, color="C0", zorder=2)
-        sns.stripplot(data=data, x=variant_column, y=metric, order=list(wide.columns),
-                      ax=ax, color="C1", size=6, zorder=3)
+        x = np.arange(wide.shape[1])
+        for i, (_, row) in enumerate(wide.iterrows()):
+            ax.plot(x, row.to_numpy(), color="0.6", linewidth=1, marker="o", markersize=5,
+                    markerfacecolor="C1", markeredgecolor="C1", zorder=2,
+                    label="one seed (paired)" if i == 0 else None)
+        ax.errorbar(x + 0.12, wide.mean().to_numpy(), yerr=wide.std(ddof=1).to_numpy(),
+                    fmt="s", color="C0", capsize=4, zorder=3, label="mean ± sd over seeds")
+        ax.set_xticks(x, list(wide.columns))
+        ax.set_xlim(-0.4, len(x) - 0.6)
         ax.set_ylabel(f"{metric} (%)")
-        ax.set_xlabel("")
+        ax.set_title(f"{metric}: {len(wide)} seeds", fontsize=TITLE_SIZE)
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def paired_effects(frame: pd.DataFrame, unit: str = "pp", title: str = "") -> Figure:
+    """Per-seed paired differences per panel label, with the mean and its 95 % t-CI.
+
+    ``frame`` columns: ``panel`` (e.g. "icons · frozen"), ``seed``, ``effect``, and
+    ``ci_low``/``ci_high`` (the same on every row of a panel).
+    """
+    panels = list(dict.fromkeys(frame["panel"]))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.8 * len(panels) + 1.5), 3.8))
+    for i, panel in enumerate(panels):
+        part = frame[frame["panel"] == panel].sort_values("seed")
+        offsets = np.linspace(-0.18, 0.18, len(part)) if len(part) > 1 else np.zeros(1)
+        ax.scatter(i + offsets, part["effect"], s=22, color="C1", zorder=2,
+                   label="one seed: treatment − baseline" if i == 0 else None)
+        mean = part["effect"].mean()
+        low, high = part["ci_low"].iloc[0], part["ci_high"].iloc[0]
+        ax.errorbar([i + 0.32], [mean], yerr=[[mean - low], [high - mean]], fmt="D",
+                    color="black", capsize=5, zorder=3,
+                    label="mean, 95% t-CI" if i == 0 else None)
+        ax.annotate(f"{mean:+.2f}\n[{low:+.2f}, {high:+.2f}]\nn = {len(part)}",
+                    (i + 0.42, mean), fontsize=8, va="center")
+    ax.axhline(0.0, color="0.3", linewidth=1, linestyle="--")
+    ax.set_xticks(range(len(panels)), panels)
+    ax.set_xlim(-0.6, len(panels) + 0.3)
+    ax.margins(y=0.15)
+    ax.set_ylabel(f"effect ({unit})")
+    if title:
+        ax.set_title(title, fontsize=TITLE_SIZE)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def sweep_by_category(
+    frame: pd.DataFrame, param: str, metric: str, panel: str = "dataset", title: str = ""
+) -> Figure:
+    """``metric`` (%) against the values of ``param`` on a categorical axis, one panel per
+    ``panel`` value: every seed as a dot, mean ± sd over seeds as a line with error bars.
+
+    A categorical axis shows λ = 0 (no SO) beside the decades without a symlog axis.
+    """
+    data = _percent(frame, [metric])
+    values = sorted(pd.unique(data[param]), key=float)
+    labels = [f"{float(v):g}" for v in values]
+    groups = list(dict.fromkeys(data[panel]))
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.4 * len(groups), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], groups, strict=True):
+        part = data[data[panel] == name]
+        x = part[param].map({v: i for i, v in enumerate(values)})
+        ax.scatter(x, part[metric], color="C1", s=16, zorder=2, label="one seed")
+        stats = part.groupby(param)[metric].agg(["mean", "std", "count"]).reindex(values)
+        ax.errorbar(range(len(values)), stats["mean"], yerr=stats["std"], color="C0",
+                    marker="s", capsize=4, zorder=3, label="mean ± sd over seeds")
+        ax.set_xticks(range(len(values)), labels)
+        ax.set_xlabel(param)
+        ax.set_ylabel(f"{metric} (%)")
+        n = int(stats["count"].min()) if stats["count"].notna().all() else 0
+        ax.set_title(f"{name} ({n}+ seeds per value)", fontsize=TITLE_SIZE)
+        ax.legend(fontsize=8, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=TITLE_SIZE)
+    fig.tight_layout()
+    return fig
+
+
+def curves_with_band(
+    frame: pd.DataFrame, y: str, hue: str, panel: str = "dataset", ylabel: str | None = None,
+    percent: bool = False, title: str = "",
+) -> Figure:
+    """``y`` against epoch, mean ± sd band over seeds per ``hue``, one panel per ``panel``."""
+    data = _percent(frame, [y]) if percent else frame
+    groups = list(dict.fromkeys(data[panel]))
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], groups, strict=True):
+        part = data[data[panel] == name].dropna(subset=[y])
+        sns.lineplot(data=part, x="epoch", y=y, hue=hue, errorbar="sd", ax=ax, marker="o",
+                     markersize=3)
+        seeds = part.groupby(hue)["seed"].nunique()
+        ax.set_title(f"{name} (mean ± sd over {seeds.min()}–{seeds.max()} seeds)",
+                     fontsize=TITLE_SIZE)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel or y)
+        ax.legend(fontsize=8, title=hue, title_fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=TITLE_SIZE)
     fig.tight_layout()
     return fig
 
@@ -97,17 +202,23 @@ def grouped_bars(frame: pd.DataFrame, x: str, metric: str, title: str = "") -> F
 def cosine_heatmaps(matrices: Mapping[str, np.ndarray], max_classes: int = 64) -> Figure:
     """Side-by-side heatmaps of proxy cosine matrices (first ``max_classes`` classes).
 
-    One shared colour bar (−1 … 1) so that every panel keeps the same size.
+    One shared, labelled colour bar (−1 … 1) so that every panel keeps the same size; each
+    title says how many of the classes are shown.
     """
     n = len(matrices)
-    fig, axes = plt.subplots(1, n + 1, figsize=(3.4 * n + 0.6, 3.4), squeeze=False,
+    fig, axes = plt.subplots(1, n + 1, figsize=(3.6 * n + 0.8, 3.8), squeeze=False,
                              gridspec_kw={"width_ratios": [1.0] * n + [0.06]})
     for ax, (title, matrix) in zip(axes[0][:n], matrices.items(), strict=True):
-        sub = np.asarray(matrix)[:max_classes, :max_classes]
+        total = np.asarray(matrix).shape[0]
+        shown = min(max_classes, total)
+        sub = np.asarray(matrix)[:shown, :shown]
         sns.heatmap(sub, vmin=-1, vmax=1, cmap="vlag", square=True, ax=ax,
                     xticklabels=False, yticklabels=False, cbar=False)
-        ax.set_title(title, fontsize=10)
-    fig.colorbar(axes[0][0].collections[0], cax=axes[0][n])
+        ax.set_title(f"{title}\n(first {shown} of {total} classes)", fontsize=TITLE_SIZE - 1)
+        ax.set_xlabel("class (proxy) j")
+        ax.set_ylabel("class (proxy) i")
+    bar = fig.colorbar(axes[0][0].collections[0], cax=axes[0][n])
+    bar.set_label("cosine between proxies i and j")
     fig.tight_layout()
     return fig
 
@@ -134,7 +245,8 @@ def training_curves(frame: pd.DataFrame, hue: str = "model") -> Figure:
     for ax, quantity in zip(axes[0], quantities, strict=True):
         part = frame[frame["quantity"] == quantity]
         sns.lineplot(data=part, x="epoch", y="value", hue=hue, marker="o", ax=ax)
-        ax.set_title(quantity, fontsize=10)
+        ax.set_title(quantity, fontsize=TITLE_SIZE)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("")
     fig.tight_layout()
     return fig
@@ -150,7 +262,7 @@ def tsne_panels(maps: Mapping[str, pd.DataFrame]) -> Figure:
                    alpha=0.7, linewidths=0)
         ax.scatter(proxies["x"], proxies["y"], marker="x", c="black", s=18, linewidths=1,
                    label="proxies")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=TITLE_SIZE)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.legend(loc="lower right", fontsize=8)

@@ -215,3 +215,41 @@ def compare_arms(
             ).to_dict()
         )
     return pd.DataFrame(rows).set_index("metric")
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``values`` and its Student-t confidence interval ``(mean, low, high)``.
+
+    With fewer than two values the interval is NaN; with zero spread it is the point.
+    """
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(data.mean())
+    if data.size < 2:
+        return mean, float("nan"), float("nan")
+    sd = float(data.std(ddof=1))
+    half = sps.t.ppf(0.5 + confidence / 2, df=data.size - 1) * sd / math.sqrt(data.size)
+    return mean, mean - half, mean + half
+
+
+#: Verdicts of the claims scorecard.
+VERDICTS: tuple[str, ...] = ("supported", "contradicted", "inconclusive")
+
+
+def verdict_from_ci(ci_low: float, ci_high: float, direction: str = "increase") -> str:
+    """Verdict on a claimed effect from its confidence interval (not from the point estimate).
+
+    ``direction`` is the claimed sign of the effect: ``"increase"`` (> 0), ``"decrease"``
+    (< 0) or ``"any"`` (≠ 0). The verdict is ``"inconclusive"`` exactly when the CI holds
+    0 (or is undefined); otherwise ``"supported"`` when the CI lies on the claimed side and
+    ``"contradicted"`` when it lies on the other side.
+    """
+    if direction not in ("increase", "decrease", "any"):
+        raise ValueError(f"direction must be increase, decrease or any; got {direction!r}")
+    if not (math.isfinite(ci_low) and math.isfinite(ci_high)) or ci_low <= 0.0 <= ci_high:
+        return "inconclusive"
+    positive = ci_low > 0.0
+    if direction == "any" or positive == (direction == "increase"):
+        return "supported"
+    return "contradicted"

@@ -59,6 +59,6 @@ def test_history_series_picks_logged_statistics():
     history = pd.DataFrame({"epoch": [0, 1, 2], "orth_so_frobenius": [9.0, 5.0, 1.0],
                             "orth_effective_rank": [3.0, 3.5, 3.9], "loss": [1, 1, 1]})
     long = history_series(history)
-    assert set(long["quantity"]) == {"orthogonality error ‖P̂P̂ᵀ−I‖²_F", "effective rank"}
+    assert set(long["quantity"]) == {"orthogonality error ‖P̂P̂ᵀ − I‖² (Frobenius)", "effective rank"}
     assert long[long["quantity"] == "effective rank"]["value"].tolist() == [3.0, 3.5, 3.9]
     assert history_series(pd.DataFrame()).empty

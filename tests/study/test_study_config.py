@@ -22,12 +22,21 @@ def test_shipped_study_files_load(repo_root: Path, name: str):
     assert len(config.group(config.headline.group).seeds) >= 3
 
 
-def test_embedded_study_is_cpu_sized_on_icons(repo_root: Path):
+def test_embedded_study_is_cpu_sized_on_both_regimes(repo_root: Path):
     config = load_study_config(repo_root / "studies" / "embedded.yaml")
     assert config.recipe == "cpu"
-    assert config.datasets == ("icons",)
+    assert config.datasets == ("icons", "glyphs")
     assert config.train["dataset"] == "icons"
     assert config.train["device"] == "cpu"
+    # the power the issue asks for: headline >= 5 paired seeds in every tier, ablations >= 3
+    for group in config.groups:
+        assert len(group.seeds) >= 3, group.name
+    assert len(config.group("frozen_so").seeds) >= 10
+    assert len(config.group(config.headline.group).seeds) >= 5
+    # both papers, both datasets in the scorecard
+    assert {c.paper for c in config.claims} == {"SO", "adaptive"}
+    assert set(config.group("frozen_so").datasets) == {"icons", "glyphs"}
+    assert set(config.group("frozen_margin").datasets) == {"icons", "glyphs"}
 
 
 def test_paper_study_covers_the_four_benchmarks(repo_root: Path):

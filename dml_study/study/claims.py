@@ -1,0 +1,316 @@
+r"""The claims scorecard: every claim of the two papers as a measured effect with a 95 % CI.
+
+The study file's ``claims:`` section (:class:`~dml_study.study.config.ClaimConfig`) names,
+per claim, a group of the grid, its baseline and treatment variants, the quantity compared
+(:func:`run_value`) and the direction the paper claims. :func:`scorecard` turns every claim
+into one row per dataset of its group:
+
+- ``kind: paired`` — runs of the two variants are paired by seed (same seed: same data order,
+  same initial head and proxies); the effect is the mean over seeds of
+  ``scale · (treatment − baseline)`` with a paired Student-t CI
+  (:func:`dml_study.study.stats.paired_comparison`; the percentile bootstrap CI is kept
+  beside it);
+- ``kind: correlation`` — per baseline run, a per-class Spearman ρ (SO paper's motivation:
+  nearest-other-proxy cosine vs that class's train R@1); the effect is the mean ρ over seeds
+  with a t-CI.
+
+The verdict follows the CI (:func:`dml_study.study.stats.verdict_from_ci`): ``inconclusive``
+exactly when the CI holds 0. Every row names its dataset, regime (``C<d``: the proxies can be
+orthogonal; ``C>>d``: the SO floor :math:`C^2/d - C` binds) and tier. :func:`write_claims`
+writes ``results/<study>/claims.json`` (a JSON list; the report renders it first).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dml_study.atomic_io import atomic_write_json
+from dml_study.study.config import ClaimConfig, StudyConfig
+from dml_study.study.grid import FINISHED_MARKER, RunSpec, expand_grid, run_dir
+from dml_study.study.stats import mean_ci, paired_comparison, verdict_from_ci
+
+#: Final metrics reported in percentage points.
+RETRIEVAL_METRICS = ("R@1", "R@2", "R@4", "R@8", "MAP@R", "RP", "NMI")
+
+
+class ClaimError(ValueError):
+    """A claim's metric that cannot be computed; the message names the metric and the fix."""
+
+
+# --------------------------------------------------------------------------- per-run values
+
+
+def regime(num_classes: int, dim: int) -> str:
+    """``"C<d"`` (C ≤ d: orthogonal proxies possible), ``"C>>d"`` (C ≥ 4d: the SO floor
+    C²/d − C binds hard) or ``"C>d"`` (in between)."""
+    if num_classes <= dim:
+        return "C<d"
+    return "C>>d" if num_classes >= 4 * dim else "C>d"
+
+
+def run_shape(path: Path) -> tuple[int, int]:
+    """``(C, d)`` of a run's final proxies."""
+    return tuple(np.load(path / "proxies.npy", mmap_mode="r").shape)  # type: ignore[return-value]
+
+
+def _history(path: Path) -> pd.DataFrame:
+    from dml_study.study.collect import load_history
+
+    history = load_history(path)
+    if history.empty or "epoch" not in history.columns:
+        raise ClaimError(f"{path}: no per-epoch history (history.csv/json) for a convergence claim")
+    return history.sort_values("epoch")
+
+
+def epochs_to_fraction(history: pd.DataFrame, fraction: float, metric: str = "R@1") -> float:
+    """First epoch at which ``metric`` has gained ``fraction`` of its total gain.
+
+    Gain is measured from epoch 0 (the untrained model) to the last epoch:
+    the first epoch ``e ≥ 1`` with ``m_e − m_0 ≥ fraction · (m_last − m_0)``. A run that
+    gains nothing has no such epoch (NaN): "90 % of the final value" would be reached before
+    training even starts, since training moves R@1 by a few points only.
+    """
+    rows = history.dropna(subset=[metric])
+    if len(rows) < 2:
+        return float("nan")
+    values = rows[metric].to_numpy(dtype=float)
+    epochs = rows["epoch"].to_numpy()
+    gain = values[-1] - values[0]
+    if not gain > 0:
+        return float("nan")
+    reached = np.flatnonzero(values[1:] - values[0] >= fraction * gain)
+    return float(epochs[1:][reached[0]])
+
+
+def run_value(path: Path, metric: str) -> float:
+    """The quantity ``metric`` of one finished run (fractions, not yet scaled).
+
+    - ``R@1``, ``MAP@R``, ... — final metrics (``metrics.json``);
+    - ``proxies/<stat>`` — :func:`dml_study.losses.orthogonality_stats` of the final
+      proxies (``mean_abs_cos``, ``max_abs_cos``, ``effective_rank``, ``so_frobenius``);
+      ``proxies/close_classes@<t>`` — fraction of classes whose nearest other proxy has
+      cosine above t;
+    - ``epochs_to:<fraction>:<metric>`` — :func:`epochs_to_fraction`;
+    - ``at_epoch:<e>:<metric>`` — the metric after epoch e (history).
+    """
+    from dml_study.study import analysis
+    from dml_study.study.collect import load_metrics
+
+    path = Path(path)
+    if metric.startswith("proxies/"):
+        stat = metric.split("/", 1)[1]
+        proxies = np.load(path / "proxies.npy")
+        if stat.startswith("close_classes@"):
+            return analysis.close_class_fraction(proxies, float(stat.split("@", 1)[1]))
+        stats = analysis.orthogonality_summary(proxies)
+        if stat not in stats:
+            raise ClaimError(f"unknown proxy statistic {stat!r}; valid: {sorted(stats)}, "
+                             "close_classes@<threshold>")
+        return float(stats[stat])
+    if metric.startswith("epochs_to:"):
+        _, fraction, name = metric.split(":", 2)
+        return epochs_to_fraction(_history(path), float(fraction), name)
+    if metric.startswith("at_epoch:"):
+        _, epoch, name = metric.split(":", 2)
+        history = _history(path)
+        row = history[history["epoch"] == int(epoch)]
+        if row.empty or name not in row.columns:
+            raise ClaimError(f"{path}: no {name} after epoch {epoch} in the history")
+        return float(row[name].iloc[0])
+    metrics = load_metrics(path)
+    if metric not in metrics:
+        raise ClaimError(f"{path}: metric {metric!r} not in metrics.json; has {sorted(metrics)}")
+    return float(metrics[metric])
+
+
+def motivation_rho(path: Path) -> float:
+    """Spearman ρ over training classes: nearest-other-proxy cosine vs the class's train R@1.
+
+    Needs ``train_class_recall.npy`` (written by frozen-tier runs).
+    """
+    from scipy.stats import spearmanr
+
+    from dml_study.study.analysis import class_motivation
+
+    file = Path(path) / "train_class_recall.npy"
+    if not file.is_file():
+        raise ClaimError(f"{file} is missing: per-class train R@1 is recorded by frozen-tier "
+                         "runs; put the motivation claim on a frozen group")
+    table = class_motivation(np.load(Path(path) / "proxies.npy"), np.load(file))
+    return float(spearmanr(table["nearest_proxy_cos"], table["train_R@1"]).statistic)
+
+
+# --------------------------------------------------------------------------- scorecard
+
+
+def _finished(results_dir: Path, spec: RunSpec) -> Path | None:
+    path = run_dir(results_dir, spec.run_name)
+    return path if (path / FINISHED_MARKER).is_file() else None
+
+
+def _values(results_dir: Path, specs: list[RunSpec], metric: str, kind: str) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for spec in specs:
+        path = _finished(results_dir, spec)
+        if path is None:
+            continue
+        value = motivation_rho(path) if kind == "correlation" else run_value(path, metric)
+        if math.isfinite(value):
+            out[spec.seed] = value
+    return out
+
+
+def _number(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def claim_rows(config: StudyConfig, claim: ClaimConfig) -> list[dict[str, Any]]:
+    """Scorecard rows of one claim: one per dataset of its group (datasets without finished
+    runs are left out)."""
+    rows = []
+    for group in claim.all_groups:
+        rows += _group_rows(config, claim, [s for s in expand_grid(config) if s.group == group])
+    return rows
+
+
+def _group_rows(
+    config: StudyConfig, claim: ClaimConfig, specs: list[RunSpec]
+) -> list[dict[str, Any]]:
+    datasets = list(dict.fromkeys(s.dataset or config.train.get("dataset") for s in specs))
+    rows = []
+    for dataset in datasets:
+        cells = [s for s in specs if (s.dataset or config.train.get("dataset")) == dataset]
+        base = [s for s in cells if s.variant == claim.baseline]
+        base_values = _values(config.results_dir, base, claim.metric, claim.kind)
+        if not base_values:
+            continue
+        first = _finished(config.results_dir, next(s for s in base if s.seed in base_values))
+        c, d = run_shape(first)  # type: ignore[arg-type]
+        row: dict[str, Any] = {
+            "claim": claim.claim or claim.name, "paper": claim.paper, "dataset": dataset,
+            "regime": regime(c, d), "tier": cells[0].tier, "metric": claim.metric,
+            "unit": claim.unit, "name": claim.name, "group": cells[0].group,
+            "baseline": claim.baseline, "classes": c, "dim": d, "direction": claim.direction,
+        }
+        confidence = config.stats.confidence
+        if claim.kind == "correlation":
+            values = [base_values[k] for k in sorted(base_values)]
+            effect, low, high = mean_ci(values, confidence)
+            row.update(effect=effect, ci_low=low, ci_high=high, seeds=len(values),
+                       ci_method=f"t over seeds ({confidence:.0%})")
+        else:
+            treat = [s for s in cells if s.variant == claim.treatment]
+            treat_values = _values(config.results_dir, treat, claim.metric, claim.kind)
+            seeds = sorted(set(base_values) & set(treat_values))
+            if not seeds:
+                continue
+            comp = paired_comparison(
+                [claim.scale * base_values[k] for k in seeds],
+                [claim.scale * treat_values[k] for k in seeds],
+                metric=claim.metric, confidence=confidence,
+                n_resamples=config.stats.bootstrap_resamples, seed=config.stats.seed,
+            )
+            row.update(
+                treatment=claim.treatment, effect=comp.mean_difference, ci_low=comp.t_ci_low,
+                ci_high=comp.t_ci_high, seeds=comp.n, baseline_mean=comp.baseline_mean,
+                treatment_mean=comp.treatment_mean, sd_difference=comp.std_difference,
+                bootstrap_ci_low=comp.bootstrap_ci_low, bootstrap_ci_high=comp.bootstrap_ci_high,
+                ci_method=f"paired t over seeds ({confidence:.0%})",
+            )
+        row["verdict"] = verdict_from_ci(row["ci_low"], row["ci_high"], claim.direction)
+        notes = [claim.note] if claim.note else []
+        if row["seeds"] < 2:
+            notes.append("fewer than 2 seeds: no CI")
+        if notes:
+            row["note"] = " ".join(notes)
+        rows.append({k: _number(v) if isinstance(v, float) else v for k, v in row.items()})
+    return rows
+
+
+def scorecard(config: StudyConfig) -> list[dict[str, Any]]:
+    """Every claim of the study, one row per (claim, dataset), in file order."""
+    return [row for claim in config.claims for row in claim_rows(config, claim)]
+
+
+def scorecard_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The scorecard for display: effect and CI rounded, one line per row."""
+    if not rows:
+        return pd.DataFrame(columns=["paper", "claim", "dataset", "regime", "tier", "metric",
+                                     "effect", "95% CI", "seeds", "verdict"])
+    frame = pd.DataFrame(rows)
+
+    def fmt(x: Any) -> str:
+        return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.2f}"
+
+    frame["effect"] = [f"{fmt(e)} {u}" for e, u in zip(frame["effect"], frame["unit"], strict=True)]
+    frame["95% CI"] = [f"[{fmt(lo)}, {fmt(hi)}]"
+                       for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)]
+    return frame[["paper", "claim", "dataset", "regime", "tier", "metric", "effect", "95% CI",
+                  "seeds", "verdict"]]
+
+
+def claims_path(config: StudyConfig) -> Path:
+    """``results/<study>/claims.json``."""
+    return config.study_dir / "claims.json"
+
+
+def write_claims(config: StudyConfig) -> Path:
+    """Compute the scorecard and write it atomically to ``results/<study>/claims.json``."""
+    path = claims_path(config)
+    atomic_write_json(path, scorecard(config))
+    return path
+
+
+def paired_values(config: StudyConfig, claim: ClaimConfig) -> pd.DataFrame:
+    """Per-seed values behind a paired claim: ``dataset, tier, seed, baseline, treatment,
+    effect`` (effect = scale · (treatment − baseline)), seeds of both arms only."""
+    frames = []
+    specs = [s for s in expand_grid(config) if s.group in claim.all_groups]
+    for key in dict.fromkeys((s.group, s.dataset) for s in specs):
+        cells = [s for s in specs if (s.group, s.dataset) == key]
+        base = _values(config.results_dir, [s for s in cells if s.variant == claim.baseline],
+                       claim.metric, claim.kind)
+        treat = _values(config.results_dir, [s for s in cells if s.variant == claim.treatment],
+                        claim.metric, claim.kind)
+        seeds = sorted(set(base) & set(treat))
+        frames.append(pd.DataFrame({
+            "dataset": key[1] or config.train.get("dataset"), "tier": cells[0].tier,
+            "seed": seeds, "baseline": [base[k] for k in seeds],
+            "treatment": [treat[k] for k in seeds],
+            "effect": [claim.scale * (treat[k] - base[k]) for k in seeds],
+        }))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def claim(config: StudyConfig, name: str) -> ClaimConfig:
+    """The claim called ``name`` (error lists the study's claims)."""
+    for item in config.claims:
+        if item.name == name:
+            return item
+    raise KeyError(f"no claim {name!r}; claims: {', '.join(c.name for c in config.claims)}")
+
+
+def effects_frame(config: StudyConfig, selected: list[ClaimConfig]) -> pd.DataFrame:
+    """Per-seed effects of paired claims with their row's CI, for :func:`plots.paired_effects`.
+
+    Columns of :func:`paired_values` plus ``claim``, ``panel`` ("<dataset> · <tier>"),
+    ``ci_low`` and ``ci_high``; empty when no claim has finished runs.
+    """
+    frames = []
+    for item in selected:
+        values = paired_values(config, item)
+        if values.empty:
+            continue
+        rows = {(r["dataset"], r["tier"]): r for r in claim_rows(config, item)}
+        keys = list(zip(values["dataset"], values["tier"], strict=True))
+        frames.append(values.assign(
+            claim=item.name, panel=values["dataset"] + " · " + values["tier"],
+            ci_low=[rows[k]["ci_low"] if k in rows else np.nan for k in keys],
+            ci_high=[rows[k]["ci_high"] if k in rows else np.nan for k in keys],
+        ))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
