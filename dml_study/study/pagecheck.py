@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Route
 
 #: Text files of a study directory that are scanned.
-TEXT_SUFFIXES = (".html", ".ipynb", ".md", ".json", ".csv", ".txt", ".yaml", ".yml")
+TEXT_SUFFIXES = (".html", ".ipynb", ".md", ".json", ".csv", ".txt", ".yaml", ".yml", ".log")
 #: Words that mean a page shows a failure or a warning box.
 BAD_WORDS = ("Traceback", "TqdmWarning")
 _REMOTE = re.compile(

@@ -29,7 +29,7 @@ from dml_study.atomic_io import atomic_write_text
 from dml_study.study.collect import grid_results
 from dml_study.study.config import StudyConfig
 from dml_study.study.grid import expand_grid
-from dml_study.study.machine_paths import relativise_notebook
+from dml_study.study.machine_paths import relativise_notebook, relativise_text
 from dml_study.study.notebooks import render_html
 from dml_study.study.pages import is_number_text, page
 from dml_study.study.stats import compare_arms, format_mean_std
@@ -259,6 +259,12 @@ def render_study_pages(config: StudyConfig, html: bool = True) -> list[Path]:
     """
     out = config.study_dir
     pages = []
+    # Launcher records (launch.json) and per-run logs name paths too: written relatively.
+    for path in [*out.glob("*.json"), *out.glob("runs/*.log")]:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        relative = relativise_text(text, config.root)
+        if relative != text:
+            atomic_write_text(path, relative)
     for notebook in [*sorted(out.glob("*.ipynb")), *sorted(out.glob("runs/*.ipynb"))]:
         relativise_notebook(notebook, config.root)
         if not html:
