@@ -28,7 +28,7 @@ import pandas as pd
 from dml_study.atomic_io import atomic_write_text
 from dml_study.study.collect import grid_results
 from dml_study.study.config import StudyConfig
-from dml_study.study.grid import expand_grid
+from dml_study.study.grid import expand_grid, unique_runs
 from dml_study.study.machine_paths import relativise_notebook, relativise_text
 from dml_study.study.notebooks import render_html
 from dml_study.study.pages import is_number_text, page
@@ -259,6 +259,7 @@ def render_study_pages(config: StudyConfig, html: bool = True) -> list[Path]:
     """
     out = config.study_dir
     pages = []
+    prune_stale_runs(config)
     # Launcher records (launch.json) and per-run logs name paths too: written relatively.
     for path in [*out.glob("*.json"), *out.glob("runs/*.log")]:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -274,6 +275,21 @@ def render_study_pages(config: StudyConfig, html: bool = True) -> list[Path]:
         render_html(notebook, page, back_link=back)
         pages.append(page)
     return pages
+
+
+def prune_stale_runs(config: StudyConfig) -> list[Path]:
+    """Remove ``runs/<run>.{ipynb,html,log}`` of runs that are not in the study's grid.
+
+    The study directory starts as a copy of the previous results; a run whose config (and
+    so name) changed would otherwise leave its old executed notebook and page beside the
+    new ones. Returns the removed files.
+    """
+    current = {s.run_name for s in unique_runs(expand_grid(config))}
+    stale = [path for path in sorted((config.study_dir / "runs").glob("*"))
+             if path.suffix in (".ipynb", ".html", ".log") and path.stem not in current]
+    for path in stale:
+        path.unlink()
+    return stale
 
 
 def _record_dict(record: StudyRecord) -> dict[str, Any]:

@@ -180,3 +180,20 @@ def test_report_is_rendered_again_from_disk_without_executing(tmp_path: Path, ca
     assert main(["--config", str(config.source)]) == 0
     html = (config.study_dir / "index.html").read_text()
     assert "52.0 ± 2.0" in html and "Wall time: 1.0 min" in html and "50 s" in html
+
+
+def test_prune_stale_runs_removes_only_runs_outside_the_grid(tmp_path):
+    from dml_study.study.grid import expand_grid, unique_runs
+    from dml_study.study.report import prune_stale_runs
+
+    config = load_study_config(write_study(tmp_path))
+    runs = config.study_dir / "runs"
+    runs.mkdir(parents=True)
+    current = unique_runs(expand_grid(config))[0].run_name
+    keep = [runs / f"{current}.{ext}" for ext in ("ipynb", "html", "log")]
+    stale = [runs / f"old-run-1234abcd.{ext}" for ext in ("ipynb", "html", "log")]
+    other = runs / "notes.txt"
+    for path in (*keep, *stale, other):
+        path.write_text("x")
+    assert prune_stale_runs(config) == sorted(stale)
+    assert all(p.exists() for p in (*keep, other)) and not any(p.exists() for p in stale)
