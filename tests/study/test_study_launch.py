@@ -33,6 +33,7 @@ from dml_study.study.launch import (
 from dml_study.study.launch_claims import claim_path, live_claim, try_claim
 from dml_study.study.launch_local import LocalLauncher
 from dml_study.study.launch_slurm import SlurmLauncher, SlurmRunJob, torchrun_command
+from dml_study.study.runner import staging_dir
 
 #: A resumable fake trainer: ``steps`` steps of ``step_seconds``, a checkpoint after each,
 #: resuming from it; records when it ran, where, with how many threads, and each start.
@@ -220,7 +221,10 @@ def test_failed_runs_do_not_stop_others_and_a_rerun_retries_only_them(fake_proje
     assert str(config.executed_runs_dir / f"{failed[0]}.ipynb") in err
     assert all(is_finished(config.results_dir, s.run_name) for s in specs if s.seed == 0)
     assert not (config.study_dir / "03_ablations.ipynb").exists()  # notebooks not run
-    summary = json.loads((config.study_dir / "summary.json").read_text())
+    # A failed study leaves no report in results/<study>/: the failed attempt (its index
+    # naming the failed grid) stays in the staging directory.
+    assert not (config.study_dir / "summary.json").exists()
+    summary = json.loads((staging_dir(config) / "summary.json").read_text())
     assert summary["notebooks"][0]["status"] == "failed"
     states = {r.run_name: r.state for r in run_states(config)}
     assert sorted(n for n, s in states.items() if s == "failed") == sorted(failed)
