@@ -104,11 +104,12 @@ def main() -> None:
               f"ours/bare = {ours_ips / bare_ips:.3f} (overhead {overhead:+.1f} %)")
 
         # Data loading: how fast the loader produces batches vs what the step consumes.
-        from dml_study.training.pipeline import SeededAugmentation, make_loader
+        from dml_study.data import build_dataloader
+        from dml_study.training.pipeline import SeededAugmentation
 
         for workers in (0, args.workers):
-            loader = make_loader(SeededAugmentation(trainer.train_set, trainer.train_tf),
-                                 batch_sampler=trainer.batches, num_workers=workers)
+            loader = build_dataloader(SeededAugmentation(trainer.train_set, trainer.train_tf),
+                                      batch_sampler=trainer.batches, num_workers=workers)
             trainer.batches.set_position(0, 0)
             it = iter(loader)
             next(it)  # worker start-up is not throughput

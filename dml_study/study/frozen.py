@@ -166,13 +166,12 @@ def extract_features(
     if path.is_file():
         return _load_features(path)
     from dml_study.config import replace
-    from dml_study.data import dataset_protocol
+    from dml_study.data import build_dataloader, dataset_protocol
     from dml_study.models import create_embedder
     from dml_study.training.pipeline import (
         SeededAugmentation,
         _Transformed,
         load_datasets,
-        make_loader,
         model_transforms,
     )
 
@@ -193,7 +192,7 @@ def extract_features(
     batch = config.data.eval_batch_size
 
     def run(dataset: torch.utils.data.Dataset) -> np.ndarray:
-        loader = make_loader(dataset, batch_size=batch, num_workers=config.data.num_workers)
+        loader = build_dataloader(dataset, batch_size=batch, num_workers=config.data.num_workers)
         return embed(backbone, loader, "cpu", progress=progress)[0].astype(np.float16)
 
     seed = settings.feature_seed

@@ -41,6 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dml_study.config import ExperimentConfig, config_from_dict, validate_against_labels
+from dml_study.data import build_dataloader
 from dml_study.env import environment_report
 from dml_study.evaluation import embed, evaluate
 from dml_study.losses import ProxyLoss, create_loss, orthogonality_stats
@@ -63,7 +64,6 @@ from dml_study.training.pipeline import (
     build_batch_sampler,
     eval_loader,
     load_datasets,
-    make_loader,
     model_transforms,
 )
 from dml_study.training.run_dir import (
@@ -183,7 +183,7 @@ class Trainer:
             self.config, self.train_set.labels, self.ctx.rank, self.ctx.world_size
         )
         self.batches = EpochBatches(base, self.config.run.seed)
-        self.train_loader = make_loader(
+        self.train_loader = build_dataloader(
             SeededAugmentation(self.train_set, train_tf),
             batch_sampler=self.batches,
             num_workers=self.config.data.num_workers,

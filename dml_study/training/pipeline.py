@@ -30,6 +30,7 @@ from dml_study.data import (
     DMLDataset,
     MPerClassBatchSampler,
     RandomBatchSampler,
+    build_dataloader,
     build_transforms,
     dataset_protocol,
     default_recall_ks,
@@ -96,48 +97,6 @@ class EpochBatches(torch.utils.data.Sampler[list[SampleKey]]):
                 keys.append((int(i), self.epoch, b, repeats[i], self.seed))
                 repeats[i] += 1
             yield keys
-
-
-def _ignore_interrupts(_worker_id: int) -> None:
-    """Workers leave SIGINT/SIGTERM to the main process.
-
-    Ctrl-C reaches the whole process group, and SLURM signals every process of a job step;
-    a worker dying of it would break the batch the trainer is finishing before it checkpoints
-    (:mod:`dml_study.training.interrupt`). The trainer shuts its workers down itself when
-    the run ends, however it ends.
-    """
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def make_loader(
-    dataset: torch.utils.data.Dataset,
-    *,
-    batch_sampler: torch.utils.data.Sampler | None = None,
-    batch_size: int | None = None,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-) -> torch.utils.data.DataLoader:
-    """A DataLoader with its own generator.
-
-    Creating a DataLoader iterator draws a base seed; without a dedicated generator it would
-    come from the *global* torch RNG and shift the model's random stream every epoch and on
-    resume. (The data layer's ``build_dataloader`` also passes a generator; this variant
-    additionally accepts :class:`SampleKey` batches and non-sampler eval loaders.)
-    """
-    kwargs: dict[str, Any] = {
-        "num_workers": num_workers,
-        "pin_memory": pin_memory,
-        "generator": torch.Generator().manual_seed(0),
-    }
-    if num_workers > 0:
-        kwargs["persistent_workers"] = True
-        kwargs["worker_init_fn"] = _ignore_interrupts
-    if batch_sampler is not None:
-        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)
 
 
 @dataclass
@@ -247,7 +206,7 @@ def eval_loader(
 ) -> tuple[torch.utils.data.DataLoader, np.ndarray]:
     """Loader over this rank's shard of ``dataset`` and the shard's indices."""
     indices = shard_indices(len(dataset), rank, world)
-    loader = make_loader(
+    loader = build_dataloader(
         _Transformed(dataset, indices, transform),
         batch_size=config.data.eval_batch_size,
         num_workers=config.data.num_workers,

@@ -85,17 +85,12 @@ def test_handlers_are_restored_after_training(tiny_config):
 def test_signal_to_the_whole_process_group_with_workers(cub_root: Path, results_dir: Path):
     """Ctrl-C in a terminal / SLURM signal the data-loader workers too: still a clean stop.
 
-    Known race (seen once in two full-suite runs, under investigation): a signal that lands
-    while the data-loader workers are being started can still end the run uncleanly. The
-    scenario is therefore tried twice, with fresh runs, and fails only if both attempts do.
+    The signal is sent as soon as training starts, i.e. often while the workers are being
+    started (the window ``tests/data/test_data_loader_signals.py`` hits deterministically).
     """
-    failures = []
-    for attempt in range(2):
-        code, err = _signal_process_group(cub_root, results_dir, f"group{attempt}")
-        if code == 143 and "re-run the same command to resume" in err and "Traceback" not in err:
-            return
-        failures.append(f"attempt {attempt}: exit {code}\n{err}")
-    pytest.fail("\n\n".join(failures))
+    code, err = _signal_process_group(cub_root, results_dir, "group")
+    assert code == 143, err
+    assert "re-run the same command to resume" in err and "Traceback" not in err, err
 
 
 def _signal_process_group(cub_root: Path, results_dir: Path, run_name: str) -> tuple[int, str]:
