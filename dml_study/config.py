@@ -158,6 +158,10 @@ class EvalConfig:
     #: Evaluate the model before training (metrics.json["untrained"]).
     untrained: bool = True
     save_test_embeddings: bool = True
+    #: At the end, R@1 of every training class on the training images
+    #: (``train_class_recall.npy``; the SO motivation claim). Costs one pass over the
+    #: training set.
+    train_class_recall: bool = False
 
 
 @dataclass

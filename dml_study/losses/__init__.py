@@ -10,7 +10,7 @@ from dml_study.losses.adaptive_margin import AdaptiveMarginLoss, TextDistanceTab
 from dml_study.losses.additive_margin import AdditiveMarginLoss, NormSoftmaxLoss
 from dml_study.losses.base import PROXY_INITS, ProxyLoss, init_proxies
 from dml_study.losses.proxy_anchor import ProxyAnchorLoss
-from dml_study.losses.registry import LOSSES, create_loss
+from dml_study.losses.registry import LOSSES, create_loss, create_loss_from_config
 from dml_study.losses.soft_orthogonality import SoftOrthogonality
 from dml_study.losses.stats import orthogonality_stats
 
@@ -25,6 +25,7 @@ __all__ = [
     "SoftOrthogonality",
     "TextDistanceTable",
     "create_loss",
+    "create_loss_from_config",
     "init_proxies",
     "mean_margin",
     "orthogonality_stats",

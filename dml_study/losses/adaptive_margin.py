@@ -254,6 +254,16 @@ class AdaptiveMarginLoss(ProxyLoss):
             if mapping == "matched_constant" else None
         )
 
+    def average_margin(self) -> float:
+        r"""The mean margin :math:`\bar m` over ordered class pairs ``y ≠ j`` of this loss.
+
+        Equal for an adaptive arm and its ``"matched_constant"`` control (recorded in both
+        runs' ``metrics.json`` as ``mean_margin``).
+        """
+        if self.matched_margin is not None:
+            return self.matched_margin
+        return mean_margin(self.table, self.m_min, self.m_max, self.mapping)
+
     def margins(self, labels: Tensor) -> Tensor:
         """Additive margins (B, C): ``m_{y_b, j}`` at negatives, exactly 0 at the positive."""
         dist = self.table.rows(labels)

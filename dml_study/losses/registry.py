@@ -6,9 +6,14 @@ Names: ``"proxy_anchor"``, ``"normsoftmax"`` (additive margin with m = 0),
 "excess_mean"; see :mod:`dml_study.losses.soft_orthogonality`), ``proxy_init``
 ("kaiming"), ``seed`` (0); the rest go to the loss class (e.g. ``alpha``, ``margin``,
 ``scale``, ``m_min``, ``m_max``, ``mapping``, ``match_mapping``). ``adaptive_margin``
-additionally takes exactly one of ``class_names`` (embedded with the packaged
-all-MiniLM-L6-v2, cached in ``text_cache_dir``), ``text_embeddings`` (array C × k, or a path
-to a ``.npy``) or ``text_distances`` (C × C).
+additionally takes exactly one of ``class_names`` (embedded by ``text_source``: ``"minilm"``,
+the packaged all-MiniLM-L6-v2 cached in ``text_cache_dir`` (default), or ``"glove"``, GloVe
+word vectors; see :mod:`dml_study.losses.text_sources`), ``text_embeddings`` (array C × k, or
+a path to a ``.npy``) or ``text_distances`` (C × C).
+
+:func:`create_loss_from_config` builds the loss of an
+:class:`~dml_study.config.ExperimentConfig` (its ``loss`` section and seed): the one builder
+of the trainer and of the study's frozen tier.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +31,10 @@ from dml_study.losses.base import ProxyLoss
 from dml_study.losses.proxy_anchor import ProxyAnchorLoss
 from dml_study.losses.soft_orthogonality import SoftOrthogonality
 from dml_study.losses.text import class_name_embeddings, load_text_embeddings
+from dml_study.losses.text_sources import DEFAULT_TEXT_SOURCE, TEXT_SOURCES, class_text_embeddings
+
+if TYPE_CHECKING:
+    from dml_study.config import ExperimentConfig
 
 LOSSES: dict[str, type[ProxyLoss]] = {
     "proxy_anchor": ProxyAnchorLoss,
@@ -34,7 +43,8 @@ LOSSES: dict[str, type[ProxyLoss]] = {
     "adaptive_margin": AdaptiveMarginLoss,
 }
 _COMMON = ("so_lambda", "so_gram", "so_normalize", "so_reduction")
-_TEXT = ("class_names", "text_embeddings", "text_distances", "text_cache_dir", "text_template")
+_TEXT = ("class_names", "text_embeddings", "text_distances", "text_cache_dir", "text_template",
+         "text_source")
 
 
 def _loss_kwargs(cls: type[ProxyLoss]) -> set[str]:
@@ -47,6 +57,9 @@ def _resolve_text(num_classes: int, kw: dict[str, Any]) -> dict[str, Any]:
     class_names: Sequence[str] | None = kw.pop("class_names", None)
     cache_dir = kw.pop("text_cache_dir", None)
     template = kw.pop("text_template", "{}")
+    source = kw.pop("text_source", None)
+    if source is not None and source not in TEXT_SOURCES:
+        raise ValueError(f"unknown text_source {source!r}; valid: {', '.join(TEXT_SOURCES)}")
     given = [k for k in ("text_embeddings", "text_distances") if kw.get(k) is not None]
     if class_names is not None:
         given.append("class_names")
@@ -55,12 +68,22 @@ def _resolve_text(num_classes: int, kw: dict[str, Any]) -> dict[str, Any]:
             "loss 'adaptive_margin' needs exactly one of class_names, text_embeddings "
             f"(array or .npy path) or text_distances; got {given or 'none'}"
         )
+    if source is not None and class_names is None:
+        raise ValueError(
+            f"text_source {source!r} embeds class_names, but {given[0]} were given; pass "
+            "class_names instead, or drop text_source"
+        )
     if class_names is not None:
         if len(class_names) != num_classes:
             raise ValueError(
                 f"class_names has {len(class_names)} names but num_classes={num_classes}"
             )
-        kw["text_embeddings"] = class_name_embeddings(class_names, cache_dir, template=template)
+        if (source or DEFAULT_TEXT_SOURCE) == "minilm":
+            kw["text_embeddings"] = class_name_embeddings(
+                class_names, cache_dir, template=template
+            )
+        else:
+            kw["text_embeddings"] = class_text_embeddings(class_names, source)
     elif isinstance(kw.get("text_embeddings"), str | Path):
         kw["text_embeddings"] = load_text_embeddings(kw["text_embeddings"], num_classes)
     elif isinstance(kw.get("text_distances"), str | Path):
@@ -89,3 +112,33 @@ def create_loss(name: str, num_classes: int, embedding_dim: int, **kw: Any) -> P
             f"{sorted(valid | set(_COMMON) | (set(_TEXT) if name == 'adaptive_margin' else set()))}"
         )
     return cls(num_classes, embedding_dim, regularizer=so, **kw)
+
+
+def create_loss_from_config(
+    config: ExperimentConfig, num_classes: int, embedding_dim: int, class_names: Sequence[str]
+) -> ProxyLoss:
+    """The loss of ``config`` for ``num_classes`` proxies of ``embedding_dim`` dimensions.
+
+    ``config.loss`` gives the name, the Soft Orthogonality options, the proxy initialisation
+    and the loss's own ``params``; the proxies are drawn from ``config.run.seed``. An
+    ``adaptive_margin`` loss whose ``params`` name no text gets ``class_names`` (the training
+    classes, in label order), embedded by ``params.text_source``.
+    """
+    lo = config.loss
+    kw: dict[str, Any] = dict(lo.params)
+    if lo.name == "adaptive_margin" and not {
+        "class_names", "text_embeddings", "text_distances"
+    } & set(kw):
+        kw["class_names"] = list(class_names)
+    return create_loss(
+        lo.name,
+        num_classes=num_classes,
+        embedding_dim=embedding_dim,
+        so_lambda=lo.so_lambda,
+        so_gram=lo.so_gram,
+        so_normalize=lo.so_normalize,
+        so_reduction=lo.so_reduction,
+        proxy_init=lo.proxy_init,
+        seed=config.run.seed,
+        **kw,
+    )

@@ -27,7 +27,10 @@ import numpy as np
 
 from dml_study.losses.text import class_name_embeddings, clean_class_name
 
+#: The text models the adaptive margins can use (``loss.params.text_source``).
 TEXT_SOURCES: tuple[str, ...] = ("minilm", "glove")
+#: The text source of an adaptive loss that names none.
+DEFAULT_TEXT_SOURCE = "minilm"
 _WORD = re.compile(r"[a-z0-9]+")
 
 

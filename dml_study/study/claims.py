@@ -131,7 +131,8 @@ def run_value(path: Path, metric: str) -> float:
 def motivation_rho(path: Path) -> float:
     """Spearman ρ over training classes: nearest-other-proxy cosine vs the class's train R@1.
 
-    Needs ``train_class_recall.npy`` (written by frozen-tier runs).
+    Needs ``train_class_recall.npy``: written by frozen-tier runs, and by fine-tuned runs
+    with ``eval.train_class_recall: true``.
     """
     from scipy.stats import spearmanr
 
@@ -140,7 +141,9 @@ def motivation_rho(path: Path) -> float:
     file = Path(path) / "train_class_recall.npy"
     if not file.is_file():
         raise ClaimError(f"{file} is missing: per-class train R@1 is recorded by frozen-tier "
-                         "runs; put the motivation claim on a frozen group")
+                         "runs and by fine-tuned runs with eval.train_class_recall: true; put "
+                         "the motivation claim on such a group (overrides: "
+                         "{eval.train_class_recall: true} in its base)")
     table = class_motivation(np.load(Path(path) / "proxies.npy"), np.load(file))
     return float(spearmanr(table["nearest_proxy_cos"], table["train_R@1"]).statistic)
 

@@ -4,8 +4,8 @@ Fine-tuning the backbone costs about a minute per CPU run, too much for the doze
 paired seeds that a 95 % CI narrower than 1 pp needs (half-width :math:`t_{n-1}\,s/\sqrt n`:
 with a paired sd of 0.4 pp that is about 10 seeds). The frozen tier keeps the backbone fixed
 and trains only what the two papers are about, the **embedding head and the proxies**, with
-the *same* loss classes (:func:`dml_study.losses.create_loss`), optimiser parameter groups
-and schedule (:mod:`dml_study.training.optim`) and evaluation
+the *same* loss builder (:func:`dml_study.losses.create_loss_from_config`), optimiser
+parameter groups and schedule (:mod:`dml_study.training.optim`) and evaluation
 (:func:`dml_study.evaluation.evaluate`) as the fine-tuned tier:
 
 1. :func:`extract_features` embeds each training image ``views`` times with the seeded
@@ -34,7 +34,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -46,20 +46,14 @@ from torch import nn
 from dml_study.atomic_io import atomic_write_json, atomic_write_text, atomic_write_with
 from dml_study.config import ExperimentConfig
 from dml_study.evaluation import embed, evaluate
-from dml_study.losses import ProxyLoss, create_loss, orthogonality_stats
+from dml_study.evaluation.per_class import per_class_recall_at_1
+from dml_study.losses import create_loss_from_config, orthogonality_stats
 from dml_study.training.history import History
 from dml_study.training.optim import build_optimizer, build_param_groups, build_scheduler, group_lrs
 from dml_study.training.run_dir import RunDirectory
 
 #: Version of the feature cache layout (part of the cache key).
 FEATURE_CACHE_VERSION = 1
-
-#: Loss parameters handled by the frozen tier itself (popped before ``create_loss``).
-#: ``match_mean_margin``: a constant margin equal to the mean of the adaptive margins over
-#: negative class pairs (see :func:`mean_adaptive_margin`); ``text_source``: which text
-#: model gives the adaptive margins (see :mod:`dml_study.losses.text_sources`).
-TIER_LOSS_PARAMS = ("match_mean_margin", "text_source")
-
 
 class FrozenTierError(ValueError):
     """A frozen-tier run that cannot be built; the message names the cause and the fix."""
@@ -237,66 +231,6 @@ def _load_features(path: Path) -> FrozenFeatures:
         )
 
 
-# --------------------------------------------------------------------------- losses
-
-
-def mean_adaptive_margin(loss: ProxyLoss) -> float:
-    r"""Mean of the adaptive margins :math:`m_{y,j}` over all ordered class pairs ``y ≠ j``.
-
-    A constant additive margin of this value demands, on average over negatives, the same
-    separation as the adaptive loss: the fair "same mean margin" control.
-    """
-    if not hasattr(loss, "margins"):
-        raise FrozenTierError(f"loss {loss.name!r} has no adaptive margins to average")
-    c = loss.num_classes
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, c, 1024):
-            labels = torch.arange(start, min(start + 1024, c))
-            margins = loss.margins(labels).double()
-            margins[torch.arange(len(labels)), labels] = 0.0
-            total += float(margins.sum())
-            count += len(labels) * (c - 1)
-    return total / count
-
-
-def build_tier_loss(
-    config: ExperimentConfig, num_classes: int, embedding_dim: int, class_names: Sequence[str]
-) -> ProxyLoss:
-    """The run's loss, as the trainer builds it, plus the frozen tier's two loss options.
-
-    ``loss.params.text_source`` (``"minilm"`` | ``"glove"``) picks the text model of the
-    adaptive margins; ``loss.params.match_mean_margin: true`` replaces the adaptive margins
-    by one constant margin equal to their mean (:func:`mean_adaptive_margin`), i.e. CosFace
-    at the adaptive loss's mean margin, computed with the same text distances.
-    """
-    from dml_study.losses.text_sources import class_text_embeddings
-
-    lo = config.loss
-    kw: dict[str, Any] = dict(lo.params)
-    source = kw.pop("text_source", None)
-    match = bool(kw.pop("match_mean_margin", False))
-    if lo.name != "adaptive_margin" and (source is not None or match):
-        raise FrozenTierError(
-            f"loss.params text_source / match_mean_margin apply to loss 'adaptive_margin', "
-            f"not {lo.name!r}; remove them or set loss: adaptive_margin"
-        )
-    if lo.name == "adaptive_margin" and not {"text_embeddings", "text_distances"} & set(kw):
-        kw.pop("class_names", None)
-        kw["text_embeddings"] = class_text_embeddings(class_names, source or "minilm")
-    common = {
-        "num_classes": num_classes, "embedding_dim": embedding_dim, "so_lambda": lo.so_lambda,
-        "so_gram": lo.so_gram, "so_normalize": lo.so_normalize,
-        "so_reduction": lo.so_reduction, "proxy_init": lo.proxy_init, "seed": config.run.seed,
-    }
-    loss = create_loss(lo.name, **common, **kw)
-    if match:
-        mean = mean_adaptive_margin(loss)
-        kw.update(mapping="constant", m_min=mean, m_max=mean)
-        loss = create_loss(lo.name, **common, **kw)
-    return loss
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -313,24 +247,6 @@ def _head(feature_dim: int, embedding_dim: int | None) -> nn.Module:
 def _embed(head: nn.Module, features: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         return head(torch.from_numpy(np.asarray(features, dtype=np.float32))).numpy()
-
-
-def per_class_recall_at_1(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """R@1 of each class (mean over its images as queries, self-retrieval), shape (C,).
-
-    Classes without a second image are NaN.
-    """
-    from dml_study.evaluation.knn import l2_normalize, search
-
-    emb = l2_normalize(np.asarray(embeddings, dtype=np.float32))
-    labels = np.asarray(labels)
-    hits = np.empty(len(labels), dtype=np.float64)
-    for chunk in search(emb, None, 1):
-        hits[chunk.start:chunk.stop] = labels[chunk.indices[:, 0]] == labels[chunk.start:chunk.stop]
-    classes = int(labels.max()) + 1
-    counts = np.bincount(labels, minlength=classes).astype(float)
-    sums = np.bincount(labels, weights=hits, minlength=classes)
-    return np.where(counts > 1, sums / np.maximum(counts, 1), np.nan)
 
 
 def train_frozen(
@@ -355,7 +271,8 @@ def train_frozen(
     seed_everything(seed)
     head = _head(features.feature_dim, config.model.embedding_dim)
     dim = features.feature_dim if isinstance(head, nn.Identity) else config.model.embedding_dim
-    loss_fn = build_tier_loss(config, features.num_classes, int(dim), features.class_names)
+    loss_fn = create_loss_from_config(config, features.num_classes, int(dim),
+                                     features.class_names)
     groups = build_param_groups([], head.parameters(), loss_fn.param_groups(), config.optim)
     optimizer = build_optimizer(groups, config.optim)
     sampler = build_batch_sampler(config, features.train_labels, 0, 1)
@@ -430,16 +347,15 @@ def train_frozen(
         "embedding_dim": int(dim),
         **(tier_info or {}),
     }
-    if hasattr(loss_fn, "margins") and config.loss.name == "adaptive_margin":
-        metrics["mean_margin"] = mean_adaptive_margin(loss_fn)
-    path = run_dir.path
+    if hasattr(loss_fn, "average_margin"):
+        metrics["mean_margin"] = loss_fn.average_margin()
     atomic_write_text(run_dir.config, config.to_yaml())
     atomic_write_json(run_dir.provenance, {**(provenance or {}), "tier": "frozen",
                                            "features": features.key})
     history.save(run_dir)
     atomic_write_with(run_dir.proxies_init, lambda fh: np.save(fh, proxies_init))
     atomic_write_with(run_dir.proxies, lambda fh: np.save(fh, proxies))
-    atomic_write_with(path / "train_class_recall.npy", lambda fh: np.save(fh, train_recall))
+    atomic_write_with(run_dir.train_class_recall, lambda fh: np.save(fh, train_recall))
     atomic_write_with(run_dir.test_embeddings, lambda fh: np.savez(
         fh, embeddings=test_emb, labels=features.test_labels))
     atomic_write_json(run_dir.metrics, metrics)  # last: its presence marks the run finished

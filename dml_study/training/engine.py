@@ -44,7 +44,8 @@ from dml_study.config import ExperimentConfig, config_from_dict, validate_agains
 from dml_study.data import build_dataloader
 from dml_study.env import environment_report
 from dml_study.evaluation import embed, evaluate
-from dml_study.losses import ProxyLoss, create_loss, orthogonality_stats
+from dml_study.evaluation.per_class import per_class_recall_at_1
+from dml_study.losses import ProxyLoss, create_loss_from_config, orthogonality_stats
 from dml_study.models import Embedder, create_embedder
 from dml_study.training import distributed as D
 from dml_study.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -253,23 +254,9 @@ class Trainer:
         return self.device.type == "cuda" or convolutional
 
     def _build_loss(self) -> ProxyLoss:
-        lo = self.config.loss
-        kw: dict[str, Any] = dict(lo.params)
-        if lo.name == "adaptive_margin" and not {
-            "class_names", "text_embeddings", "text_distances"
-        } & set(kw):
-            kw["class_names"] = self.train_set.class_names
-        return create_loss(
-            lo.name,
-            num_classes=self.train_set.num_classes,
-            embedding_dim=self.embedder.embedding_dim,
-            so_lambda=lo.so_lambda,
-            so_gram=lo.so_gram,
-            so_normalize=lo.so_normalize,
-            so_reduction=lo.so_reduction,
-            proxy_init=lo.proxy_init,
-            seed=self.config.run.seed,
-            **kw,
+        return create_loss_from_config(
+            self.config, self.train_set.num_classes, self.embedder.embedding_dim,
+            self.train_set.class_names,
         )
 
     # ------------------------------------------------------------------ run directory
@@ -427,15 +414,9 @@ class Trainer:
         """
         gathered: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for split, (loader, indices) in self.eval_loaders.items():
-            emb, labels = embed(self.embedder, loader, self.device, amp=self.amp, progress=False)
-            parts = D.gather_to_main((indices, emb, labels), self.ctx)
-            if parts is not None:
-                n = len(self.eval_sets.splits[split])
-                full_emb = np.empty((n, emb.shape[1]), dtype=np.float32)
-                full_lab = np.empty(n, dtype=np.int64)
-                for idx, e, lab in parts:
-                    full_emb[idx], full_lab[idx] = e, lab
-                gathered[split] = (full_emb, full_lab)
+            full = self._embed_sharded(loader, indices, len(self.eval_sets.splits[split]))
+            if full is not None:
+                gathered[split] = full
         metrics = None
         if self.ctx.is_main:
             q_emb, q_lab = gathered["query"]
@@ -447,6 +428,34 @@ class Trainer:
             metrics = {k: float(v) for k, v in result.to_dict().items()}
             self.last_embeddings = gathered
         return D.broadcast_object(metrics, self.ctx)  # type: ignore[return-value]
+
+    def _embed_sharded(
+        self, loader: torch.utils.data.DataLoader, indices: np.ndarray, n: int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Embed this rank's shard of a split; the whole split's arrays on rank 0, else None."""
+        emb, labels = embed(self.embedder, loader, self.device, amp=self.amp, progress=False)
+        parts = D.gather_to_main((indices, emb, labels), self.ctx)
+        if parts is None:
+            return None
+        full_emb = np.empty((n, emb.shape[1]), dtype=np.float32)
+        full_lab = np.empty(n, dtype=np.int64)
+        for idx, e, lab in parts:
+            full_emb[idx], full_lab[idx] = e, lab
+        return full_emb, full_lab
+
+    def train_class_recall(self) -> np.ndarray | None:
+        """R@1 of every training class on the training images (evaluation transform).
+
+        The per-class input of the SO paper's motivation analysis
+        (:func:`dml_study.evaluation.per_class.per_class_recall_at_1`), computed at the end of
+        a run when ``eval.train_class_recall`` is on. Collective: every rank embeds its
+        shard; rank 0 gets the array, the others ``None``.
+        """
+        loader, indices = eval_loader(
+            self.train_set, self.eval_tf, self.config, self.ctx.rank, self.ctx.world_size
+        )
+        full = self._embed_sharded(loader, indices, len(self.train_set))
+        return None if full is None else per_class_recall_at_1(*full)
 
     # ------------------------------------------------------------------ training
 
@@ -657,8 +666,11 @@ class Trainer:
         # embeddings are gone, so evaluate again (rank 0 decides; evaluation is collective).
         if D.broadcast_object(self.last_embeddings is None, self.ctx):
             self.last_metrics = self.evaluate_model()
+        train_recall = self.train_class_recall() if self.config.eval.train_class_recall else None
         if self.ctx.is_main:
             rd = self.run_dir
+            if train_recall is not None:
+                atomic_save_npy(rd.train_class_recall, train_recall)
             self.history.save(rd)
             atomic_save_npy(rd.proxies, self.loss_fn.proxies.detach().cpu().numpy())
             if self.config.eval.save_test_embeddings and self.last_embeddings is not None:
@@ -676,6 +688,8 @@ class Trainer:
             metrics["epochs"] = self.config.schedule.epochs
             metrics["global_steps"] = self.global_step
             metrics["train_time_s"] = self.train_time_s
+            if hasattr(self.loss_fn, "average_margin"):
+                metrics["mean_margin"] = self.loss_fn.average_margin()
             # Written last: its presence marks the run as finished.
             atomic_write_json(rd.metrics, metrics)
         D.barrier(self.ctx)

@@ -11,6 +11,7 @@ Layout::
     proxies_init.npy     proxies before training
     proxies.npy          final proxies
     test_embeddings.npz  final test embeddings and labels
+    train_class_recall.npy  R@1 of every training class (eval.train_class_recall; frozen tier)
     .lock                held by the training process (see :mod:`dml_study.training.lock`)
 
 Every file is written through :mod:`dml_study.atomic_io`, so a killed process never leaves a
@@ -93,6 +94,7 @@ class RunDirectory:
     proxies = property(lambda self: self.path / "proxies.npy")
     proxies_init = property(lambda self: self.path / "proxies_init.npy")
     test_embeddings = property(lambda self: self.path / "test_embeddings.npz")
+    train_class_recall = property(lambda self: self.path / "train_class_recall.npy")
 
     def state(self) -> RunState:
         if self.metrics.is_file():

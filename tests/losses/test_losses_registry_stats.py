@@ -88,10 +88,27 @@ def test_adaptive_from_class_names_uses_text_module(monkeypatch, tmp_path):
     assert loss.table.embeddings.shape == (3, 5)
 
 
+def test_adaptive_text_source_glove_embeds_the_class_names(monkeypatch):
+    import dml_study.losses.registry as registry
+
+    seen = {}
+
+    def fake(names, source):
+        seen.update(names=list(names), source=source)
+        return np.eye(3, 4, dtype=np.float32)
+
+    monkeypatch.setattr(registry, "class_text_embeddings", fake)
+    loss = create_loss("adaptive_margin", 3, 2, class_names=["a", "b", "c"], text_source="glove")
+    assert seen == {"names": ["a", "b", "c"], "source": "glove"}
+    assert loss.table.embeddings.shape == (3, 4)
+
+
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
         ({}, "needs exactly one of class_names"),
+        ({"class_names": ["a", "b", "c"], "text_source": "bert"}, "unknown text_source 'bert'"),
+        ({"text_distances": np.eye(3), "text_source": "glove"}, "pass class_names instead"),
         ({"class_names": ["a"], "text_distances": np.eye(3)}, "got \\['text_distances', 'class_n"),
         ({"class_names": ["a", "b"]}, "class_names has 2 names but num_classes=3"),
     ],

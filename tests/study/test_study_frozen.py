@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dml_study.config import load_config
-from dml_study.losses import create_loss
+from dml_study.losses import create_loss_from_config
 from dml_study.study import frozen
 from dml_study.study.collect import collect_runs, load_history
 from dml_study.study.config import StudyConfigError, study_config_from_dict
@@ -89,37 +89,41 @@ def test_training_learns_the_training_classes(tmp_path):
     assert metrics["R@1"] > metrics["untrained"]["R@1"] + 0.2  # measured: 0.39 -> 0.86
 
 
-def test_per_class_recall_by_hand():
-    emb = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.8, 0.2], [0.1, 0.9]], dtype=np.float32)
-    labels = np.array([0, 0, 1, 1, 2])
-    # 0 -> 1 (hit), 1 -> 0 (hit); 2 -> 4 (miss), 3 -> 1 (miss); class 2 has one image
-    recall = frozen.per_class_recall_at_1(emb, labels)
-    np.testing.assert_allclose(recall[:2], [1.0, 0.0])
-    assert np.isnan(recall[2])
-
-
-def test_matched_constant_margin_equals_the_adaptive_mean(tmp_path):
+def test_matched_constant_arm_has_the_adaptive_arms_mean_margin(tmp_path):
+    # One loss builder for both tiers: the control arm is mapping: matched_constant.
     rng = np.random.default_rng(0)
     dist = rng.uniform(0.2, 1.0, size=(6, 6))
     dist = (dist + dist.T) / 2
     np.fill_diagonal(dist, 0.0)
-    adaptive = create_loss("adaptive_margin", 6, 4, text_distances=dist)
-    mean = frozen.mean_adaptive_margin(adaptive)
     off = ~np.eye(6, dtype=bool)
+    names = [str(i) for i in range(6)]
+
+    def loss(mapping):
+        config = _config(tmp_path, loss="adaptive_margin",
+                         **{"loss.params": {"text_distances": dist, "mapping": mapping}})
+        return create_loss_from_config(config, 6, 4, names)
+
+    adaptive, constant = loss("inverse"), loss("matched_constant")
     margins = adaptive.margins(torch.arange(6)).numpy()
-    assert mean == pytest.approx(margins[off].mean())
-    config = _config(tmp_path, loss="adaptive_margin",
-                     **{"loss.params": {"text_distances": dist, "match_mean_margin": True}})
-    constant = frozen.build_tier_loss(config, 6, 4, [str(i) for i in range(6)])
-    const_margins = constant.margins(torch.arange(6)).numpy()
-    np.testing.assert_allclose(const_margins[off], mean, rtol=1e-6)
-    assert constant.mapping == "constant"
+    assert adaptive.average_margin() == pytest.approx(margins[off].mean(), rel=1e-6)
+    np.testing.assert_allclose(constant.margins(torch.arange(6)).numpy()[off],
+                               adaptive.average_margin(), rtol=1e-6)
+    assert constant.average_margin() == pytest.approx(adaptive.average_margin())
 
 
-def test_tier_loss_options_only_for_the_adaptive_loss(tmp_path):
-    config = _config(tmp_path, **{"loss.params": {"match_mean_margin": True}})
-    with pytest.raises(frozen.FrozenTierError, match="adaptive_margin"):
-        frozen.build_tier_loss(config, 6, 4, [str(i) for i in range(6)])
+def test_adaptive_margins_of_a_frozen_run_are_recorded(tmp_path):
+    text = tmp_path / "text.npy"
+    np.save(text, np.random.default_rng(0).normal(size=(8, 5)).astype(np.float32))
+    config = _config(tmp_path, loss="adaptive_margin", run_name="ada",
+                     **{"loss.params": {"text_embeddings": str(text)}})
+    metrics = frozen.train_frozen(config, _features(), RunDirectory.for_run(tmp_path, "ada"))
+    assert 0.05 <= metrics["mean_margin"] <= 0.25
+
+
+def test_text_options_only_for_the_adaptive_loss(tmp_path):
+    config = _config(tmp_path, **{"loss.params": {"text_source": "glove"}})
+    with pytest.raises(ValueError, match=r"unknown argument.*text_source"):
+        create_loss_from_config(config, 6, 4, [str(i) for i in range(6)])
 
 
 def test_frozen_groups_expand_per_dataset_with_their_own_parameters(tmp_path):

@@ -7,6 +7,7 @@ DeiT must follow a 32-px ``image_size``.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -102,7 +103,7 @@ def test_derived_file_is_a_valid_study_with_every_group(tmp_path):
         (s.group, s.variant) for s in expand_grid(original)
     }
     assert all(s.params["backbone"] == "deit_tiny_patch16_224" for s in specs)
-    assert len(unique_runs(specs)) == 36
+    assert len(unique_runs(specs)) == 40
     plain = derived_study_file(PAPER, tmp_path / "plain", smoke=False)
     assert load_study_config(plain).results_dir == (tmp_path / "plain").resolve()
     assert load_study_config(plain).train == original.train
@@ -119,14 +120,24 @@ def test_paper_yaml_has_lambda_sweeps_and_adaptive_arms_on_the_benchmarks():
         assert len(group.seeds) == 3
         mappings = {v["overrides"]["loss.params"]["mapping"] for v in group.variants.values()}
         assert mappings == {"inverse", "matched_constant"}
-    assert len(unique_runs(expand_grid(config))) == 50
+    sources = {g.base["dataset"] for g in arms.values() for v in g.variants.values()
+               if v["overrides"]["loss.params"].get("text_source") == "glove"}
+    assert sources == {"cub200", "cars196"}
+    # The SO groups record per-class train R@1 for the motivation claim.
+    for group in config.groups:
+        if group.name.endswith(("_so", "_lambda")):
+            assert group.base["overrides"] == {"eval.train_class_recall": True}, group.name
+    claims = {c.name: c for c in config.claims}
+    assert claims["so_motivation"].kind == "correlation"
+    assert claims["adaptive_text_source"].baseline == "adaptive_glove"
+    assert len(unique_runs(expand_grid(config))) == 56
 
 
 def test_smoke_cli_lists_runs_and_fails_fast_without_data(tmp_path):
     listed = _cli("--config", str(PAPER), "--smoke", "--results-dir", str(tmp_path / "o"),
                   "--list-runs", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
-    assert "36 runs for 44 grid cells" in listed.stdout
+    assert "40 runs for 48 grid cells" in listed.stdout
     empty = tmp_path / "nodata"
     empty.mkdir()
     failed = _cli("--config", str(PAPER), "--smoke", "--results-dir", str(tmp_path / "o"),
@@ -172,4 +183,10 @@ def test_paper_smoke_study_finishes_on_all_four_official_layouts(tmp_path):
     for notebook in ("01_data", "03_ablations", "04_proxy_analysis", "05_results"):
         assert (out / "paper" / f"{notebook}.ipynb").is_file(), notebook
     finished = [p for p in (out / "runs").iterdir() if (p / "metrics.json").is_file()]
-    assert len(finished) == 36
+    assert len(finished) == 40
+    claims = json.loads((out / "paper" / "claims.json").read_text())
+    motivation = [r for r in claims if r["name"] == "so_motivation"]
+    assert {r["dataset"] for r in motivation} == {"cub200", "cars196", "sop", "inshop"}
+    text = [r for r in claims if r["name"] == "adaptive_text_source"]
+    assert {r["dataset"] for r in text} == {"cub200", "cars196"}
+    assert all(r["seeds"] == 2 and r["verdict"] for r in motivation + text)

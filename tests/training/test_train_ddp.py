@@ -25,7 +25,8 @@ def _cli_args(overrides: dict) -> list[str]:
 def test_ddp_two_gloo_processes_match_single_process(tiny_config, tmp_path):
     # Augmentation off: the per-sample seeds are layout independent, but a sample repeated
     # across the two ranks' halves of one global batch would count its repeats differently.
-    common = {"epochs": 2, "augment": False, "checkpoint_every_steps": 0, "nmi": False}
+    common = {"epochs": 2, "augment": False, "checkpoint_every_steps": 0, "nmi": False,
+              "train_class_recall": True}
     single = train(tiny_config(run_name="single", batch_size=32, **common))
 
     cfg = tiny_config(run_name="ddp", batch_size=16, **common)  # 2 ranks x 16 = 32 global
@@ -58,3 +59,8 @@ def test_ddp_two_gloo_processes_match_single_process(tiny_config, tmp_path):
     single_emb = np.load(single.run_dir.test_embeddings)
     np.testing.assert_array_equal(emb["labels"], single_emb["labels"])
     np.testing.assert_allclose(emb["embeddings"], single_emb["embeddings"], atol=1e-3)
+    # ... and of the whole training set for the per-class R@1 (a collective pass).
+    recall = np.load(run / "train_class_recall.npy")
+    single_recall = np.load(single.run_dir.train_class_recall)
+    assert recall.shape == single_recall.shape
+    assert np.nanmean(recall) == pytest.approx(np.nanmean(single_recall), abs=0.02)

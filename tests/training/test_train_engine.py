@@ -66,6 +66,18 @@ def test_training_learns_and_writes_the_run_directory(tiny_config):
     assert provenance["world_size"] == 1 and "git_commit" in provenance
 
 
+def test_train_class_recall_is_written_when_asked(tiny_config):
+    plain = train(tiny_config(run_name="plain", epochs=1))
+    assert not plain.run_dir.train_class_recall.exists()
+    result = train(tiny_config(run_name="per-class", epochs=1, train_class_recall=True))
+    recall = np.load(result.run_dir.train_class_recall)
+    classes = np.load(result.run_dir.proxies).shape[0]
+    assert recall.shape == (classes,)
+    assert np.all((recall >= 0) & (recall <= 1))
+    # Training is unchanged by the extra evaluation pass.
+    assert result.metrics == plain.metrics
+
+
 def test_same_seed_twice_gives_identical_metrics(tiny_config):
     a = train(tiny_config(run_name="a", epochs=2))
     b = train(tiny_config(run_name="b", epochs=2))
