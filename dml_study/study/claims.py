@@ -23,6 +23,7 @@ writes ``results/<study>/claims.json`` (a JSON list; the report renders it first
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,7 @@ def motivation_rho(path: Path) -> float:
     Needs ``train_class_recall.npy``: written by frozen-tier runs, and by fine-tuned runs
     with ``eval.train_class_recall: true``.
     """
-    from scipy.stats import spearmanr
+    from scipy.stats import ConstantInputWarning, spearmanr
 
     from dml_study.study.analysis import class_motivation
 
@@ -145,7 +146,9 @@ def motivation_rho(path: Path) -> float:
                          "the motivation claim on such a group (overrides: "
                          "{eval.train_class_recall: true} in its base)")
     table = class_motivation(np.load(Path(path) / "proxies.npy"), np.load(file))
-    return float(spearmanr(table["nearest_proxy_cos"], table["train_R@1"]).statistic)
+    with warnings.catch_warnings():  # constant input: ρ is NaN, reported as undefined
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        return float(spearmanr(table["nearest_proxy_cos"], table["train_R@1"]).statistic)
 
 
 # --------------------------------------------------------------------------- scorecard
@@ -156,8 +159,13 @@ def _finished(results_dir: Path, spec: RunSpec) -> Path | None:
     return path if (path / FINISHED_MARKER).is_file() else None
 
 
-def _values(results_dir: Path, specs: list[RunSpec], metric: str, kind: str) -> dict[int, float]:
+def _values(
+    results_dir: Path, specs: list[RunSpec], metric: str, kind: str
+) -> tuple[dict[int, float], list[int]]:
+    """Finite values of finished runs by seed, and the seeds whose value is undefined (NaN:
+    e.g. a Spearman ρ over a constant per-class R@1)."""
     out: dict[int, float] = {}
+    undefined: list[int] = []
     for spec in specs:
         path = _finished(results_dir, spec)
         if path is None:
@@ -165,7 +173,9 @@ def _values(results_dir: Path, specs: list[RunSpec], metric: str, kind: str) -> 
         value = motivation_rho(path) if kind == "correlation" else run_value(path, metric)
         if math.isfinite(value):
             out[spec.seed] = value
-    return out
+        else:
+            undefined.append(spec.seed)
+    return out, undefined
 
 
 def _number(x: float) -> float | None:
@@ -189,10 +199,11 @@ def _group_rows(
     for dataset in datasets:
         cells = [s for s in specs if (s.dataset or config.train.get("dataset")) == dataset]
         base = [s for s in cells if s.variant == claim.baseline]
-        base_values = _values(config.results_dir, base, claim.metric, claim.kind)
-        if not base_values:
+        base_values, undefined = _values(config.results_dir, base, claim.metric, claim.kind)
+        if not base_values and not undefined:
             continue
-        first = _finished(config.results_dir, next(s for s in base if s.seed in base_values))
+        first = _finished(config.results_dir,
+                          next(s for s in base if s.seed in base_values or s.seed in undefined))
         c, d = run_shape(first)  # type: ignore[arg-type]
         row: dict[str, Any] = {
             "claim": claim.claim or claim.name, "paper": claim.paper, "dataset": dataset,
@@ -208,7 +219,10 @@ def _group_rows(
                        ci_method=f"t over seeds ({confidence:.0%})")
         else:
             treat = [s for s in cells if s.variant == claim.treatment]
-            treat_values = _values(config.results_dir, treat, claim.metric, claim.kind)
+            treat_values, treat_undefined = _values(
+                config.results_dir, treat, claim.metric, claim.kind
+            )
+            undefined = sorted(set(undefined) | set(treat_undefined))
             seeds = sorted(set(base_values) & set(treat_values))
             if not seeds:
                 continue
@@ -227,6 +241,10 @@ def _group_rows(
             )
         row["verdict"] = verdict_from_ci(row["ci_low"], row["ci_high"], claim.direction)
         notes = [claim.note] if claim.note else []
+        if undefined:
+            notes.append(f"undefined on seed(s) {sorted(undefined)} (left out)" + (
+                ": a constant per-class R@1 or nearest-proxy cosine"
+                if claim.kind == "correlation" else ""))
         if row["seeds"] < 2:
             notes.append("fewer than 2 seeds: no CI")
         if notes:
@@ -276,10 +294,12 @@ def paired_values(config: StudyConfig, claim: ClaimConfig) -> pd.DataFrame:
     specs = [s for s in expand_grid(config) if s.group in claim.all_groups]
     for key in dict.fromkeys((s.group, s.dataset) for s in specs):
         cells = [s for s in specs if (s.group, s.dataset) == key]
-        base = _values(config.results_dir, [s for s in cells if s.variant == claim.baseline],
-                       claim.metric, claim.kind)
-        treat = _values(config.results_dir, [s for s in cells if s.variant == claim.treatment],
-                        claim.metric, claim.kind)
+        base, _ = _values(config.results_dir,
+                          [s for s in cells if s.variant == claim.baseline], claim.metric,
+                          claim.kind)
+        treat, _ = _values(config.results_dir,
+                           [s for s in cells if s.variant == claim.treatment], claim.metric,
+                           claim.kind)
         seeds = sorted(set(base) & set(treat))
         frames.append(pd.DataFrame({
             "dataset": key[1] or config.train.get("dataset"), "tier": cells[0].tier,

@@ -14,7 +14,7 @@ from scipy import stats as sps
 from dml_study.study import claims as C
 from dml_study.study.config import StudyConfigError, study_config_from_dict
 from dml_study.study.grid import expand_grid, run_dir
-from dml_study.study.stats import mean_ci, verdict_from_ci
+from dml_study.study.stats import VERDICTS, mean_ci, verdict_from_ci
 
 
 def _config(tmp_path: Path, claims: list[dict], seeds=(0, 1, 2, 3)) -> object:
@@ -163,6 +163,31 @@ def test_motivation_correlation_over_seeds(tmp_path):
     assert row["seeds"] == 4 and row["effect"] < -0.8
     assert row["verdict"] == "supported"
     assert row["regime"] == "C>d"
+
+
+def test_an_undefined_correlation_is_kept_as_an_inconclusive_row(tmp_path):
+    # Per-class R@1 constant on every seed (tiny smoke data): rho is undefined, not dropped.
+    claim = {"name": "mot", "group": "g", "kind": "correlation", "baseline": "base",
+             "metric": "spearman:nearest_proxy_cos:train_R@1", "direction": "decrease"}
+    config = _config(tmp_path, [claim])
+    rng = np.random.default_rng(2)
+    undefined = []
+    for spec in expand_grid(config):
+        if spec.variant == "base":
+            recall = np.ones(12) if spec.seed < 2 else rng.uniform(size=12)
+            if spec.seed < 2:
+                undefined.append(spec.seed)
+            _write_run(run_dir(config.results_dir, spec.run_name), 0.5, [0.3, 0.5],
+                       rng.normal(size=(12, 8)), class_recall=recall)
+    (row,) = C.scorecard(config)
+    assert row["seeds"] == 2 and row["verdict"] in VERDICTS
+    assert f"undefined on seed(s) {undefined}" in row["note"]
+    for spec in expand_grid(config):
+        if spec.variant == "base":
+            _write_run(run_dir(config.results_dir, spec.run_name), 0.5, [0.3, 0.5],
+                       rng.normal(size=(12, 8)), class_recall=np.ones(12))
+    (row,) = C.scorecard(config)
+    assert row["seeds"] == 0 and row["effect"] is None and row["verdict"] == "inconclusive"
 
 
 def test_missing_class_recall_names_the_fix(tmp_path):

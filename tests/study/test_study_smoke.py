@@ -32,6 +32,7 @@ from dml_study.study.smoke import (
     derived_study_file,
     smoke_study_dict,
 )
+from dml_study.study.stats import VERDICTS
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER = REPO / "studies" / "paper.yaml"
@@ -189,4 +190,7 @@ def test_paper_smoke_study_finishes_on_all_four_official_layouts(tmp_path):
     assert {r["dataset"] for r in motivation} == {"cub200", "cars196", "sop", "inshop"}
     text = [r for r in claims if r["name"] == "adaptive_text_source"]
     assert {r["dataset"] for r in text} == {"cub200", "cars196"}
-    assert all(r["seeds"] == 2 and r["verdict"] for r in motivation + text)
+    # Tiny smoke data make every training class retrieve perfectly: rho is then undefined
+    # and the row says so (the real study has a spread).
+    assert all(r["seeds"] <= 2 and r["verdict"] in VERDICTS for r in motivation)
+    assert all(r["seeds"] == 2 and r["verdict"] in VERDICTS for r in text)
