@@ -167,12 +167,12 @@ def extract_features(
         return _load_features(path)
     from dml_study.config import replace
     from dml_study.data import build_dataloader, dataset_protocol
+    from dml_study.data.transforms import model_transforms
     from dml_study.models import create_embedder
     from dml_study.training.pipeline import (
         SeededAugmentation,
         _Transformed,
         load_datasets,
-        model_transforms,
     )
 
     if dataset_protocol(config.data.dataset) != "self":

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from dml_study.config import ExperimentConfig, config_from_dict, validate_against_labels
 from dml_study.data import build_dataloader
+from dml_study.data.transforms import model_transforms
 from dml_study.env import environment_report
 from dml_study.evaluation import embed, evaluate
 from dml_study.losses import ProxyLoss, create_loss, orthogonality_stats
@@ -64,7 +65,6 @@ from dml_study.training.pipeline import (
     build_batch_sampler,
     eval_loader,
     load_datasets,
-    model_transforms,
 )
 from dml_study.training.run_dir import (
     RunDirectory,

@@ -110,12 +110,12 @@ def sample_batch(
     Uses the same sampler and per-sample augmentation seeds as the trainer, with mean 0 /
     std 1 so the images display as they are.
     """
+    from dml_study.data.transforms import model_transforms
     from dml_study.training.pipeline import (
         EpochBatches,
         SeededAugmentation,
         build_batch_sampler,
         load_datasets,
-        model_transforms,
     )
 
     if train_set is None:

@@ -43,7 +43,7 @@ def test_a_signal_while_workers_start_kills_a_plain_loader(signal_before_worker_
     # The control: without blocking, ``worker_init_fn`` comes too late.
     loader = torch.utils.data.DataLoader(_Range(), batch_size=4, num_workers=2,
                                          worker_init_fn=ignore_interrupts)
-    with pytest.raises(RuntimeError, match="DataLoader worker .* exited unexpectedly|killed by"):
+    with pytest.raises(RuntimeError, match=r"DataLoader worker .* exited unexpectedly|killed by"):
         list(loader)
 
 
