@@ -25,6 +25,7 @@ from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
 
 from dml_study.config import ExperimentConfig
+from dml_study.study.analysis import cosine_matrix
 from dml_study.training.run_dir import RunDirectory, RunState
 
 #: Metric columns in display order (those present are shown).
@@ -198,13 +199,6 @@ def plot_training_curves(history: list[dict[str, Any]]):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
-
-
-def cosine_matrix(proxies: np.ndarray) -> np.ndarray:
-    """Pairwise cosine similarity of the proxy rows."""
-    p = np.asarray(proxies, dtype=np.float64)
-    p = p / np.linalg.norm(p, axis=1, keepdims=True).clip(min=1e-12)
-    return p @ p.T
 
 
 def plot_proxy_similarity(run_dir: RunDirectory, max_classes: int = 40):
