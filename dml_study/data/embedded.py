@@ -6,7 +6,8 @@ An embedded dataset is rendered on first use from Debian packages (fetched with
 ``images/`` and a ``manifest.json`` (package versions, classes, split, sha256 of every
 image). What every embedded dataset shares lives here:
 
-- :func:`cache_root` — where the cache is;
+- :func:`cache_root` — where the cache is (re-exported from :mod:`dml_study.paths`, the one
+  resolver of every cache);
 - :func:`locked_build` — one process builds, concurrent ones (DDP ranks, parallel notebooks)
   wait on a file lock and then find the finished manifest; a complete dataset is a no-op;
 - :func:`fetch_debs` / :func:`unpack_deb` / :func:`installed_version` — package access with a
@@ -39,20 +40,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from dml_study.paths import CACHE_ENV, cache_root
+
 from .base import EmbeddedBuildError
-
-CACHE_ENV = "DML_STUDY_CACHE"
-
-
-# --------------------------------------------------------------------------- locations
-
-
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """``cache_dir``, else ``$DML_STUDY_CACHE``, else ``~/.cache/dml_study``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "dml_study"
 
 
 def check_positive(**values: int) -> None:

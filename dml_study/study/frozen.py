@@ -125,11 +125,11 @@ def feature_cache_path(
     config: ExperimentConfig, settings: FeatureSettings, cache_dir: str | Path | None = None
 ) -> Path:
     """``<cache>/frozen_features/<dataset>-<backbone>-<size>px-v<views>-<hash>.npz``."""
-    from dml_study.losses.text import default_cache_dir
+    from dml_study.paths import cache_root
 
     identity = feature_identity(config, settings)
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache_root(cache_dir)
     name = (f"{config.data.dataset}-{config.model.backbone}-{config.data.image_size}px"
             f"-v{settings.views}-{digest}.npz")
     return root / "frozen_features" / name
