@@ -186,7 +186,7 @@ def extract_features(
     m = config.model
     backbone = create_embedder(
         backbone=m.backbone, embedding_dim=None, pretrained=m.pretrained,
-        pretrained_path=m.pretrained_path, frozen_backbone=True, **dict(m.timm_kwargs),
+        pretrained_path=m.pretrained_path, freeze_backbone=True, **dict(m.timm_kwargs),
     ).eval()
     train_tf, eval_tf = model_transforms(config, backbone.data_config)
     batch = config.data.eval_batch_size
