@@ -182,34 +182,8 @@ class Trainer:
         if self.channels_last:
             self.module.to(memory_format=torch.channels_last)
 
-        train_tf, eval_tf = model_transforms(self.config, self.embedder.data_config)
-        self.train_tf, self.eval_tf = train_tf, eval_tf
-        base = build_batch_sampler(
-            self.config, self.train_set.labels, self.ctx.rank, self.ctx.world_size
-        )
-        self.batches = EpochBatches(base, self.config.run.seed)
-        self.train_loader = build_dataloader(
-            SeededAugmentation(self.train_set, train_tf),
-            batch_sampler=self.batches,
-            num_workers=self.config.data.num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
-        self.eval_loaders = {
-            split: eval_loader(ds, eval_tf, self.config, self.ctx.rank, self.ctx.world_size)
-            for split, ds in self.eval_sets.splits.items()
-        }
-        self.steps_per_epoch = self.batches.batches_per_epoch()
-
-        groups = build_param_groups(
-            self.embedder.backbone_parameters(),
-            self.embedder.head_parameters(),
-            self.loss_fn.param_groups(),
-            self.config.optim,
-        )
-        self.optimizer = build_optimizer(groups, self.config.optim)
-        self.scheduler = build_scheduler(
-            self.optimizer, self.config.schedule, self.steps_per_epoch
-        )
+        self._build_loaders()
+        self._build_optimizer()
 
         self.train_state = TrainState()  # progress (restored on resume)
         self.last_embeddings: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
@@ -236,6 +210,39 @@ class Trainer:
             freeze_patch_embed=m.freeze_patch_embed,
             freeze_bn=m.freeze_bn,
             **dict(m.timm_kwargs),
+        )
+
+    def _build_loaders(self) -> None:
+        """Transforms, the resumable training batch stream and this rank's eval loaders."""
+        train_tf, eval_tf = model_transforms(self.config, self.embedder.data_config)
+        self.train_tf, self.eval_tf = train_tf, eval_tf
+        base = build_batch_sampler(
+            self.config, self.train_set.labels, self.ctx.rank, self.ctx.world_size
+        )
+        self.batches = EpochBatches(base, self.config.run.seed)
+        self.train_loader = build_dataloader(
+            SeededAugmentation(self.train_set, train_tf),
+            batch_sampler=self.batches,
+            num_workers=self.config.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        self.eval_loaders = {
+            split: eval_loader(ds, eval_tf, self.config, self.ctx.rank, self.ctx.world_size)
+            for split, ds in self.eval_sets.splits.items()
+        }
+        self.steps_per_epoch = self.batches.batches_per_epoch()
+
+    def _build_optimizer(self) -> None:
+        """Parameter groups (backbone, head, proxies), optimiser and per-step scheduler."""
+        groups = build_param_groups(
+            self.embedder.backbone_parameters(),
+            self.embedder.head_parameters(),
+            self.loss_fn.param_groups(),
+            self.config.optim,
+        )
+        self.optimizer = build_optimizer(groups, self.config.optim)
+        self.scheduler = build_scheduler(
+            self.optimizer, self.config.schedule, self.steps_per_epoch
         )
 
     def _use_channels_last(self) -> bool:
