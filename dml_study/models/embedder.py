@@ -129,6 +129,34 @@ def _frozen_names(
     return names
 
 
+def _timm_backbone(
+    backbone: str,
+    pretrained: bool,
+    pretrained_path: str | Path | None,
+    img_size: int | None,
+    patch_size: int | None,
+    timm_kwargs: dict,
+) -> tuple[nn.Module, dict]:
+    """The classifier-free timm model (and its mean/std override, see ``create_backbone``);
+    ``img_size``/``patch_size`` on a backbone that does not take them is a ``ValueError``."""
+    if img_size is not None:
+        timm_kwargs["img_size"] = img_size
+    if patch_size is not None:
+        timm_kwargs["patch_size"] = patch_size
+    timm_kwargs.setdefault("num_classes", 0)
+    if timm_kwargs["num_classes"] != 0:
+        raise ValueError("num_classes must be 0 for an embedder (the head replaces the classifier)")
+    try:
+        return create_backbone(backbone, pretrained, pretrained_path, **timm_kwargs)
+    except TypeError as err:
+        if "img_size" in str(err) or "patch_size" in str(err):
+            raise ValueError(
+                f"backbone {backbone!r} does not accept img_size/patch_size (options of "
+                "ViT-style backbones); CNNs take any input size without them"
+            ) from err
+        raise
+
+
 def _follow_input_size(model: nn.Module, backbone: str, size: int) -> None:
     """Make a fixed-geometry (ViT-style) backbone accept ``size`` × ``size`` images."""
     patch_embed = getattr(model, "patch_embed", None)
@@ -188,24 +216,9 @@ def create_embedder(
     for old, new in _RENAMED.items():
         if old in timm_kwargs:
             raise TypeError(f"create_embedder: {old!r} was renamed; did you mean {new!r}?")
-    if img_size is not None:
-        timm_kwargs["img_size"] = img_size
-    if patch_size is not None:
-        timm_kwargs["patch_size"] = patch_size
-    timm_kwargs.setdefault("num_classes", 0)
-    if timm_kwargs["num_classes"] != 0:
-        raise ValueError("num_classes must be 0 for an embedder (the head replaces the classifier)")
-    try:
-        model, norm_override = create_backbone(
-            backbone, pretrained, pretrained_path, **timm_kwargs
-        )
-    except TypeError as err:
-        if "img_size" in str(err) or "patch_size" in str(err):
-            raise ValueError(
-                f"backbone {backbone!r} does not accept img_size/patch_size (options of "
-                "ViT-style backbones); CNNs take any input size without them"
-            ) from err
-        raise
+    model, norm_override = _timm_backbone(
+        backbone, pretrained, pretrained_path, img_size, patch_size, timm_kwargs
+    )
     if hasattr(model, "set_distilled_training"):
         model.set_distilled_training(False)  # pooled (cls + dist) / 2 in train mode too
     if img_size is None and input_size is not None:
