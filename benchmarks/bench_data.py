@@ -13,14 +13,18 @@ measured in the same run. Timings on a shared 2-core machine are noisy.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from dml_study.data import build_dataloader, build_transforms, fixtures, get_dataset
+from dml_study.data import build_dataloader, build_transforms, get_dataset
 from dml_study.data.icons import dataset_dir, read_manifest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import fixture_datasets as fixtures
 
 
 def throughput(ds, workers: int, batch_size: int = 32) -> float:

@@ -459,13 +459,17 @@ def _require_finite(config: ExperimentConfig) -> None:
 
 def validate(config: ExperimentConfig) -> None:
     """Range and consistency checks that need no data; raises :class:`ConfigError`."""
+    _require_finite(config)
+    _validate_data(config.data)
+    _validate_model_and_loss(config.model, config.loss)
+    _validate_optim(config.optim)
+    _validate_schedule_and_eval(config.schedule, config.eval)
+    _validate_run(config.run)
+
+
+def _validate_data(d: DataConfig) -> None:
     from dml_study.data import DATASETS
 
-    d, m, lo, o, s, e, r = (
-        config.data, config.model, config.loss, config.optim, config.schedule, config.eval,
-        config.run,
-    )
-    _require_finite(config)
     valid_datasets = sorted(DATASETS)
     _require(
         d.dataset in valid_datasets, "data.dataset", f"{d.dataset!r} is not one of {valid_datasets}"
@@ -491,12 +495,18 @@ def validate(config: ExperimentConfig) -> None:
     )
     _require(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
     _require(d.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
+
+
+def _validate_model_and_loss(m: ModelConfig, lo: LossConfig) -> None:
     if m.embedding_dim is not None:
         _require(m.embedding_dim >= 1, "model.embedding_dim", f"must be >= 1: {m.embedding_dim}")
     if m.patch_size is not None:
         _require(m.patch_size >= 1, "model.patch_size", "must be >= 1")
     _require(lo.name in LOSS_NAMES, "loss.name", f"{lo.name!r} is not one of {LOSS_NAMES}")
     _require(lo.so_lambda >= 0, "loss.so_lambda", f"must be >= 0, got {lo.so_lambda}")
+
+
+def _validate_optim(o: OptimConfig) -> None:
     _require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     _require(o.head_lr_mult > 0, "optim.head_lr_mult", f"must be > 0, got {o.head_lr_mult}")
     _require(o.proxy_lr_mult > 0, "optim.proxy_lr_mult", f"must be > 0, got {o.proxy_lr_mult}")
@@ -505,6 +515,9 @@ def validate(config: ExperimentConfig) -> None:
     _require(o.eps > 0, "optim.eps", "must be > 0")
     if o.grad_clip_norm is not None:
         _require(o.grad_clip_norm > 0, "optim.grad_clip_norm", "must be > 0 (or null for off)")
+
+
+def _validate_schedule_and_eval(s: ScheduleConfig, e: EvalConfig) -> None:
     _require(s.epochs >= 1, "schedule.epochs", f"must be >= 1, got {s.epochs}")
     _require(0 <= s.warmup_epochs <= s.epochs, "schedule.warmup_epochs", "must lie in [0, epochs]")
     _require(
@@ -518,6 +531,9 @@ def validate(config: ExperimentConfig) -> None:
     _require(e.every_n_epochs >= 1, "eval.every_n_epochs", "must be >= 1")
     if e.ks is not None:
         _require(len(e.ks) > 0 and all(k >= 1 for k in e.ks), "eval.ks", "must be positive ints")
+
+
+def _validate_run(r: RunConfig) -> None:
     _require(
         r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"),
         "run.device",

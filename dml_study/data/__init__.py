@@ -4,7 +4,8 @@
   their official layouts under a data root, and the embedded offline datasets built from
   Debian packages into a local cache on first use (:mod:`dml_study.data.embedded`): ``"icons"``
   (icon themes; the default) and ``"glyphs"`` (CJK characters x font designs, many classes).
-- :func:`build_transforms` / :func:`transforms_for_model`: the literature's transforms.
+- :func:`build_transforms` / :func:`transforms_for_model` / :func:`model_transforms`: the
+  literature's transforms (the last is the trainer's pair, from the run config).
 - :class:`MPerClassBatchSampler` / :class:`RandomBatchSampler`: seeded, DDP-sharded batches.
 - :func:`build_dataloader` and the :class:`DecodedImageCache` for decode-free epochs.
 """
@@ -30,7 +31,13 @@ from .registry import (
     get_dataset,
 )
 from .samplers import MPerClassBatchSampler, RandomBatchSampler
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, transforms_for_model
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_transforms,
+    model_transforms,
+    transforms_for_model,
+)
 
 __all__ = [
     "DATASETS",
@@ -54,6 +61,7 @@ __all__ = [
     "dataset_protocol",
     "default_recall_ks",
     "get_dataset",
+    "model_transforms",
     "resolve_data_root",
     "transforms_for_model",
 ]

@@ -171,6 +171,28 @@ def screen_images(
     return ok
 
 
+def _require_files(name: str, split: str, paths: Sequence[Path]) -> None:
+    """Raise :class:`DatasetLayoutError` naming (some of) the listed files that are missing."""
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:3])
+        raise DatasetLayoutError(
+            f"{name}/{split}: {len(missing)} image file(s) listed in the metadata do not "
+            f"exist, e.g. {shown}"
+        )
+
+
+def _relabel(
+    class_ids: Sequence[Hashable], label_space: Sequence[Hashable], records: SplitRecords
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Labels (position of each class id in ``label_space``), class names and raw names."""
+    index = {cid: i for i, cid in enumerate(label_space)}
+    labels = np.array([index[c] for c in class_ids], dtype=np.int64)
+    names = [records.class_names[c] for c in label_space]
+    raw = [records.raw_class_names.get(c, records.class_names[c]) for c in label_space]
+    return labels, names, raw
+
+
 def make_dataset(
     name: str,
     split: str,
@@ -197,13 +219,7 @@ def make_dataset(
     """
     if on_corrupt not in ON_CORRUPT_CHOICES:
         raise ValueError(f"on_corrupt must be one of {ON_CORRUPT_CHOICES}, got {on_corrupt!r}")
-    missing = [p for p in records.paths if not p.is_file()]
-    if missing:
-        shown = ", ".join(str(p) for p in missing[:3])
-        raise DatasetLayoutError(
-            f"{name}/{split}: {len(missing)} image file(s) listed in the metadata do not "
-            f"exist, e.g. {shown}"
-        )
+    _require_files(name, split, records.paths)
     paths, class_ids = list(records.paths), list(records.class_ids)
     if check_images is None:
         check_images = on_corrupt == "skip"
@@ -214,10 +230,7 @@ def make_dataset(
     shared_space = label_space is not None
     if label_space is None:
         label_space = sorted(set(class_ids))
-    index = {cid: i for i, cid in enumerate(label_space)}
-    labels = np.array([index[c] for c in class_ids], dtype=np.int64)
-    names = [records.class_names[c] for c in label_space]
-    raw = [records.raw_class_names.get(c, records.class_names[c]) for c in label_space]
+    labels, names, raw = _relabel(class_ids, label_space, records)
     ds = DMLDataset(
         name,
         split,

@@ -6,7 +6,8 @@ An embedded dataset is rendered on first use from Debian packages (fetched with
 ``images/`` and a ``manifest.json`` (package versions, classes, split, sha256 of every
 image). What every embedded dataset shares lives here:
 
-- :func:`cache_root` — where the cache is;
+- :func:`cache_root` — where the cache is (re-exported from :mod:`dml_study.paths`, the one
+  resolver of every cache);
 - :func:`locked_build` — one process builds, concurrent ones (DDP ranks, parallel notebooks)
   wait on a file lock and then find the finished manifest; a complete dataset is a no-op;
 - :func:`fetch_debs` / :func:`unpack_deb` / :func:`installed_version` — package access with a
@@ -25,6 +26,7 @@ split) stays in :mod:`dml_study.data.icons` and :mod:`dml_study.data.glyphs`.
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import hashlib
 import importlib.metadata
@@ -32,6 +34,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,20 +43,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from dml_study.paths import CACHE_ENV, cache_root
+
 from .base import EmbeddedBuildError
-
-CACHE_ENV = "DML_STUDY_CACHE"
-
-
-# --------------------------------------------------------------------------- locations
-
-
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """``cache_dir``, else ``$DML_STUDY_CACHE``, else ``~/.cache/dml_study``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "dml_study"
 
 
 def check_positive(**values: int) -> None:
@@ -268,13 +261,118 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], num_workers: in
                          disable=not progress))
 
 
+
+# --------------------------------------------------------------------------- loading
+
+
+def complete_or_build(
+    out_dir: Path,
+    manifest: dict | None,
+    build: bool,
+    build_dataset: Callable[[], tuple[Path, dict]],
+    what: str,
+    command: str,
+) -> tuple[Path, dict]:
+    """``(out_dir, manifest)`` of a complete dataset: the given one, else built now with
+    ``build_dataset()`` when ``build``, else :class:`EmbeddedBuildError` saying that no
+    complete ``what`` dataset is in ``out_dir`` and that ``command`` builds it."""
+    if manifest is not None:
+        return out_dir, manifest
+    if not build:
+        raise EmbeddedBuildError(f"no complete {what} dataset in {out_dir}; run `{command}`")
+    return build_dataset()
+
+
+def class_files(
+    out_dir: Path, manifest: dict, names: Sequence[str]
+) -> tuple[list[Path], list[str]]:
+    """Paths of the images of the classes ``names`` (in that order; each class's files in
+    sorted order) and the class of each, from the manifest's ``images/<class>/...`` files."""
+    by_class: dict[str, list[str]] = {}
+    for rel in sorted(manifest["files"]):
+        by_class.setdefault(rel.split("/")[1], []).append(rel)
+    paths, ids = [], []
+    for name in names:
+        for rel in by_class.get(name, []):
+            paths.append(out_dir / rel)
+            ids.append(name)
+    return paths, ids
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def split_summary(out_dir: Path, manifest: dict) -> list[str]:
+    """The summary lines every embedded dataset ends with: classes and images per split,
+    and where the manifest is."""
+    split = manifest["split"]
+    lines = []
+    for name in ("train", "test"):
+        n_img = sum(manifest["counts"][c] for c in split[name])
+        lines.append(f"  {name}: {len(split[name])} classes, {n_img} images")
+    lines.append(f"  manifest: {out_dir / 'manifest.json'}")
+    return lines
+
+
+def build_main(
+    argv: Sequence[str] | None,
+    *,
+    module: str,
+    description: str | None,
+    what: str,
+    sources: str,
+    default_size: int,
+    add_options: Callable[[argparse.ArgumentParser], None],
+    build: Callable[[argparse.Namespace], tuple[Path, dict]],
+    summary: Callable[[Path, dict], str],
+    errors: tuple[type[BaseException], ...] = (EmbeddedBuildError,),
+) -> int:
+    """``python -m <module> build [--cache-dir D] [--size N] <options> [--workers N] [--force]
+    [--clean-sources] [--quiet]``: build (or verify) an embedded dataset; the exit code.
+
+    ``add_options`` adds the dataset's own options (after ``--size``); ``build(args)``
+    returns ``(out_dir, manifest)``. An error of a type in ``errors``, or a file that differs
+    from the manifest, is printed and gives exit code 1; otherwise ``summary`` is printed.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help=f"build (or verify) the embedded {what} dataset")
+    b.add_argument("--cache-dir", default=None, help=f"default ${CACHE_ENV} or ~/.cache/dml_study")
+    b.add_argument("--size", type=int, default=default_size, help="image side in px")
+    add_options(b)
+    b.add_argument("--workers", type=int, default=2, help="render processes")
+    b.add_argument("--force", action="store_true", help="rebuild even if complete")
+    b.add_argument("--clean-sources", action="store_true",
+                   help=f"delete the unpacked {sources} after building (the .debs are kept)")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        out_dir, manifest = build(args)
+    except errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    bad = verify_manifest(out_dir, manifest)
+    if bad:
+        print(f"error: {len(bad)} file(s) differ from the manifest, e.g. {bad[:3]}; "
+              f"rebuild with --force", file=sys.stderr)
+        return 1
+    print(summary(out_dir, manifest))
+    print(f"  time: {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 __all__ = [
     "CACHE_ENV",
     "EmbeddedBuildError",
     "apt_download",
+    "build_main",
     "cache_root",
     "cached_deb",
     "check_positive",
+    "class_files",
+    "complete_or_build",
     "deb_version",
     "fetch_debs",
     "install_hint",
@@ -288,6 +386,7 @@ __all__ = [
     "run",
     "sha256_bytes",
     "sha256_file",
+    "split_summary",
     "unpack_deb",
     "verify_manifest",
 ]

@@ -53,8 +53,6 @@ import logging
 import os
 import re
 import shutil
-import sys
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -69,7 +67,7 @@ from tqdm.auto import tqdm
 
 from . import embedded
 from .base import EmbeddedBuildError, SplitRecords
-from .embedded import CACHE_ENV, cache_root
+from .embedded import cache_root
 
 NAME = "glyphs"
 MANIFEST_FORMAT = 1
@@ -767,14 +765,11 @@ def load_records(
     drawn first) — a smaller study on the same build.
     """
     out_dir = dataset_dir(cache_dir, size)
-    manifest = read_manifest(out_dir)
-    if manifest is None:
-        if not build:
-            raise EmbeddedBuildError(
-                f"no complete glyph dataset in {out_dir}; run "
-                f"`python -m dml_study.data.glyphs build --size {size}`"
-            )
-        out_dir, manifest = build_glyphs(cache_dir, size=size, progress=progress)
+    out_dir, manifest = embedded.complete_or_build(
+        out_dir, read_manifest(out_dir), build,
+        lambda: build_glyphs(cache_dir, size=size, progress=progress),
+        "glyph", f"python -m dml_study.data.glyphs build --size {size}",
+    )
     if split not in manifest["split"]:
         raise ValueError(f"unknown split {split!r} for glyphs; valid: {sorted(manifest['split'])}")
     names = manifest["order"][split]
@@ -786,14 +781,7 @@ def load_records(
                              f"with `python -m dml_study.data.glyphs build --classes "
                              f"{num_classes} --force`")
         names = names[: max(1, num_classes // 2)]
-    by_class: dict[str, list[str]] = defaultdict(list)
-    for rel in sorted(manifest["files"]):
-        by_class[rel.split("/")[1]].append(rel)
-    paths, ids = [], []
-    for name in sorted(names):
-        for rel in by_class[name]:
-            paths.append(out_dir / rel)
-            ids.append(name)
+    paths, ids = embedded.class_files(out_dir, manifest, sorted(names))
     return SplitRecords(
         paths=paths,
         class_ids=ids,
@@ -809,7 +797,6 @@ def summary(out_dir: Path, manifest: dict) -> str:
     """Human-readable counts of a built dataset."""
     counts = np.array(list(manifest["counts"].values()))
     available = np.array(list(manifest["designs_available"].values()))
-    split = manifest["split"]
     mb = sum((out_dir / rel).stat().st_size for rel in manifest["files"]) / 1e6
     lines = [
         f"glyphs dataset: {manifest['num_classes']} classes, {manifest['num_images']} images "
@@ -818,52 +805,33 @@ def summary(out_dir: Path, manifest: dict) -> str:
         f"  designs per class: min {counts.min()}, median {int(np.median(counts))}, "
         f"max {counts.max()} (of median {int(np.median(available))} available)",
     ]
-    for name in ("train", "test"):
-        n_img = sum(manifest["counts"][c] for c in split[name])
-        lines.append(f"  {name}: {len(split[name])} classes, {n_img} images")
-    lines.append(f"  manifest: {out_dir / 'manifest.json'}")
-    return "\n".join(lines)
+    return "\n".join([*lines, *embedded.split_summary(out_dir, manifest)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dml_study.data.glyphs build [--cache-dir D] [--size 64] [--classes N]``."""
-    parser = argparse.ArgumentParser(prog="python -m dml_study.data.glyphs", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build (or verify) the embedded glyph dataset")
-    b.add_argument("--cache-dir", default=None, help=f"default ${CACHE_ENV} or ~/.cache/dml_study")
-    b.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image side in px")
-    b.add_argument("--classes", type=int, default=DEFAULT_NUM_CLASSES,
-                   help="total classes (half per split)")
-    b.add_argument("--min-designs", type=int, default=DEFAULT_MIN_DESIGNS,
-                   help="a class needs this many distinct designs")
-    b.add_argument("--max-designs", type=int, default=DEFAULT_MAX_DESIGNS,
-                   help="designs stored per class (a seeded subset per class)")
-    b.add_argument("--workers", type=int, default=2, help="render processes")
-    b.add_argument("--force", action="store_true", help="rebuild even if complete")
-    b.add_argument("--clean-sources", action="store_true",
-                   help="delete the unpacked fonts after building (the .debs are kept)")
-    b.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    try:
-        out_dir, manifest = build_glyphs(
+
+    def add_options(b: argparse.ArgumentParser) -> None:
+        b.add_argument("--classes", type=int, default=DEFAULT_NUM_CLASSES,
+                       help="total classes (half per split)")
+        b.add_argument("--min-designs", type=int, default=DEFAULT_MIN_DESIGNS,
+                       help="a class needs this many distinct designs")
+        b.add_argument("--max-designs", type=int, default=DEFAULT_MAX_DESIGNS,
+                       help="designs stored per class (a seeded subset per class)")
+
+    def build(args: argparse.Namespace) -> tuple[Path, dict]:
+        return build_glyphs(
             args.cache_dir, size=args.size, min_designs=args.min_designs,
             num_classes=args.classes, max_designs=args.max_designs,
             num_workers=args.workers, progress=not args.quiet,
             force=args.force, keep_sources=not args.clean_sources,
         )
-    except (EmbeddedBuildError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    bad = verify_manifest(out_dir, manifest)
-    if bad:
-        print(f"error: {len(bad)} file(s) differ from the manifest, e.g. {bad[:3]}; "
-              f"rebuild with --force", file=sys.stderr)
-        return 1
-    print(summary(out_dir, manifest))
-    print(f"  time: {time.perf_counter() - start:.1f} s")
-    return 0
+
+    return embedded.build_main(
+        argv, module="dml_study.data.glyphs", description=__doc__, what="glyph",
+        sources="fonts", default_size=DEFAULT_SIZE, add_options=add_options, build=build,
+        summary=summary, errors=(EmbeddedBuildError, ValueError),
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,6 @@ import io
 import os
 import re
 import shutil
-import sys
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -53,7 +51,7 @@ from tqdm.auto import tqdm
 
 from . import embedded
 from .base import IconBuildError, SplitRecords
-from .embedded import CACHE_ENV, cache_root
+from .embedded import cache_root
 from .images import to_rgb
 
 MANIFEST_FORMAT = 1
@@ -473,25 +471,15 @@ def load_records(
 ) -> SplitRecords:
     """Records of the ``train``/``test`` half; builds the dataset first when ``build``."""
     out_dir = dataset_dir(cache_dir, icon_size)
-    manifest = read_manifest(out_dir)
-    if manifest is None:
-        if not build:
-            raise IconBuildError(
-                f"no complete icon dataset in {out_dir}; run "
-                f"`python -m dml_study.data.icons build --size {icon_size}`"
-            )
-        out_dir, manifest = build_icons(cache_dir, size=icon_size, progress=progress)
+    out_dir, manifest = embedded.complete_or_build(
+        out_dir, read_manifest(out_dir), build,
+        lambda: build_icons(cache_dir, size=icon_size, progress=progress),
+        "icon", f"python -m dml_study.data.icons build --size {icon_size}",
+    )
     if split not in manifest["split"]:
         raise ValueError(f"unknown split {split!r} for icons; valid: {sorted(manifest['split'])}")
     names = manifest["split"][split]
-    by_class: dict[str, list[str]] = defaultdict(list)
-    for rel in sorted(manifest["files"]):
-        by_class[rel.split("/")[1]].append(rel)
-    paths, ids = [], []
-    for name in names:
-        for rel in by_class[name]:
-            paths.append(out_dir / rel)
-            ids.append(name)
+    paths, ids = embedded.class_files(out_dir, manifest, names)
     return SplitRecords(
         paths=paths,
         class_ids=ids,
@@ -506,53 +494,33 @@ def load_records(
 def summary(out_dir: Path, manifest: dict) -> str:
     """Human-readable counts of a built dataset."""
     counts = np.array(list(manifest["counts"].values()))
-    split = manifest["split"]
     lines = [
         f"icons dataset: {manifest['num_classes']} classes, {manifest['num_images']} images "
         f"({manifest['size']} px, {len(manifest['packages'])} themes)",
         f"  instances per class: min {counts.min()}, median {int(np.median(counts))}, "
         f"max {counts.max()}",
     ]
-    for name in ("train", "test"):
-        n_img = sum(manifest["counts"][c] for c in split[name])
-        lines.append(f"  {name}: {len(split[name])} classes, {n_img} images")
-    lines.append(f"  manifest: {out_dir / 'manifest.json'}")
-    return "\n".join(lines)
+    return "\n".join([*lines, *embedded.split_summary(out_dir, manifest)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dml_study.data.icons build [--cache-dir D] [--size 64] [--quiet]``."""
-    parser = argparse.ArgumentParser(prog="python -m dml_study.data.icons", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build (or verify) the embedded icon dataset")
-    b.add_argument("--cache-dir", default=None, help=f"default ${CACHE_ENV} or ~/.cache/dml_study")
-    b.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image side in px")
-    b.add_argument("--min-instances", type=int, default=DEFAULT_MIN_INSTANCES)
-    b.add_argument("--workers", type=int, default=2, help="render processes")
-    b.add_argument("--force", action="store_true", help="rebuild even if complete")
-    b.add_argument("--clean-sources", action="store_true",
-                   help="delete the unpacked themes after building (the .debs are kept)")
-    b.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    try:
-        out_dir, manifest = build_icons(
+
+    def add_options(b: argparse.ArgumentParser) -> None:
+        b.add_argument("--min-instances", type=int, default=DEFAULT_MIN_INSTANCES)
+
+    def build(args: argparse.Namespace) -> tuple[Path, dict]:
+        return build_icons(
             args.cache_dir, size=args.size, min_instances=args.min_instances,
             num_workers=args.workers, progress=not args.quiet, force=args.force,
             keep_sources=not args.clean_sources,
         )
-    except IconBuildError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    bad = verify_manifest(out_dir, manifest)
-    if bad:
-        print(f"error: {len(bad)} file(s) differ from the manifest, e.g. {bad[:3]}; "
-              f"rebuild with --force", file=sys.stderr)
-        return 1
-    print(summary(out_dir, manifest))
-    print(f"  time: {time.perf_counter() - start:.1f} s")
-    return 0
+
+    return embedded.build_main(
+        argv, module="dml_study.data.icons", description=__doc__, what="icon",
+        sources="themes", default_size=DEFAULT_SIZE, add_options=add_options, build=build,
+        summary=summary, errors=(IconBuildError,),
+    )
 
 
 if __name__ == "__main__":

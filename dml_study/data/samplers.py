@@ -29,7 +29,30 @@ def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(epoch)])
 
 
-class MPerClassBatchSampler(torch.utils.data.Sampler[list[int]]):
+class _SeededBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """What both batch samplers share: the seed, this rank's shard, the epoch, the length."""
+
+    def __init__(
+        self, batch_size: int, seed: int, num_replicas: int, rank: int, drop_last: bool
+    ) -> None:
+        _check_replicas(num_replicas, rank)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+        self._num_batches = 0  # set by the subclass
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order ``__iter__`` yields."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+
+class MPerClassBatchSampler(_SeededBatchSampler):
     """Batches of ``batch_size // m_per_class`` classes with ``m_per_class`` images each.
 
     One epoch:
@@ -76,14 +99,8 @@ class MPerClassBatchSampler(torch.utils.data.Sampler[list[int]]):
                 f"batch_size ({batch_size}) must be a positive multiple of "
                 f"m_per_class ({m_per_class})"
             )
-        _check_replicas(num_replicas, rank)
+        super().__init__(batch_size, seed, num_replicas, rank, drop_last)
         self.m = int(m_per_class)
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.num_replicas = int(num_replicas)
-        self.rank = int(rank)
-        self.drop_last = bool(drop_last)
-        self.epoch = 0
         classes, inverse = np.unique(labels, return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         bounds = np.cumsum(np.bincount(inverse, minlength=len(classes)))[:-1]
@@ -96,13 +113,6 @@ class MPerClassBatchSampler(torch.utils.data.Sampler[list[int]]):
         total = int(self._chunks_per_class.sum())
         self._num_batches = math.ceil(total / self._chunks_per_global)
         self._pad_tail = self.drop_last or self.num_replicas > 1
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order ``__iter__`` yields."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self._num_batches
 
     def _chunk(self, rng: np.random.Generator, indices: np.ndarray) -> list[np.ndarray]:
         shuffled = rng.permutation(indices)
@@ -148,7 +158,7 @@ class MPerClassBatchSampler(torch.utils.data.Sampler[list[int]]):
             yield np.concatenate(mine).astype(np.int64).tolist()
 
 
-class RandomBatchSampler(torch.utils.data.Sampler[list[int]]):
+class RandomBatchSampler(_SeededBatchSampler):
     """Plain shuffled batches with the same seeding/sharding contract as the m-per-class one.
 
     Each epoch is a permutation drawn from ``(seed, epoch)``. ``drop_last=True`` drops the
@@ -169,14 +179,8 @@ class RandomBatchSampler(torch.utils.data.Sampler[list[int]]):
             raise ValueError(f"n must be >= 1, got {n}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        _check_replicas(num_replicas, rank)
+        super().__init__(batch_size, seed, num_replicas, rank, drop_last)
         self.n = int(n)
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.num_replicas = int(num_replicas)
-        self.rank = int(rank)
-        self.drop_last = bool(drop_last)
-        self.epoch = 0
         per_global = self.batch_size * self.num_replicas
         if self.drop_last:
             self._num_batches = self.n // per_global
@@ -187,13 +191,6 @@ class RandomBatchSampler(torch.utils.data.Sampler[list[int]]):
                 )
         else:
             self._num_batches = math.ceil(self.n / per_global)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order ``__iter__`` yields."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self._num_batches
 
     def __iter__(self) -> Iterator[list[int]]:
         perm = _epoch_rng(self.seed, self.epoch).permutation(self.n)

@@ -7,12 +7,15 @@ ImageNet statistics or the backbone's own ``pretrained_cfg`` (via timm's ``data_
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
+
+if TYPE_CHECKING:
+    from dml_study.config import ExperimentConfig
 
 IMAGENET_MEAN: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)  # type: ignore[assignment]
 IMAGENET_STD: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD)  # type: ignore[assignment]
@@ -76,13 +79,19 @@ def build_transforms(
 
 
 def transforms_for_model(
-    model_data_config: Mapping[str, Any], train: bool, image_size: int | None = None
+    model_data_config: Mapping[str, Any],
+    train: bool,
+    image_size: int | None = None,
+    resize_ratio: float | None = None,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
 ) -> T.Compose:
     """Transforms matching a timm model's ``data_config`` (``resolve_data_config`` output).
 
     Mean/std and interpolation come from the backbone's pretrained config so that e.g.
-    DeiT (ImageNet stats, bicubic) and Inception-style models (0.5 stats) are fed correctly.
-    ``image_size`` overrides ``input_size``; the eval resize ratio is ``1 / crop_pct``.
+    DeiT (ImageNet stats, bicubic) and Inception-style models (0.5 stats) are fed correctly;
+    an interpolation :func:`build_transforms` does not know (timm also has e.g. ``"random"``)
+    falls back to bilinear. ``image_size`` overrides ``input_size``; ``resize_ratio``
+    defaults to ``1 / crop_pct``. ``crop_scale`` is the training crop's area range.
     """
     for key in ("mean", "std"):
         if key not in model_data_config:
@@ -94,15 +103,34 @@ def transforms_for_model(
     if size is None:
         input_size = model_data_config.get("input_size", (3, 224, 224))
         size = int(input_size[-1])
-    crop_pct = float(model_data_config.get("crop_pct", 224 / 256) or 224 / 256)
+    if resize_ratio is None:
+        crop_pct = float(model_data_config.get("crop_pct", 224 / 256) or 224 / 256)
+        resize_ratio = max(1.0, 1.0 / crop_pct)
     interpolation = str(model_data_config.get("interpolation", "bilinear"))
     if interpolation not in _INTERPOLATIONS:
-        interpolation = "bilinear"  # timm also knows e.g. "random"; fall back to a fixed one
+        interpolation = "bilinear"
     return build_transforms(
         train,
         image_size=size,
         mean=tuple(model_data_config["mean"]),
         std=tuple(model_data_config["std"]),
-        resize_ratio=max(1.0, 1.0 / crop_pct),
+        resize_ratio=resize_ratio,
         interpolation=interpolation,
+        crop_scale=tuple(crop_scale),
     )
+
+
+def model_transforms(
+    config: ExperimentConfig, model_data_config: Mapping[str, Any]
+) -> tuple[Callable, Callable]:
+    """The trainer's ``(train, eval)`` transforms: :func:`transforms_for_model` at
+    ``data.image_size`` / ``data.resize_ratio`` / ``data.crop_scale``; with
+    ``data.augment`` off, training uses the eval transform."""
+    d = config.data
+    common = {"image_size": d.image_size, "resize_ratio": d.resize_ratio}
+    eval_tf = transforms_for_model(model_data_config, False, **common)
+    if not d.augment:
+        return eval_tf, eval_tf
+    return transforms_for_model(
+        model_data_config, True, crop_scale=tuple(d.crop_scale), **common
+    ), eval_tf

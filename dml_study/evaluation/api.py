@@ -65,6 +65,68 @@ def _as_ks(ks: Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted({int(k) for k in values}))
 
 
+def _checked_inputs(
+    query_embeddings: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_embeddings: np.ndarray | None,
+    gallery_labels: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """Unit-scaled, L2-normalised queries and gallery (``None``: self-retrieval) with their
+    labels (the query labels again in self-retrieval); inconsistent inputs raise."""
+    queries = l2_normalize(_unit_scale(query_embeddings, "query_embeddings"), "query_embeddings")
+    q_labels = _as_labels(query_labels, len(queries), "query_labels")
+    if (gallery_embeddings is None) != (gallery_labels is None):
+        raise ValueError(
+            "gallery_embeddings and gallery_labels must be given together (or neither)"
+        )
+    if gallery_embeddings is None:
+        if len(queries) < 2:
+            raise ValueError("self-retrieval needs at least 2 embeddings")
+        return queries, q_labels, None, q_labels
+    gallery = l2_normalize(
+        _unit_scale(gallery_embeddings, "gallery_embeddings"), "gallery_embeddings"
+    )
+    g_labels = _as_labels(gallery_labels, len(gallery), "gallery_labels")
+    if gallery.shape[1] != queries.shape[1]:
+        raise ValueError(
+            f"query and gallery embeddings differ in dimension: "
+            f"{queries.shape[1]} vs {gallery.shape[1]}"
+        )
+    return queries, q_labels, gallery, g_labels
+
+
+def _retrieval(
+    queries: np.ndarray,
+    q_labels: np.ndarray,
+    gallery: np.ndarray | None,
+    g_labels: np.ndarray,
+    ks: tuple[int, ...],
+    chunk_size: int,
+    use_gpu: bool,
+    progress: bool,
+) -> RetrievalAccumulator:
+    """kNN search of every query (chunked) and the retrieval metrics accumulated over it."""
+    self_retrieval = gallery is None
+    available = len(queries) - 1 if gallery is None else len(gallery)
+    num_relevant = relevant_counts(q_labels, g_labels, self_retrieval)
+    if not (num_relevant > 0).any():
+        raise ValueError(
+            "no query has a relevant gallery item (every query label is alone); "
+            "retrieval metrics are undefined"
+        )
+    k_max = min(max(max(ks), int(num_relevant.max())), available)
+    acc = RetrievalAccumulator(ks, available)
+    chunks = search(queries, gallery, k_max, chunk_size=chunk_size, use_gpu=use_gpu)
+    total = -(-len(queries) // rows_per_chunk(chunk_size, k_max + int(self_retrieval)))
+    for chunk in tqdm(chunks, total=total, desc="kNN", disable=not progress, leave=False):
+        acc.update(
+            g_labels[chunk.indices],
+            q_labels[chunk.start : chunk.stop],
+            num_relevant[chunk.start : chunk.stop],
+        )
+    return acc
+
+
 def evaluate(
     query_embeddings: np.ndarray,
     query_labels: np.ndarray,
@@ -110,50 +172,13 @@ def evaluate(
             ``ks``, or when no query has a relevant gallery item.
     """
     ks = _as_ks(ks)
-    queries = l2_normalize(_unit_scale(query_embeddings, "query_embeddings"), "query_embeddings")
-    q_labels = _as_labels(query_labels, len(queries), "query_labels")
-    if (gallery_embeddings is None) != (gallery_labels is None):
-        raise ValueError(
-            "gallery_embeddings and gallery_labels must be given together (or neither)"
-        )
-    self_retrieval = gallery_embeddings is None
-    if self_retrieval:
-        gallery, g_labels = None, q_labels
-        available = len(queries) - 1
-    else:
-        gallery = l2_normalize(
-            _unit_scale(gallery_embeddings, "gallery_embeddings"), "gallery_embeddings"
-        )
-        g_labels = _as_labels(gallery_labels, len(gallery), "gallery_labels")
-        if gallery.shape[1] != queries.shape[1]:
-            raise ValueError(
-                f"query and gallery embeddings differ in dimension: "
-                f"{queries.shape[1]} vs {gallery.shape[1]}"
-            )
-        available = len(gallery)
-    if available < 1:
-        raise ValueError("self-retrieval needs at least 2 embeddings")
-
-    num_relevant = relevant_counts(q_labels, g_labels, self_retrieval)
-    if not (num_relevant > 0).any():
-        raise ValueError(
-            "no query has a relevant gallery item (every query label is alone); "
-            "retrieval metrics are undefined"
-        )
-    k_max = min(max(max(ks), int(num_relevant.max())), available)
+    queries, q_labels, gallery, g_labels = _checked_inputs(
+        query_embeddings, query_labels, gallery_embeddings, gallery_labels
+    )
     if use_gpu and not gpu_available():
         raise ValueError("use_gpu=True, but faiss has no GPU support or sees no GPU")
     use_gpu = gpu_available() if use_gpu is None else use_gpu
-
-    acc = RetrievalAccumulator(ks, available)
-    chunks = search(queries, gallery, k_max, chunk_size=chunk_size, use_gpu=use_gpu)
-    total = -(-len(queries) // rows_per_chunk(chunk_size, k_max + int(self_retrieval)))
-    for chunk in tqdm(chunks, total=total, desc="kNN", disable=not progress, leave=False):
-        acc.update(
-            g_labels[chunk.indices],
-            q_labels[chunk.start : chunk.stop],
-            num_relevant[chunk.start : chunk.stop],
-        )
+    acc = _retrieval(queries, q_labels, gallery, g_labels, ks, chunk_size, use_gpu, progress)
 
     nmi_value = None
     if nmi:

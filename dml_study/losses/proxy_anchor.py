@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dml_study.losses.additive_margin import cosine_logits
 from dml_study.losses.base import ProxyInit, ProxyLoss
 from dml_study.losses.soft_orthogonality import SoftOrthogonality
 
@@ -62,9 +63,7 @@ class ProxyAnchorLoss(ProxyLoss):
         self.margin = float(margin)
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        cos = F.normalize(embeddings, dim=1) @ F.normalize(self.proxies, dim=1).T.to(
-            embeddings.dtype
-        )  # (B, C)
+        cos = cosine_logits(embeddings, self.proxies)  # (B, C)
         pos_mask = F.one_hot(labels, self.num_classes).bool()
         neg_mask = ~pos_mask
         pos_term = log1p_sum_exp_masked(-self.alpha * (cos - self.margin), pos_mask, dim=0)

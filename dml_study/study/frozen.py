@@ -119,11 +119,11 @@ def feature_cache_path(
     config: ExperimentConfig, settings: FeatureSettings, cache_dir: str | Path | None = None
 ) -> Path:
     """``<cache>/frozen_features/<dataset>-<backbone>-<size>px-v<views>-<hash>.npz``."""
-    from dml_study.losses.text import default_cache_dir
+    from dml_study.paths import cache_root
 
     identity = feature_identity(config, settings)
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache_root(cache_dir)
     name = (f"{config.data.dataset}-{config.model.backbone}-{config.data.image_size}px"
             f"-v{settings.views}-{digest}.npz")
     return root / "frozen_features" / name
@@ -161,12 +161,12 @@ def extract_features(
         return _load_features(path)
     from dml_study.config import replace
     from dml_study.data import build_dataloader, dataset_protocol
+    from dml_study.data.transforms import model_transforms
     from dml_study.models import create_embedder
     from dml_study.training.pipeline import (
         SeededAugmentation,
         _Transformed,
         load_datasets,
-        model_transforms,
     )
 
     if dataset_protocol(config.data.dataset) != "self":
@@ -180,7 +180,7 @@ def extract_features(
     m = config.model
     backbone = create_embedder(
         backbone=m.backbone, embedding_dim=None, pretrained=m.pretrained,
-        pretrained_path=m.pretrained_path, frozen_backbone=True, **dict(m.timm_kwargs),
+        pretrained_path=m.pretrained_path, freeze_backbone=True, **dict(m.timm_kwargs),
     ).eval()
     train_tf, eval_tf = model_transforms(config, backbone.data_config)
     batch = config.data.eval_batch_size

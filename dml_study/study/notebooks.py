@@ -8,8 +8,7 @@ parameters under the working directory are passed relative to it, and what the k
 printed is relativised afterwards (:mod:`dml_study.study.machine_paths`).
 :func:`render_html` turns an executed notebook into a self-contained HTML page
 (:mod:`dml_study.study.pages`: no script or style from the network, math as MathML,
-figures embedded). :func:`check_notebook` validates the committed form of a notebook
-(nbformat 4, outputs cleared, generic kernel spec, the form JupyterLab saves).
+figures embedded).
 """
 
 from __future__ import annotations
@@ -203,39 +202,6 @@ def render_html(
     from dml_study.study.pages import render_notebook
 
     return render_notebook(executed, output, back_link=back_link)
-
-
-def check_notebook(path: str | Path) -> list[str]:
-    """Problems with the committed form of a notebook (empty list: fine).
-
-    Checked: valid nbformat 4, a cell tagged ``parameters``, no outputs or execution
-    counts, the generic ``python3`` kernel spec (so it opens in any JupyterLab), and the
-    exact form JupyterLab saves (:mod:`dml_study.study.nbtidy`), so that opening the
-    notebook does not mark it modified.
-    """
-    from dml_study.study.nbtidy import tidy
-
-    path = Path(path)
-    problems: list[str] = []
-    notebook = nbformat.read(path, as_version=nbformat.NO_CONVERT)
-    if notebook.nbformat != 4:
-        problems.append(f"nbformat {notebook.nbformat}, expected 4")
-    try:
-        nbformat.validate(notebook)
-    except nbformat.ValidationError as exc:
-        problems.append(f"invalid notebook: {exc.message}")
-    if not any("parameters" in _tags(c) for c in notebook.cells):
-        problems.append("no cell tagged 'parameters'")
-    for index, cell in enumerate(notebook.cells):
-        if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count")):
-            problems.append(f"cell {index} has outputs or an execution count")
-    kernelspec = notebook.metadata.get("kernelspec", {})
-    if kernelspec.get("name") != "python3" or kernelspec.get("language") != "python":
-        problems.append(f"kernelspec {kernelspec!r}, expected name python3, language python")
-    if tidy(path, check=True):
-        problems.append("not in the form JupyterLab saves (opening it would mark it modified); "
-                        f"run: python -m dml_study.study.nbtidy {path}")
-    return problems
 
 
 class Progress:

@@ -186,19 +186,6 @@ def curves_with_band(
     return fig
 
 
-def grouped_bars(frame: pd.DataFrame, x: str, metric: str, title: str = "") -> Figure:
-    """Bar per ``x`` value of ``metric`` (mean, error bar = std over seeds)."""
-    data = _percent(frame, [metric])
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * data[x].nunique() + 2), 3.4))
-    sns.barplot(data=data, x=x, y=metric, errorbar="sd", ax=ax, color="C0")
-    ax.set_ylabel(f"{metric} (%)")
-    ax.tick_params(axis="x", rotation=30)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
 def cosine_heatmaps(matrices: Mapping[str, np.ndarray], max_classes: int = 64) -> Figure:
     """Side-by-side heatmaps of proxy cosine matrices (first ``max_classes`` classes).
 

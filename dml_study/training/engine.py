@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from dml_study.config import ExperimentConfig, config_from_dict, validate_against_labels
 from dml_study.data import build_dataloader
+from dml_study.data.transforms import model_transforms
 from dml_study.env import environment_report
 from dml_study.evaluation import embed, evaluate
 from dml_study.evaluation.per_class import per_class_recall_at_1
@@ -55,7 +56,6 @@ from dml_study.training.errors import (
     TrainingError,
     TrainingInterrupted,
 )
-from dml_study.training.history import History
 from dml_study.training.interrupt import GracefulInterrupt
 from dml_study.training.lock import RunLock
 from dml_study.training.optim import build_optimizer, build_param_groups, build_scheduler, group_lrs
@@ -65,7 +65,6 @@ from dml_study.training.pipeline import (
     build_batch_sampler,
     eval_loader,
     load_datasets,
-    model_transforms,
 )
 from dml_study.training.run_dir import (
     RunDirectory,
@@ -75,6 +74,7 @@ from dml_study.training.run_dir import (
     atomic_write_json,
     atomic_write_text,
 )
+from dml_study.training.state import TrainState, expose_state_fields
 
 #: Config keys that may differ between a run and its resumption (they do not change results).
 RESUME_MUTABLE_KEYS = frozenset(
@@ -150,8 +150,13 @@ def _mean_terms(sums: dict[str, float], count: int) -> dict[str, float]:
     return {k: v / count for k, v in sums.items()} if count else {}
 
 
+@expose_state_fields
 class Trainer:
-    """Builds everything for one run; :meth:`run` trains and returns a :class:`RunResult`."""
+    """Builds everything for one run; :meth:`run` trains and returns a :class:`RunResult`.
+
+    The run's progress is ``self.train_state`` (a :class:`TrainState`); its fields are also
+    attributes of the trainer (``self.global_step`` is ``self.train_state.global_step``).
+    """
 
     def __init__(self, config: ExperimentConfig, ctx: D.DistContext | None = None):
         self.ctx = ctx if ctx is not None else D.init_distributed(config.run.device)
@@ -178,49 +183,11 @@ class Trainer:
         if self.channels_last:
             self.module.to(memory_format=torch.channels_last)
 
-        train_tf, eval_tf = model_transforms(self.config, self.embedder.data_config)
-        self.train_tf, self.eval_tf = train_tf, eval_tf
-        base = build_batch_sampler(
-            self.config, self.train_set.labels, self.ctx.rank, self.ctx.world_size
-        )
-        self.batches = EpochBatches(base, self.config.run.seed)
-        self.train_loader = build_dataloader(
-            SeededAugmentation(self.train_set, train_tf),
-            batch_sampler=self.batches,
-            num_workers=self.config.data.num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
-        self.eval_loaders = {
-            split: eval_loader(ds, eval_tf, self.config, self.ctx.rank, self.ctx.world_size)
-            for split, ds in self.eval_sets.splits.items()
-        }
-        self.steps_per_epoch = self.batches.batches_per_epoch()
+        self._build_loaders()
+        self._build_optimizer()
 
-        groups = build_param_groups(
-            self.embedder.backbone_parameters(),
-            self.embedder.head_parameters(),
-            self.loss_fn.param_groups(),
-            self.config.optim,
-        )
-        self.optimizer = build_optimizer(groups, self.config.optim)
-        self.scheduler = build_scheduler(
-            self.optimizer, self.config.schedule, self.steps_per_epoch
-        )
-
-        # Progress state (restored on resume).
-        self.epoch = 0  # index of the epoch in progress (== epochs done at epoch boundaries)
-        self.batch_in_epoch = 0
-        self.global_step = 0
-        self.partial_sums: dict[str, float] = {}
-        self.partial_count = 0
-        self.history = History()
-        self.untrained: dict[str, float] | None = None
-        self.best_epoch: int | None = None
-        self.best_metrics: dict[str, float] | None = None
-        self.last_metrics: dict[str, float] | None = None
+        self.train_state = TrainState()  # progress (restored on resume)
         self.last_embeddings: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
-        self.train_time_s = 0.0
-        self.epoch_time_s = 0.0  # training time of the epoch in progress (restored on resume)
         self.resumed = False
         self.lr_change: dict[str, float] | None = None  # set by a resume with a new lr
         self.lock = RunLock(self.run_dir.path)
@@ -244,6 +211,39 @@ class Trainer:
             freeze_patch_embed=m.freeze_patch_embed,
             freeze_bn=m.freeze_bn,
             **dict(m.timm_kwargs),
+        )
+
+    def _build_loaders(self) -> None:
+        """Transforms, the resumable training batch stream and this rank's eval loaders."""
+        train_tf, eval_tf = model_transforms(self.config, self.embedder.data_config)
+        self.train_tf, self.eval_tf = train_tf, eval_tf
+        base = build_batch_sampler(
+            self.config, self.train_set.labels, self.ctx.rank, self.ctx.world_size
+        )
+        self.batches = EpochBatches(base, self.config.run.seed)
+        self.train_loader = build_dataloader(
+            SeededAugmentation(self.train_set, train_tf),
+            batch_sampler=self.batches,
+            num_workers=self.config.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        self.eval_loaders = {
+            split: eval_loader(ds, eval_tf, self.config, self.ctx.rank, self.ctx.world_size)
+            for split, ds in self.eval_sets.splits.items()
+        }
+        self.steps_per_epoch = self.batches.batches_per_epoch()
+
+    def _build_optimizer(self) -> None:
+        """Parameter groups (backbone, head, proxies), optimiser and per-step scheduler."""
+        groups = build_param_groups(
+            self.embedder.backbone_parameters(),
+            self.embedder.head_parameters(),
+            self.loss_fn.param_groups(),
+            self.config.optim,
+        )
+        self.optimizer = build_optimizer(groups, self.config.optim)
+        self.scheduler = build_scheduler(
+            self.optimizer, self.config.schedule, self.steps_per_epoch
         )
 
     def _use_channels_last(self) -> bool:
@@ -306,18 +306,7 @@ class Trainer:
             "loss": self.loss_fn.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "global_step": self.global_step,
-            "partial_sums": dict(self.partial_sums),
-            "partial_count": self.partial_count,
-            "history": self.history.records,
-            "untrained": self.untrained,
-            "best_epoch": self.best_epoch,
-            "best_metrics": self.best_metrics,
-            "last_metrics": self.last_metrics,
-            "train_time_s": self.train_time_s,
-            "epoch_time_s": self.epoch_time_s,
+            **self.train_state.to_checkpoint(),
             "config": self.config.to_dict(),
             "world_size": self.ctx.world_size,
         }
@@ -373,18 +362,7 @@ class Trainer:
         if lr_changed:
             self._rescale_lr(new_lr / old_lr)
             self.lr_change = {"step": state["global_step"], "from": old_lr, "to": new_lr}
-        self.epoch = state["epoch"]
-        self.batch_in_epoch = state["batch_in_epoch"]
-        self.global_step = state["global_step"]
-        self.partial_sums = dict(state["partial_sums"])
-        self.partial_count = state["partial_count"]
-        self.history = History(state["history"])
-        self.untrained = state["untrained"]
-        self.best_epoch = state["best_epoch"]
-        self.best_metrics = state["best_metrics"]
-        self.last_metrics = state["last_metrics"]
-        self.train_time_s = state["train_time_s"]
-        self.epoch_time_s = state.get("epoch_time_s", 0.0)
+        self.train_state = TrainState.from_checkpoint(state)
         rngs = state["rng"]
         if len(rngs) != self.ctx.world_size:
             warnings.warn(

@@ -17,10 +17,6 @@ class History:
     def append(self, record: dict[str, Any]) -> None:
         self.records.append(dict(record))
 
-    def column(self, key: str) -> list[Any]:
-        """Values of ``key`` for the epochs that have it."""
-        return [r[key] for r in self.records if key in r]
-
     def save(self, run_dir: RunDirectory) -> None:
         atomic_write_json(run_dir.history_json, self.records)
         atomic_write_csv(run_dir.history_csv, self.records)

@@ -31,7 +31,6 @@ from dml_study.data import (
     MPerClassBatchSampler,
     RandomBatchSampler,
     build_dataloader,
-    build_transforms,
     dataset_protocol,
     default_recall_ks,
     get_dataset,
@@ -140,30 +139,6 @@ def load_datasets(
         query, gallery = get_dataset(d.dataset, "test", d.data_root, **kw), None
     ks = config.eval.ks if config.eval.ks is not None else default_recall_ks(d.dataset)
     return train, EvalSets(query, gallery, tuple(ks))
-
-
-def model_transforms(
-    config: ExperimentConfig, data_config: dict[str, Any]
-) -> tuple[Callable, Callable]:
-    """(train, eval) transforms at ``data.image_size`` with the backbone's mean/std."""
-    d = config.data
-    mean = tuple(data_config.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(data_config.get("std", (0.229, 0.224, 0.225)))
-    interpolation = str(data_config.get("interpolation", "bilinear"))
-    if interpolation not in {"bilinear", "bicubic", "nearest"}:
-        interpolation = "bilinear"
-    common = {
-        "image_size": d.image_size,
-        "mean": mean,
-        "std": std,
-        "resize_ratio": d.resize_ratio,
-        "interpolation": interpolation,
-    }
-    eval_tf = build_transforms(False, **common)
-    if not d.augment:
-        return eval_tf, eval_tf
-    train_tf = build_transforms(True, crop_scale=tuple(d.crop_scale), **common)
-    return train_tf, eval_tf
 
 
 def build_batch_sampler(

@@ -25,6 +25,7 @@ from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
 
 from dml_study.config import ExperimentConfig
+from dml_study.study.analysis import cosine_matrix
 from dml_study.training.run_dir import RunDirectory, RunState
 
 #: Metric columns in display order (those present are shown).
@@ -110,12 +111,12 @@ def sample_batch(
     Uses the same sampler and per-sample augmentation seeds as the trainer, with mean 0 /
     std 1 so the images display as they are.
     """
+    from dml_study.data.transforms import model_transforms
     from dml_study.training.pipeline import (
         EpochBatches,
         SeededAugmentation,
         build_batch_sampler,
         load_datasets,
-        model_transforms,
     )
 
     if train_set is None:
@@ -198,13 +199,6 @@ def plot_training_curves(history: list[dict[str, Any]]):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
-
-
-def cosine_matrix(proxies: np.ndarray) -> np.ndarray:
-    """Pairwise cosine similarity of the proxy rows."""
-    p = np.asarray(proxies, dtype=np.float64)
-    p = p / np.linalg.norm(p, axis=1, keepdims=True).clip(min=1e-12)
-    return p @ p.T
 
 
 def plot_proxy_similarity(run_dir: RunDirectory, max_classes: int = 40):

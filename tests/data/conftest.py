@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fixture_datasets as fixtures
 import pytest
-
-from dml_study.data import fixtures
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import fixture_datasets as fixtures
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,7 +15,6 @@ from dml_study.data import (
     CorruptImageError,
     DatasetLayoutError,
     DatasetSizeWarning,
-    fixtures,
     get_dataset,
 )
 from dml_study.data.base import check_expected_size

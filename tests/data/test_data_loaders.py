@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fixture_datasets as fixtures
 import numpy as np
 import pytest
 import scipy.io
@@ -16,7 +17,6 @@ from dml_study.data import (
     build_transforms,
     dataset_protocol,
     default_recall_ks,
-    fixtures,
     get_dataset,
 )
 

@@ -145,3 +145,51 @@ def test_train_crop_scale_is_configurable_and_defaults_to_torchvision():
 
     assert crop(build_transforms(True, image_size=32)).scale == (0.08, 1.0)
     assert crop(build_transforms(True, image_size=32, crop_scale=(0.5, 1.0))).scale == (0.5, 1.0)
+
+
+def _reference_pair(data_config: dict, image_size: int, resize_ratio: float,
+                    crop_scale: tuple[float, float], augment: bool = True):
+    """The trainer's transforms written out by hand (the pipeline before the two merged)."""
+    interp = {"bilinear": T.InterpolationMode.BILINEAR,
+              "bicubic": T.InterpolationMode.BICUBIC}.get(
+        str(data_config["interpolation"]), T.InterpolationMode.BILINEAR)
+    norm = [T.ToTensor(), T.Normalize(list(data_config["mean"]), list(data_config["std"]))]
+    eval_tf = T.Compose([T.Resize(round(image_size * resize_ratio), interpolation=interp),
+                         T.CenterCrop(image_size), *norm])
+    train_tf = T.Compose([T.RandomResizedCrop(image_size, scale=crop_scale, interpolation=interp),
+                          T.RandomHorizontalFlip(), *norm])
+    return (train_tf if augment else eval_tf), eval_tf
+
+
+@pytest.mark.parametrize(
+    ("backbone", "preset", "overrides"),
+    [
+        ("deit_small_distilled_patch16_224", "cub200", {}),
+        ("resnet18", "icons", {"image_size": 40}),
+        ("resnet18", "icons", {"image_size": 40, "augment": False}),
+    ],
+)
+def test_trainer_transforms_equal_a_reference_pipeline(
+    fixture_root: Path, backbone: str, preset: str, overrides: dict
+) -> None:
+    """The trainer's (train, eval) transforms give bit-identical tensors to a hand-built
+    pipeline for a DeiT data config (bicubic, ImageNet stats) and a CNN one (bilinear)."""
+    import timm
+
+    from dml_study.config import load_config
+    from dml_study.data.transforms import model_transforms
+
+    model = timm.create_model(backbone, pretrained=False, num_classes=0)
+    data_config = resolve_data_config({}, model=model)
+    config = load_config(preset, backbone=backbone, **overrides)
+    d = config.data
+    train_tf, eval_tf = model_transforms(config, data_config)
+    ref_train, ref_eval = _reference_pair(data_config, d.image_size, d.resize_ratio,
+                                          tuple(d.crop_scale), d.augment)
+    image = get_dataset("cub200", "train", fixture_root).load_image(0).resize((300, 260))
+    assert torch.equal(eval_tf(image), ref_eval(image))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ours = train_tf(image)
+        torch.manual_seed(seed)
+        assert torch.equal(ours, ref_train(image))

@@ -44,7 +44,9 @@ def test_cache_hit_does_not_reencode(names_and_embeddings, monkeypatch):
 
 def test_cache_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("DML_STUDY_CACHE", str(tmp_path))
-    assert text.default_cache_dir() == tmp_path
+    monkeypatch.setattr(text, "encode_texts", lambda texts, **kw: np.ones((len(texts), 4)))
+    text.class_name_embeddings(["001.Ant"])
+    assert len(list((tmp_path / "text_embeddings").glob("*.npy"))) == 1
 
 
 def test_load_user_npy(tmp_path):
@@ -63,3 +65,28 @@ def test_bad_arguments(tmp_path):
         text.class_name_embeddings([], cache_dir=tmp_path)
     with pytest.raises(ValueError, match="template must contain"):
         text.class_name_embeddings(["a"], cache_dir=tmp_path, template="a photo")
+
+
+def test_cache_dir_defaults_and_expansion(monkeypatch, tmp_path):
+    from dml_study import paths
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DML_STUDY_CACHE", "")
+    assert paths.cache_root() == tmp_path / ".cache" / "dml_study"
+    monkeypatch.setenv("DML_STUDY_CACHE", "~/c")
+    assert paths.cache_root() == tmp_path / "c"
+    assert paths.cache_root("~/given") == tmp_path / "given"
+
+
+def test_failed_cache_write_leaves_no_file(monkeypatch, tmp_path):
+    """The cache file appears whole or not at all, and no temp file is left behind."""
+
+    def broken_save(fh, array):
+        fh.write(b"\x93NUMPY half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(text, "encode_texts", lambda texts, **kw: np.ones((len(texts), 4)))
+    monkeypatch.setattr(text.np, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        text.class_name_embeddings(["001.Ant"], cache_dir=tmp_path)
+    assert list((tmp_path / "text_embeddings").iterdir()) == []

@@ -104,12 +104,18 @@ def test_set_backbone_trainable_for_warmup():
     assert all(p.requires_grad for p in model.backbone.parameters())
 
 
-def test_frozen_backbone_stays_frozen():
-    model = create_embedder(DEIT, embedding_dim=16, frozen_backbone=True, **SMALL_VIT)
+def test_freeze_backbone_stays_frozen():
+    model = create_embedder(DEIT, embedding_dim=16, freeze_backbone=True, **SMALL_VIT)
     model.set_backbone_trainable(True)
     assert list(model.backbone_parameters()) == []
     assert all(not p.requires_grad for p in model.backbone.parameters())
     assert len(list(model.head_parameters())) == 2
+
+
+def test_former_freeze_keyword_is_refused_with_the_new_name():
+    with pytest.raises(TypeError, match="'frozen_backbone' was renamed; did you mean "
+                                        "'freeze_backbone'"):
+        create_embedder(DEIT, frozen_backbone=True, **SMALL_VIT)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
@@ -175,8 +181,8 @@ def test_pretrained_tag_names_are_accepted():
     assert model.feature_dim == 192
 
 
-def test_frozen_backbone_keeps_cnn_statistics():
-    model = create_embedder("resnet18", embedding_dim=8, pretrained=False, frozen_backbone=True)
+def test_freeze_backbone_keeps_cnn_statistics():
+    model = create_embedder("resnet18", embedding_dim=8, pretrained=False, freeze_backbone=True)
     before = model.backbone.bn1.running_mean.clone()
     model.train()(_x(4, 64))
     assert torch.equal(model.backbone.bn1.running_mean, before)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixture_datasets import write_cub_fixture
 from reliability_helpers import (
     FIXTURE_CLASSES,
     FIXTURE_IMAGES,
@@ -22,7 +23,6 @@ from reliability_helpers import (
 )
 
 from dml_study.config import ExperimentConfig, load_config
-from dml_study.data.fixtures import write_cub_fixture
 
 
 @pytest.fixture(scope="session")

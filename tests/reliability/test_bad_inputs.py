@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixture_datasets import write_cub_fixture
 from reliability_helpers import subprocess_env
 
 from dml_study.config import ConfigError, load_config
-from dml_study.data.fixtures import write_cub_fixture
 from dml_study.data.images import CorruptImageError
 from dml_study.evaluation import evaluate
 from dml_study.training import Trainer

@@ -337,7 +337,7 @@ def test_slurm_no_wait_then_collect_renders_the_finished_grid(fake_project: Path
 def test_small_study_with_real_training_two_at_a_time(tmp_path: Path, repo_root: Path):
     """Two variants x two seeds, 1 epoch, the real ``02_train``: ``--launcher local
     --max-parallel 2`` trains all four runs, then ``03_ablations`` reuses them."""
-    from dml_study.data.fixtures import write_cub_fixture
+    from fixture_datasets import write_cub_fixture
 
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
@@ -373,7 +373,7 @@ def test_slurm_path_preempted_real_training_resumes_from_its_checkpoint(tmp_path
     """The real ``02_train`` as a (local) SLURM job, preempted after its first checkpoint:
     the requeued job resumes the run (``provenance.json`` records the resume) and ends with
     every epoch exactly once in the history."""
-    from dml_study.data.fixtures import write_cub_fixture
+    from fixture_datasets import write_cub_fixture
 
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()

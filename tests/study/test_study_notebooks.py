@@ -8,9 +8,9 @@ import nbformat
 import pytest
 from conftest import write_notebook
 
+from dml_study.study.nbtidy import tidy
 from dml_study.study.notebooks import (
     NotebookExecutionError,
-    check_notebook,
     check_parameters,
     execute_notebook,
     render_html,
@@ -18,6 +18,37 @@ from dml_study.study.notebooks import (
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+def check_notebook(path: str | Path) -> list[str]:
+    """Problems with the committed form of a notebook (empty list: fine); test-side only.
+
+    Checked: valid nbformat 4, a cell tagged ``parameters``, no outputs or execution
+    counts, the generic ``python3`` kernel spec (so it opens in any JupyterLab), and the
+    exact form JupyterLab saves (:mod:`dml_study.study.nbtidy`), so that opening the
+    notebook does not mark it modified.
+    """
+    path = Path(path)
+    problems: list[str] = []
+    notebook = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+    if notebook.nbformat != 4:
+        problems.append(f"nbformat {notebook.nbformat}, expected 4")
+    try:
+        nbformat.validate(notebook)
+    except nbformat.ValidationError as exc:
+        problems.append(f"invalid notebook: {exc.message}")
+    if not any("parameters" in c.get("metadata", {}).get("tags", []) for c in notebook.cells):
+        problems.append("no cell tagged 'parameters'")
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count")):
+            problems.append(f"cell {index} has outputs or an execution count")
+    kernelspec = notebook.metadata.get("kernelspec", {})
+    if kernelspec.get("name") != "python3" or kernelspec.get("language") != "python":
+        problems.append(f"kernelspec {kernelspec!r}, expected name python3, language python")
+    if tidy(path, check=True):
+        problems.append("not in the form JupyterLab saves (opening it would mark it modified); "
+                        f"run: python -m dml_study.study.nbtidy {path}")
+    return problems
 
 
 def test_the_study_notebooks_exist():

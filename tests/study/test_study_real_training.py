@@ -8,8 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 from conftest import write_study
+from fixture_datasets import write_cub_fixture
 
-from dml_study.data.fixtures import write_cub_fixture
 from dml_study.study.collect import load_run
 from dml_study.study.config import load_study_config
 from dml_study.study.grid import expand_grid

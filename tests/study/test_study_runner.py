@@ -11,8 +11,8 @@ from pathlib import Path
 import nbformat
 import pytest
 from conftest import write_notebook, write_study
+from fixture_datasets import write_cub_fixture
 
-from dml_study.data.fixtures import write_cub_fixture
 from dml_study.study.__main__ import main
 from dml_study.study.config import load_study_config
 from dml_study.study.grid import expand_grid, run_grid

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from dml_study.data.fixtures import (
+from fixture_datasets import (
     write_cars_fixture,
     write_cub_fixture,
     write_inshop_fixture,
     write_sop_fixture,
 )
+
 from dml_study.study.config import StudyConfigError, load_study_config
 from dml_study.study.grid import expand_grid, unique_runs
 from dml_study.study.smoke import (

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixture_datasets import write_cub_fixture
 
 from dml_study.config import ExperimentConfig, load_config
-from dml_study.data.fixtures import write_cub_fixture
 
 #: 40 classes (20 train / 20 test) x 8 images: hard enough that a random tiny ViT is imperfect.
 FIXTURE_CLASSES = 40

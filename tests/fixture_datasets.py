@@ -1,4 +1,4 @@
-"""Tiny datasets written in each benchmark's OFFICIAL on-disk layout, for tests.
+"""Tiny datasets written in each benchmark's OFFICIAL on-disk layout, for tests and benchmarks.
 
 Images are real JPEGs whose content depends on the class (a class-specific colour and
 shape) plus per-instance jitter and noise, so a small model separates the classes within
