@@ -24,7 +24,7 @@ FIXTURE_CLASSES = _training.FIXTURE_CLASSES
 FIXTURE_IMAGES = _training.FIXTURE_IMAGES
 
 _study_spec = importlib.util.spec_from_file_location(
-    "study_conftest", Path(__file__).parents[1] / "study" / "conftest.py"
+    "study_helpers", Path(__file__).parents[1] / "study" / "study_helpers.py"
 )
 _study = importlib.util.module_from_spec(_study_spec)
 _study_spec.loader.exec_module(_study)  # type: ignore[union-attr]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_study
+from study_helpers import write_study
 
 from dml_study.study.config import StudyConfigError, load_study_config
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_study
+from study_helpers import write_study
 
 from dml_study.study.config import load_study_config
 from dml_study.study.grid import (

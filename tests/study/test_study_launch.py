@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import FAKE_TRAIN_BODY, write_notebook, write_study
+from study_helpers import FAKE_TRAIN_BODY, write_notebook, write_study
 
 from dml_study.study.__main__ import main
 from dml_study.study.config import (

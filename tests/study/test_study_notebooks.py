@@ -6,7 +6,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import write_notebook
+from study_helpers import write_notebook
 
 from dml_study.study.nbtidy import tidy
 from dml_study.study.notebooks import (

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import write_study
 from fixture_datasets import write_cub_fixture
+from study_helpers import write_study
 
 from dml_study.study.collect import load_run
 from dml_study.study.config import load_study_config

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import write_study
 from PIL import Image
+from study_helpers import write_study
 
 from dml_study.study.config import load_study_config
 from dml_study.study.grid import expand_grid

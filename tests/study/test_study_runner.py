@@ -10,8 +10,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import write_notebook, write_study
 from fixture_datasets import write_cub_fixture
+from study_helpers import write_notebook, write_study
 
 from dml_study.study.__main__ import main
 from dml_study.study.config import load_study_config

@@ -1,0 +1,109 @@
+"""Helpers of the study tests: fake train notebook, notebooks and study files on disk.
+
+Imported by name (``from study_helpers import write_study``); ``conftest`` is not a module
+name tests can import unambiguously (every test directory has one).
+"""
+
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import yaml
+from nbformat.v4 import new_code_cell, new_notebook
+
+from dml_study.study.config import TRAIN_PARAMETERS
+
+FAKE_TRAIN_BODY = '''
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+rng = np.random.default_rng(seed)
+so = float(so_lambda or 0.0)
+classes, dim, n_test = 6, int(embedding_dim or 8), 60
+out = Path(results_dir) / "runs" / run_name
+out.mkdir(parents=True, exist_ok=True)
+config = {
+    "data": {"dataset": dataset, "image_size": image_size or 32, "batch_size": batch_size},
+    "model": {"backbone": backbone or "fake", "pretrained": bool(pretrained),
+              "embedding_dim": dim},
+    "loss": {"name": loss or "proxy_anchor", "so_lambda": so, "so_gram": so_gram or "classes",
+             "so_normalize": True if so_normalize is None else so_normalize,
+             "so_reduction": so_reduction or "sum", "proxy_init": proxy_init or "kaiming"},
+    "schedule": {"epochs": epochs or 2},
+    "optim": {"lr": lr or 1e-3},
+    "run": {"seed": seed, "run_name": run_name},
+}
+(out / "config.yaml").write_text(yaml.safe_dump(config))
+init = rng.normal(size=(classes, dim))
+final = init + (0.0 if so == 0 else -0.5 * init.mean(axis=0))
+np.save(out / "proxies_init.npy", init)
+np.save(out / "proxies.npy", final)
+labels = np.repeat(np.arange(classes), n_test // classes)
+emb = final[labels] + 0.3 * rng.normal(size=(n_test, dim))
+np.savez(out / "test_embeddings.npz", embeddings=emb, labels=labels)
+history = [{"epoch": e, "loss": 1.0 / e, "so": so, "so_frobenius": 10.0 / e,
+            "effective_rank": 3.0 + e, "mean_abs_cos": 0.3 / e} for e in (1, 2)]
+(out / "history.json").write_text(json.dumps(history))
+keys = ("epoch", "loss", "so", "so_frobenius", "effective_rank", "mean_abs_cos")
+(out / "history.csv").write_text(
+    ",".join(keys) + "\\n" + "\\n".join(",".join(str(h[k]) for k in keys) for h in history)
+)
+r1 = 0.5 + (0.1 if so > 0 else 0.0) + 0.01 * seed
+metrics = {"R@1": r1, "R@2": r1 + 0.05, "MAP@R": r1 / 2, "RP": r1 / 1.5, "NMI": 0.4,
+           "untrained": {"R@1": 0.2, "MAP@R": 0.1}}
+(out / "metrics.json").write_text(json.dumps(metrics))
+print(f"fake run {run_name} done")
+'''
+
+
+def write_notebook(path: Path, parameters: str, *cells: str) -> Path:
+    """A notebook with a ``parameters`` cell and the given code cells (python3 kernel)."""
+    book = new_notebook()
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                   "language": "python"}
+    first = new_code_cell(parameters)
+    first.metadata["tags"] = ["parameters"]
+    book.cells = [first, *(new_code_cell(c) for c in cells)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(book, path)
+    return path
+
+
+def write_fake_train_notebook(path: Path) -> Path:
+    """A stand-in for ``02_train.ipynb`` with the same parameters (see module docstring)."""
+    defaults = {name: None for name in TRAIN_PARAMETERS}
+    defaults.update(dataset="cub200", seed=0, run_name="run", results_dir="results",
+                    quiet=True)
+    parameters = "\n".join(f"{k} = {v!r}" for k, v in defaults.items())
+    return write_notebook(path, parameters, FAKE_TRAIN_BODY)
+
+
+def write_study(root: Path, **overrides: Any) -> Path:
+    """``root/studies/tiny.yaml``: a two-cell grid (no SO vs SO at one seed) on a fake trainer."""
+    study: dict[str, Any] = {
+        "name": "tiny",
+        "title": "tiny study",
+        "datasets": ["cub200"],
+        "notebooks_dir": "notebooks",
+        "notebooks": ["03_ablations.ipynb"],
+        "train_notebook": "fake_train.ipynb",
+        "train": {"dataset": "cub200", "epochs": 1, "quiet": True},
+        "groups": [{
+            "name": "so_vs_none",
+            "description": "two cells",
+            "seeds": [0],
+            "variants": {"no_so": {"so_lambda": 0.0}, "so": {"so_lambda": 0.1}},
+        }],
+        "stats": {"bootstrap_resamples": 200},
+    }
+    study.update(overrides)
+    path = root / "studies" / "tiny.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
