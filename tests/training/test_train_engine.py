@@ -134,7 +134,7 @@ def test_resume_with_a_different_recipe_is_refused(tiny_config):
 
 
 def test_non_finite_loss_stops_with_step_and_last_checkpoint(tiny_config, monkeypatch):
-    real_create_loss = engine_module.create_loss
+    real_create_loss = engine_module.create_loss_from_config
 
     def create_loss_with_nan_at_step_4(*args, **kwargs):
         loss = real_create_loss(*args, **kwargs)
@@ -152,7 +152,7 @@ def test_non_finite_loss_stops_with_step_and_last_checkpoint(tiny_config, monkey
         loss.forward = forward
         return loss
 
-    monkeypatch.setattr(engine_module, "create_loss", create_loss_with_nan_at_step_4)
+    monkeypatch.setattr(engine_module, "create_loss_from_config", create_loss_with_nan_at_step_4)
     cfg = tiny_config(run_name="nan", checkpoint_every_steps=2)
     with pytest.raises(NonFiniteLossError) as info:
         train(cfg)
