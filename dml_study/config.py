@@ -27,7 +27,6 @@ the smallest class, whose images the sampler then repeats) live in
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 import warnings
@@ -39,10 +38,7 @@ from typing import Any, Literal, Union
 import numpy as np
 import yaml
 
-from dml_study.typed_fields import coerce, field_types
-
-#: Loss names of :func:`dml_study.losses.create_loss` (fixed by the project interface).
-LOSS_NAMES: tuple[str, ...] = ("proxy_anchor", "normsoftmax", "additive_margin", "adaptive_margin")
+from dml_study.typed_fields import check_choice, close_matches, coerce, field_types
 
 
 class ConfigError(ValueError):
@@ -53,6 +49,7 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which data, at which size, in which batches."""
 
+    #: One of :func:`dml_study.data.list_datasets` (checked by :func:`validate`).
     dataset: str = "icons"
     #: Root of the on-disk datasets; ``None`` → env ``DML_DATA_ROOT`` or ``./data``.
     data_root: str | None = None
@@ -103,6 +100,7 @@ class ModelConfig:
 class LossConfig:
     """Arguments of :func:`dml_study.losses.create_loss`."""
 
+    #: One of :func:`dml_study.losses.list_losses` (checked by :func:`validate`).
     name: str = "proxy_anchor"
     #: Soft Orthogonality weight λ in λ·‖P̂P̂ᵀ − I‖²_F (0 = off).
     so_lambda: float = 0.0
@@ -111,7 +109,8 @@ class LossConfig:
     #: ``sum`` (plain ‖P̂P̂ᵀ − I‖²_F), ``mean`` (÷ C(C−1)) or ``excess_mean`` ((· − floor) ÷ C(C−1));
     #: see :mod:`dml_study.losses.soft_orthogonality`.
     so_reduction: Literal["sum", "mean", "excess_mean"] = "sum"
-    proxy_init: Literal["kaiming", "orthogonal", "normal"] = "kaiming"
+    #: One of :func:`dml_study.losses.base.list_proxy_inits` (checked by :func:`validate`).
+    proxy_init: str = "kaiming"
     #: Further loss-specific keyword arguments (e.g. ``margin``, ``alpha``, ``scale``).
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -272,8 +271,7 @@ def resolve_key(key: str) -> str:
     flat = flat_keys()
     if key in flat:
         return flat[key]
-    choices = sorted(flat) + valid_dotted
-    close = difflib.get_close_matches(key, choices, n=3)
+    close = close_matches(key, sorted(flat) + valid_dotted, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ConfigError(
         f"unknown config key {key!r}.{hint} Valid keys: {', '.join(sorted(flat))} "
@@ -344,7 +342,7 @@ def _check_sections(nested: dict[str, Any], origin: str) -> None:
     """Every top-level key is a known section whose body is a mapping (or empty)."""
     for section, body in nested.items():
         if section not in SECTIONS:
-            close = difflib.get_close_matches(str(section), list(SECTIONS), n=1)
+            close = close_matches(section, SECTIONS)
             hint = f". Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
                 f"{origin}: unknown section {section!r}; valid sections: "
@@ -455,17 +453,17 @@ def _require_finite(config: ExperimentConfig) -> None:
 
 def validate(config: ExperimentConfig) -> None:
     """Range and consistency checks that need no data; raises :class:`ConfigError`."""
-    from dml_study.data import DATASETS
+    # The registries import torch: asked here, not at import time, to keep this module light.
+    from dml_study.data.registry import list_datasets
+    from dml_study.losses.base import list_proxy_inits
+    from dml_study.losses.registry import list_losses
 
     d, m, lo, o, s, e, r = (
         config.data, config.model, config.loss, config.optim, config.schedule, config.eval,
         config.run,
     )
     _require_finite(config)
-    valid_datasets = sorted(DATASETS)
-    _require(
-        d.dataset in valid_datasets, "data.dataset", f"{d.dataset!r} is not one of {valid_datasets}"
-    )
+    check_choice(d.dataset, list_datasets(), "data.dataset", ConfigError)
     _require(d.image_size >= 8, "data.image_size", f"must be >= 8, got {d.image_size}")
     _require(d.resize_ratio >= 1.0, "data.resize_ratio", f"must be >= 1, got {d.resize_ratio}")
     _require(d.batch_size >= 2, "data.batch_size", f"must be >= 2, got {d.batch_size}")
@@ -491,7 +489,8 @@ def validate(config: ExperimentConfig) -> None:
         _require(m.embedding_dim >= 1, "model.embedding_dim", f"must be >= 1: {m.embedding_dim}")
     if m.patch_size is not None:
         _require(m.patch_size >= 1, "model.patch_size", "must be >= 1")
-    _require(lo.name in LOSS_NAMES, "loss.name", f"{lo.name!r} is not one of {LOSS_NAMES}")
+    check_choice(lo.name, list_losses(), "loss.name", ConfigError)
+    check_choice(lo.proxy_init, list_proxy_inits(), "loss.proxy_init", ConfigError)
     _require(lo.so_lambda >= 0, "loss.so_lambda", f"must be >= 0, got {lo.so_lambda}")
     _require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     _require(o.head_lr_mult > 0, "optim.head_lr_mult", f"must be > 0, got {o.head_lr_mult}")

@@ -28,6 +28,8 @@ from .registry import (
     dataset_protocol,
     default_recall_ks,
     get_dataset,
+    is_dataset,
+    list_datasets,
 )
 from .samplers import MPerClassBatchSampler, RandomBatchSampler
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, transforms_for_model
@@ -54,6 +56,8 @@ __all__ = [
     "dataset_protocol",
     "default_recall_ks",
     "get_dataset",
+    "is_dataset",
+    "list_datasets",
     "resolve_data_root",
     "transforms_for_model",
 ]
