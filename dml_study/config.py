@@ -104,11 +104,12 @@ class LossConfig:
     name: str = "proxy_anchor"
     #: Soft Orthogonality weight λ in λ·‖P̂P̂ᵀ − I‖²_F (0 = off).
     so_lambda: float = 0.0
-    so_gram: Literal["classes", "dims"] = "classes"
+    #: One of :data:`dml_study.losses.soft_orthogonality.GRAMS` (checked by :func:`validate`).
+    so_gram: str = "classes"
     so_normalize: bool = True
     #: ``sum`` (plain ‖P̂P̂ᵀ − I‖²_F), ``mean`` (÷ C(C−1)) or ``excess_mean`` ((· − floor) ÷ C(C−1));
-    #: see :mod:`dml_study.losses.soft_orthogonality`.
-    so_reduction: Literal["sum", "mean", "excess_mean"] = "sum"
+    #: see :mod:`dml_study.losses.soft_orthogonality` (its ``REDUCTIONS``).
+    so_reduction: str = "sum"
     #: One of :func:`dml_study.losses.base.list_proxy_inits` (checked by :func:`validate`).
     proxy_init: str = "kaiming"
     #: Further loss-specific keyword arguments (e.g. ``margin``, ``alpha``, ``scale``).
@@ -457,6 +458,7 @@ def validate(config: ExperimentConfig) -> None:
     from dml_study.data.registry import list_datasets
     from dml_study.losses.base import list_proxy_inits
     from dml_study.losses.registry import list_losses
+    from dml_study.losses.soft_orthogonality import GRAMS, REDUCTIONS
 
     d, m, lo, o, s, e, r = (
         config.data, config.model, config.loss, config.optim, config.schedule, config.eval,
@@ -491,6 +493,8 @@ def validate(config: ExperimentConfig) -> None:
         _require(m.patch_size >= 1, "model.patch_size", "must be >= 1")
     check_choice(lo.name, list_losses(), "loss.name", ConfigError)
     check_choice(lo.proxy_init, list_proxy_inits(), "loss.proxy_init", ConfigError)
+    check_choice(lo.so_gram, GRAMS, "loss.so_gram", ConfigError)
+    check_choice(lo.so_reduction, REDUCTIONS, "loss.so_reduction", ConfigError)
     _require(lo.so_lambda >= 0, "loss.so_lambda", f"must be >= 0, got {lo.so_lambda}")
     _require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     _require(o.head_lr_mult > 0, "optim.head_lr_mult", f"must be > 0, got {o.head_lr_mult}")

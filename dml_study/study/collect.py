@@ -110,9 +110,11 @@ def run_recipe(params: dict[str, Any]) -> str:
     benchmarks; anything smaller (the icons dataset, a tiny backbone, a few epochs at
     low resolution) is a CPU-sized run whose numbers are not comparable to the papers'.
     """
+    from dml_study.data.registry import list_datasets
+
     backbone = str(params.get("backbone") or "")
     full = (
-        params.get("dataset") in ("cub200", "cars196", "sop", "inshop")
+        params.get("dataset") in list_datasets(kind="benchmark")
         and backbone.startswith("deit")
         and bool(params.get("pretrained", False))
         and int(params.get("image_size") or 0) >= 224

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from dml_study.typed_fields import coerce, field_types
+from dml_study.typed_fields import coerce, did_you_mean, field_types
 
 #: Set to a study's name while its run executes in ``<results>/<name>.staging``.
 STAGING_ENV = "DML_STUDY_STAGING"
@@ -63,14 +63,25 @@ TRAIN_PARAMETERS: tuple[str, ...] = (
 #: Parameters the study sets itself for every run; a study file may not set them.
 RESERVED_TRAIN_PARAMETERS: tuple[str, ...] = ("run_name", "results_dir", "seed")
 
-#: Valid choices of the categorical training parameters.
-TRAIN_CHOICES: dict[str, tuple[Any, ...]] = {
-    "dataset": ("cub200", "cars196", "sop", "inshop", "icons"),
-    "loss": ("proxy_anchor", "normsoftmax", "additive_margin", "adaptive_margin"),
-    "so_gram": ("classes", "dims"),
-    "so_reduction": ("sum", "mean", "excess_mean"),
-    "proxy_init": ("kaiming", "orthogonal", "normal"),
-}
+
+def train_choices() -> dict[str, tuple[str, ...]]:
+    """Valid choices of the categorical training parameters, asked of the registries.
+
+    Imported here rather than at module level: the registries import torch, which loading
+    a study file needs only once it validates names.
+    """
+    from dml_study.data.registry import list_datasets
+    from dml_study.losses.base import list_proxy_inits
+    from dml_study.losses.registry import list_losses
+    from dml_study.losses.soft_orthogonality import GRAMS, REDUCTIONS
+
+    return {
+        "dataset": tuple(list_datasets()),
+        "loss": tuple(list_losses()),
+        "so_gram": GRAMS,
+        "so_reduction": REDUCTIONS,
+        "proxy_init": tuple(list_proxy_inits()),
+    }
 
 RECIPES: tuple[str, ...] = ("cpu", "full")
 
@@ -398,11 +409,7 @@ def _build_group(raw: Any, where: str) -> GroupConfig:
         )
     if not group.seeds:
         raise StudyConfigError(f"{where} ({group.name}): 'seeds' must not be empty")
-    if group.tier not in TIERS:
-        raise StudyConfigError(
-            f"{where} ({group.name}).tier: invalid value {group.tier!r}; valid: "
-            f"{', '.join(TIERS)}{_did_you_mean(group.tier, TIERS)}"
-        )
+    _check_choice(group.tier, TIERS, f"{where} ({group.name}).tier")
     for dataset in group.datasets:
         _check_train_params({"dataset": dataset}, f"{where} ({group.name}).datasets")
     for variant, params in group.variants.items():
@@ -441,20 +448,8 @@ def _build_claim(raw: Any, where: str) -> ClaimConfig:
     claim = _build_section(ClaimConfig, raw, where)
     for key, choices in (("paper", CLAIM_PAPERS), ("kind", CLAIM_KINDS),
                          ("direction", CLAIM_DIRECTIONS)):
-        value = getattr(claim, key)
-        if value not in choices:
-            raise StudyConfigError(
-                f"{where} ({claim.name}).{key}: invalid value {value!r}; valid: "
-                f"{', '.join(choices)}{_did_you_mean(value, choices)}"
-            )
+        _check_choice(getattr(claim, key), choices, f"{where} ({claim.name}).{key}")
     return claim
-
-
-def _did_you_mean(value: Any, choices: Sequence[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _build_section(cls: type, raw: Any, where: str) -> Any:
@@ -490,32 +485,26 @@ def _check_train_params(params: dict[str, Any], where: str) -> None:
             f"{where}: {', '.join(reserved)} are set by the study for every run (seeds come "
             "from the group's 'seeds'); remove them"
         )
+    choices = train_choices()
     for key, value in params.items():
-        choices = _dataset_choices() if key == "dataset" else TRAIN_CHOICES.get(key)
-        if choices is not None and value is not None and value not in choices:
-            raise StudyConfigError(
-                f"{where}.{key}: invalid value {value!r}; valid: {', '.join(map(str, choices))}"
-            )
+        if key in choices and value is not None:
+            _check_choice(value, choices[key], f"{where}.{key}")
 
 
-def _dataset_choices() -> tuple[str, ...]:
-    """Registered dataset names (the data registry, embedded datasets included)."""
-    try:
-        from dml_study.data import DATASETS
-    except ImportError:  # pragma: no cover - the data layer is part of the package
-        return TRAIN_CHOICES["dataset"]
-    return tuple(dict.fromkeys([*TRAIN_CHOICES["dataset"], *DATASETS]))
+def _check_choice(value: Any, choices: Sequence[str], where: str) -> None:
+    """Raise :class:`StudyConfigError` naming ``where`` when ``value`` is not a choice."""
+    if value not in choices:
+        raise StudyConfigError(
+            f"{where}: invalid value {value!r}; valid: {', '.join(map(str, choices))}"
+            f"{did_you_mean(value, choices)}"
+        )
 
 
 def _validate(config: StudyConfig, where: str) -> None:
     if config.recipe not in RECIPES:
         raise StudyConfigError(f"{where}: recipe {config.recipe!r}; valid: {', '.join(RECIPES)}")
     for dataset in config.datasets:
-        if dataset not in _dataset_choices():
-            raise StudyConfigError(
-                f"{where}: datasets: unknown dataset {dataset!r}; valid: "
-                f"{', '.join(_dataset_choices())}{_did_you_mean(dataset, _dataset_choices())}"
-            )
+        _check_choice(dataset, train_choices()["dataset"], f"{where}: datasets")
     _check_train_params(config.train, f"{where}: train")
     names = [g.name for g in config.groups]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -599,7 +588,7 @@ def _validate_claim(
         if group not in groups:
             raise StudyConfigError(
                 f"{at}.group: {group!r} is not a group; groups: {', '.join(groups)}"
-                f"{_did_you_mean(group, groups)}"
+                f"{did_you_mean(group, groups)}"
             )
         variants = _variant_names(config.group(group))
         roles = ("baseline",) if claim.kind == "correlation" else ("baseline", "treatment")
@@ -608,7 +597,7 @@ def _validate_claim(
             if value not in variants:
                 raise StudyConfigError(
                     f"{at}.{role}: {value!r} is not a variant of group {group!r}; "
-                    f"variants: {', '.join(variants)}{_did_you_mean(value, variants)}"
+                    f"variants: {', '.join(variants)}{did_you_mean(value, variants)}"
                 )
 
 

@@ -47,6 +47,7 @@ from dml_study.study.grid import (
 )
 from dml_study.study.launch_claims import ClaimInfo, live_claim, try_claim
 from dml_study.study.notebooks import NotebookExecutionError, Progress, execute_notebook
+from dml_study.typed_fields import did_you_mean
 
 #: Seconds between two looks at a run another launcher is training.
 POLL_SECONDS = 5.0
@@ -247,11 +248,8 @@ def create_launcher(name: str, **kwargs: Any) -> Launcher:
         from dml_study.study.launch_slurm import SlurmLauncher
 
         return SlurmLauncher(**kwargs)
-    import difflib
-
-    close = difflib.get_close_matches(name, LAUNCHERS, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ValueError(f"unknown launcher {name!r}{hint}; launchers: {', '.join(LAUNCHERS)}")
+    raise ValueError(f"unknown launcher {name!r}{did_you_mean(name, LAUNCHERS)}; launchers: "
+                     f"{', '.join(LAUNCHERS)}")
 
 
 def launcher_from_config(config: StudyConfig, name: str | None = None) -> Launcher:
