@@ -40,6 +40,41 @@ import yaml
 
 from dml_study.typed_fields import check_choice, close_matches, coerce, field_types
 
+#: Parameters of ``notebooks/02_train.ipynb``, in the order of its ``parameters`` cell (which
+#: assigns exactly these; its config cell hands them to :func:`config_from_parameters`).
+#: ``None`` means "from the dataset preset"; ``config_yaml`` is a user YAML file and
+#: ``overrides`` a ``{"dotted.or.flat.key": value}`` dict of any further config keys.
+TRAIN_PARAMETERS: tuple[str, ...] = (
+    "dataset",
+    "data_root",
+    "backbone",
+    "pretrained",
+    "loss",
+    "so_lambda",
+    "so_gram",
+    "so_normalize",
+    "so_reduction",
+    "proxy_init",
+    "embedding_dim",
+    "epochs",
+    "batch_size",
+    "m_per_class",
+    "lr",
+    "image_size",
+    "seed",
+    "run_name",
+    "results_dir",
+    "device",
+    "num_workers",
+    "on_corrupt",
+    "check_images",
+    "quiet",
+    "overwrite",
+    "allow_lr_change",
+    "config_yaml",
+    "overrides",
+)
+
 
 class ConfigError(ValueError):
     """An invalid configuration: the message names the key and the valid choices."""
@@ -396,6 +431,29 @@ def load_config(
         section, name = dotted.split(".")
         values[section][name] = value
     return build_config(values)
+
+
+def config_from_parameters(params: dict[str, Any]) -> ExperimentConfig:
+    """The config ``02_train`` trains, from its parameters (names of :data:`TRAIN_PARAMETERS`).
+
+    ``load_config(dataset, yaml_path=config_yaml, **params, **overrides)``: ``None`` values
+    (and missing names) take the dataset preset; without a ``run_name`` the run is named by
+    :meth:`ExperimentConfig.default_run_name`. The training notebook and the study
+    (:func:`dml_study.study.grid.experiment_config`) both build their config here, so the
+    run a study names is the run the notebook trains. Unknown names raise :class:`ConfigError`.
+    """
+    unknown = sorted(set(params) - set(TRAIN_PARAMETERS))
+    if unknown:
+        raise ConfigError(
+            f"unknown training parameter(s) {', '.join(map(repr, unknown))}; valid: "
+            f"{', '.join(TRAIN_PARAMETERS)}"
+        )
+    kw = {k: v for k, v in params.items() if k not in ("dataset", "config_yaml", "overrides")}
+    config = load_config(params.get("dataset"), yaml_path=params.get("config_yaml"), **kw,
+                         **(params.get("overrides") or {}))
+    if config.run.run_name is None:
+        config = replace(config, run_name=config.default_run_name())
+    return config
 
 
 def build_config(values: dict[str, dict[str, Any]]) -> ExperimentConfig:

@@ -11,7 +11,7 @@ working when the config nests its sections.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dml_study.study.config import TRAIN_PARAMETERS
+from dml_study.study.config import STUDY_TRAIN_PARAMETERS
 from dml_study.study.grid import FINISHED_MARKER, RunSpec, run_dir
+from dml_study.typed_fields import flatten
 
 #: Columns describing a run's configuration, in display order.
 PARAM_COLUMNS: tuple[str, ...] = (
@@ -76,14 +77,6 @@ def load_run_config(path: str | Path) -> dict[str, Any]:
     return yaml.safe_load(file.read_text(encoding="utf-8")) or {}
 
 
-def _walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _walk(value, f"{prefix}.{key}" if prefix else str(key))
-    else:
-        yield prefix, node
-
-
 def run_parameters(config: dict[str, Any]) -> dict[str, Any]:
     """Training parameters found in a (possibly nested) run config, by leaf name.
 
@@ -91,12 +84,12 @@ def run_parameters(config: dict[str, Any]) -> dict[str, Any]:
     and ``model.backbone`` style layouts are both understood).
     """
     found: dict[str, Any] = {}
-    for path, value in _walk(config):
+    for path, value in flatten(config).items():
         parts = path.split(".")
         leaf = parts[-1]
         if leaf == "name" and len(parts) >= 2 and parts[-2] in ("loss", "dataset"):
             leaf = parts[-2]
-        if leaf in TRAIN_PARAMETERS and leaf not in found:
+        if leaf in STUDY_TRAIN_PARAMETERS and leaf not in found:
             found[leaf] = value
     for key in ("run_name",):
         found.pop(key, None)

@@ -25,39 +25,25 @@ from typing import Any
 
 import yaml
 
+from dml_study.config import TRAIN_PARAMETERS
 from dml_study.typed_fields import coerce, did_you_mean, field_types
 
 #: Set to a study's name while its run executes in ``<results>/<name>.staging``.
 STAGING_ENV = "DML_STUDY_STAGING"
 STAGING_SUFFIX = ".staging"
 
-#: Parameters of ``notebooks/02_train.ipynb`` (fixed by the project's interface). ``None``
-#: means "from the dataset preset".
-TRAIN_PARAMETERS: tuple[str, ...] = (
-    "dataset",
-    "data_root",
-    "backbone",
-    "pretrained",
-    "loss",
-    "so_lambda",
-    "so_gram",
-    "so_normalize",
-    "so_reduction",
-    "proxy_init",
-    "embedding_dim",
-    "epochs",
-    "batch_size",
-    "m_per_class",
-    "lr",
-    "image_size",
-    "seed",
-    "run_name",
-    "results_dir",
-    "device",
-    "num_workers",
-    "quiet",
-    # Any other config key of dml_study.config, as {"dotted.or.flat.key": value}.
-    "overrides",
+#: Parameters of ``02_train`` (:data:`dml_study.config.TRAIN_PARAMETERS`) a study file may
+#: not set: switches of one interactive run. ``config_yaml`` would put settings outside the
+#: study file, ``overwrite``/``allow_lr_change`` are decided by the launcher (a finished run
+#: is reused), and the data checks ``on_corrupt``/``check_images`` are left to the presets.
+NOTEBOOK_ONLY_PARAMETERS: tuple[str, ...] = (
+    "config_yaml", "overwrite", "allow_lr_change", "on_corrupt", "check_images",
+)
+
+#: Training parameters a study may name (``02_train``'s, less :data:`NOTEBOOK_ONLY_PARAMETERS`).
+#: ``None`` means "from the dataset preset".
+STUDY_TRAIN_PARAMETERS: tuple[str, ...] = tuple(
+    p for p in TRAIN_PARAMETERS if p not in NOTEBOOK_ONLY_PARAMETERS
 )
 
 #: Parameters the study sets itself for every run; a study file may not set them.
@@ -473,11 +459,11 @@ def _check_keys(raw: dict[str, Any], cls: type, where: str, exclude: tuple[str, 
 
 
 def _check_train_params(params: dict[str, Any], where: str) -> None:
-    unknown = sorted(set(params) - set(TRAIN_PARAMETERS))
+    unknown = sorted(set(params) - set(STUDY_TRAIN_PARAMETERS))
     if unknown:
         raise StudyConfigError(
             f"{where}: unknown training parameter(s) {', '.join(map(repr, unknown))}; "
-            f"valid: {', '.join(TRAIN_PARAMETERS)}"
+            f"valid: {', '.join(STUDY_TRAIN_PARAMETERS)}"
         )
     reserved = sorted(set(params) & set(RESERVED_TRAIN_PARAMETERS))
     if reserved:

@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from dml_study.config import ExperimentConfig, config_from_parameters
 from dml_study.study.config import StudyConfig
 from dml_study.study.notebooks import Progress
+from dml_study.typed_fields import flatten
 
 #: Training parameters that do not affect the result and so are not part of a run's identity.
 NON_IDENTITY_PARAMETERS: frozenset[str] = frozenset(
@@ -35,12 +37,6 @@ NON_IDENTITY_PARAMETERS: frozenset[str] = frozenset(
 #: A run directory holding this file is finished (the training interface's contract).
 FINISHED_MARKER = "metrics.json"
 
-_LOSS_SHORT = {
-    "proxy_anchor": "pa",
-    "normsoftmax": "ns",
-    "additive_margin": "am",
-    "adaptive_margin": "adam",
-}
 
 
 @dataclass(frozen=True)
@@ -101,29 +97,18 @@ _NON_IDENTITY_CONFIG_KEYS = frozenset({
 })
 
 
-def experiment_config(params: dict[str, Any]) -> Any:
+def experiment_config(params: dict[str, Any]) -> ExperimentConfig:
     """The :class:`~dml_study.config.ExperimentConfig` ``02_train`` builds from ``params``.
 
-    Mirrors the notebook: ``load_config(dataset, **params, **overrides)``, so ``None``
-    values take the dataset preset. Raises the config's own error for invalid values.
+    The notebook's own function, :func:`dml_study.config.config_from_parameters`, so
+    ``None`` values take the dataset preset. Raises the config's own error for invalid values.
     """
-    from dml_study.config import load_config
-
-    kw = {k: v for k, v in params.items() if k not in ("dataset", "overrides")}
-    return load_config(params.get("dataset"), **kw, **(params.get("overrides") or {}))
+    return config_from_parameters(params)
 
 
 def resolved_config(params: dict[str, Any]) -> dict[str, Any]:
     """The complete training config built from ``params``, flat (dotted keys)."""
-    return dict(_flatten(experiment_config(params).to_dict()))
-
-
-def _flatten(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _flatten(value, f"{prefix}.{key}" if prefix else str(key))
-    else:
-        yield prefix, list(node) if isinstance(node, tuple) else node
+    return flatten(experiment_config(params).to_dict())
 
 
 def make_run_name(
@@ -157,7 +142,7 @@ def make_run_name(
     ).hexdigest()[:8]
     dataset = params.get("dataset") or "preset"
     loss = params.get("loss") or "preset"
-    parts = [str(dataset), _LOSS_SHORT.get(str(loss), str(loss))]
+    parts = [str(dataset), _loss_short_name(str(loss))]
     if tier:
         parts.insert(0, str(tier.get("tier", "tier")))
     so_lambda = params.get("so_lambda")
@@ -175,6 +160,13 @@ def make_run_name(
     parts.append(f"s{params.get('seed', 0)}")
     parts.append(digest)
     return "-".join(parts)
+
+
+def _loss_short_name(loss: str) -> str:
+    """The loss's ``short_name`` for run names (e.g. ``pa``); unknown names as given."""
+    from dml_study.losses.registry import LOSSES
+
+    return LOSSES[loss].short_name if loss in LOSSES else loss
 
 
 def frozen_feature_settings(config: StudyConfig, dataset: str | None) -> Any:

@@ -11,6 +11,7 @@ from conftest import write_study
 from dml_study.study.config import load_study_config
 from dml_study.study.grid import (
     expand_grid,
+    experiment_config,
     headline_runs,
     is_finished,
     make_run_name,
@@ -119,3 +120,37 @@ def test_headline_runs_and_finished_marker(tmp_path: Path):
     assert is_finished(config.results_dir, baseline.run_name)
     with pytest.raises(ValueError, match="seeds: \\[0\\]"):
         headline_runs(config, seed=5)
+
+
+def test_the_train_notebook_declares_exactly_the_train_parameters(repo_root: Path):
+    import nbformat
+
+    from dml_study.config import TRAIN_PARAMETERS
+    from dml_study.notebook_params import assigned_names
+
+    book = nbformat.read(repo_root / "notebooks" / "02_train.ipynb", as_version=4)
+    cell = next(c for c in book.cells if "parameters" in c.metadata.get("tags", []))
+    assert tuple(assigned_names(cell.source)) == TRAIN_PARAMETERS
+    # ... and builds its config with the study's function
+    assert any("config_from_parameters(" in c.source for c in book.cells)
+
+
+def test_study_config_is_the_notebook_config():
+    from dml_study.config import ConfigError, config_from_parameters
+
+    params = {**PARAMS, "overrides": {"optim.head_lr_mult": 2.0}}
+    config = experiment_config(params)
+    assert config == config_from_parameters(params)
+    assert config.optim.head_lr_mult == 2.0
+    assert config.run.run_name == config.default_run_name()  # as 02_train names a lone run
+    with pytest.raises(ConfigError, match=r"unknown training parameter.*'so_lamda'"):
+        experiment_config({"dataset": "icons", "so_lamda": 0.1})
+
+
+def test_run_names_use_the_loss_classes_short_names():
+    from dml_study.losses import LOSSES
+
+    for name, cls in LOSSES.items():
+        run = make_run_name({**PARAMS, "loss": name}, resolve=False)
+        assert run.split("-")[1] == cls.short_name
+    assert "-ada-" in make_run_name({**PARAMS, "loss": "adaptive_margin"}, resolve=False)

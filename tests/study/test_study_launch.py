@@ -13,9 +13,9 @@ import nbformat
 import pytest
 from conftest import FAKE_TRAIN_BODY, write_notebook, write_study
 
+from dml_study.config import TRAIN_PARAMETERS
 from dml_study.study.__main__ import main
 from dml_study.study.config import (
-    TRAIN_PARAMETERS,
     SlurmConfig,
     StudyConfigError,
     build_slurm_config,
