@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from dml_study.config import TRAIN_PARAMETERS
+from dml_study.training.run_dir import runs_root
 from dml_study.typed_fields import coerce, did_you_mean, field_types
 
 #: Set to a study's name while its run executes in ``<results>/<name>.staging``.
@@ -298,7 +299,7 @@ class StudyConfig:
     @property
     def runs_dir(self) -> Path:
         """Where training runs land (``results/runs/<run_name>``), shared by all studies."""
-        return self.results_dir / "runs"
+        return runs_root(self.results_dir)
 
     @property
     def executed_runs_dir(self) -> Path:

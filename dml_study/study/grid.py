@@ -27,15 +27,13 @@ from typing import Any, TextIO
 from dml_study.config import ExperimentConfig, config_from_parameters
 from dml_study.study.config import StudyConfig
 from dml_study.study.notebooks import Progress
+from dml_study.training.run_dir import RunDirectory
 from dml_study.typed_fields import flatten
 
 #: Training parameters that do not affect the result and so are not part of a run's identity.
 NON_IDENTITY_PARAMETERS: frozenset[str] = frozenset(
     {"run_name", "results_dir", "device", "num_workers", "quiet", "data_root"}
 )
-
-#: A run directory holding this file is finished (the training interface's contract).
-FINISHED_MARKER = "metrics.json"
 
 
 
@@ -224,14 +222,9 @@ def unique_runs(specs: Iterable[RunSpec]) -> list[RunSpec]:
     return list(seen.values())
 
 
-def run_dir(results_dir: Path, run_name: str) -> Path:
-    """Directory of a training run: ``<results_dir>/runs/<run_name>``."""
-    return Path(results_dir) / "runs" / run_name
-
-
 def is_finished(results_dir: Path, run_name: str) -> bool:
-    """True when the run's directory holds ``metrics.json`` (it will be reused)."""
-    return (run_dir(results_dir, run_name) / FINISHED_MARKER).is_file()
+    """True when the run is finished (:meth:`RunDirectory.is_finished`): it will be reused."""
+    return RunDirectory.for_run(results_dir, run_name).is_finished()
 
 
 @dataclass(frozen=True)

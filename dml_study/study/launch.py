@@ -37,16 +37,15 @@ from typing import Any, Protocol, TextIO
 from dml_study.atomic_io import atomic_write_json
 from dml_study.study.config import LAUNCHERS, StudyConfig
 from dml_study.study.grid import (
-    FINISHED_MARKER,
     RunSpec,
     expand_grid,
     is_finished,
-    run_dir,
     run_frozen_tier,
     unique_runs,
 )
 from dml_study.study.launch_claims import ClaimInfo, live_claim, try_claim
 from dml_study.study.notebooks import NotebookExecutionError, Progress, execute_notebook
+from dml_study.training.run_dir import RunDirectory
 from dml_study.typed_fields import did_you_mean
 
 #: Seconds between two looks at a run another launcher is training.
@@ -184,7 +183,7 @@ def execute_run(task: RunTask, stdout: TextIO | None = None) -> RunResult:
                           traceback=traceback.format_exc(), exception=exc)
     if not is_finished(results_dir, task.run_name):
         message = (f"{Path(task.notebook).name} finished for run {task.run_name} but wrote no "
-                   f"{run_dir(results_dir, task.run_name) / FINISHED_MARKER}")
+                   f"{RunDirectory.for_run(results_dir, task.run_name).metrics}")
         return result("failed", error=message, exception=RuntimeError(message))
     return result("trained")
 

@@ -207,9 +207,10 @@ def _resolved_params(cells: pd.DataFrame, results_dir: str | Path | None) -> dic
     if results_dir is None or "run_name" not in first:
         return first
     from dml_study.study.collect import load_run_config, run_parameters
-    from dml_study.study.grid import run_dir
+    from dml_study.training.run_dir import RunDirectory
 
-    saved = run_parameters(load_run_config(run_dir(Path(results_dir), str(first["run_name"]))))
+    run = RunDirectory.for_run(results_dir, str(first["run_name"]))
+    saved = run_parameters(load_run_config(run.path))
     return {**first, **{k: v for k, v in saved.items() if first.get(k) is None}}
 
 
