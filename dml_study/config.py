@@ -76,6 +76,32 @@ TRAIN_PARAMETERS: tuple[str, ...] = (
 )
 
 
+#: Config keys that change neither a run's result nor which run it is: where it is stored,
+#: on what device and with how many loader processes it runs, how much it prints, and
+#: whether a finished run may be replaced. Both lists below start from these.
+RESULT_NEUTRAL_KEYS: frozenset[str] = frozenset({
+    "data.num_workers", "run.device", "run.quiet", "run.overwrite", "run.results_dir",
+})
+
+#: Keys left out of a run's identity (the hash in a study's run names,
+#: :func:`dml_study.study.grid.make_run_name`): the result-neutral ones, the data location
+#: (so a study moved to another machine reuses its finished runs) and the run's name (which
+#: is derived from the identity). Neither may change on resume: the trainer cannot tell
+#: whether other files under another root are the same data, and the name is the directory.
+IDENTITY_NEUTRAL_KEYS: frozenset[str] = RESULT_NEUTRAL_KEYS | {"data.data_root", "run.run_name"}
+
+#: Keys that may differ between a run and its resumption (the trainer refuses other
+#: changes): the result-neutral ones plus run-control switches a resumed process may need
+#: to change — evaluation batch size and decoded-image cache (memory), up-front image
+#: checks, ``torch.compile`` (speed; float rounding may differ), checkpoint frequency,
+#: the test-only ``stop_after_steps`` and ``allow_lr_change``. They stay in a run's
+#: identity: two fresh runs that differ in them are not guaranteed to be bit-identical.
+RESUME_MUTABLE_KEYS: frozenset[str] = RESULT_NEUTRAL_KEYS | {
+    "data.eval_batch_size", "data.check_images", "data.cache_decoded", "run.compile",
+    "run.checkpoint_every_steps", "run.stop_after_steps", "run.allow_lr_change",
+}
+
+
 class ConfigError(ValueError):
     """An invalid configuration: the message names the key and the valid choices."""
 

@@ -24,15 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from dml_study.config import ExperimentConfig, config_from_parameters
+from dml_study.config import IDENTITY_NEUTRAL_KEYS, ExperimentConfig, config_from_parameters
 from dml_study.study.config import StudyConfig
 from dml_study.study.notebooks import Progress
 from dml_study.training.run_dir import RunDirectory
 from dml_study.typed_fields import flatten
 
-#: Training parameters that do not affect the result and so are not part of a run's identity.
+#: Training parameters that are not part of a run's identity: the parameter names of
+#: :data:`dml_study.config.IDENTITY_NEUTRAL_KEYS` (``data.data_root`` -> ``data_root``).
 NON_IDENTITY_PARAMETERS: frozenset[str] = frozenset(
-    {"run_name", "results_dir", "device", "num_workers", "quiet", "data_root"}
+    key.split(".", 1)[1] for key in IDENTITY_NEUTRAL_KEYS
 )
 
 
@@ -88,13 +89,6 @@ def run_identity(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-#: Keys of the resolved training config that do not change a run's result.
-_NON_IDENTITY_CONFIG_KEYS = frozenset({
-    "data.data_root", "data.num_workers", "run.run_name", "run.results_dir", "run.device",
-    "run.quiet", "run.overwrite",
-})
-
-
 def experiment_config(params: dict[str, Any]) -> ExperimentConfig:
     """The :class:`~dml_study.config.ExperimentConfig` ``02_train`` builds from ``params``.
 
@@ -124,7 +118,7 @@ def make_run_name(
     """
     if resolve:
         config = resolved_config(params)
-        identity = {k: v for k, v in config.items() if k not in _NON_IDENTITY_CONFIG_KEYS}
+        identity = {k: v for k, v in config.items() if k not in IDENTITY_NEUTRAL_KEYS}
         params = {
             "dataset": config["data.dataset"], "loss": config["loss.name"],
             "so_lambda": config["loss.so_lambda"], "so_gram": config["loss.so_gram"],

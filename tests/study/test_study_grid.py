@@ -154,3 +154,34 @@ def test_run_names_use_the_loss_classes_short_names():
         run = make_run_name({**PARAMS, "loss": name}, resolve=False)
         assert run.split("-")[1] == cls.short_name
     assert "-ada-" in make_run_name({**PARAMS, "loss": "adaptive_margin"}, resolve=False)
+
+
+def test_run_name_hashes_are_pinned():
+    # Fixed by the run directories already trained: a change here renames (retrains) them.
+    assert make_run_name(PARAMS) == "icons-pa-so0.1-d128-s0-9099eb07"
+    adaptive = {**PARAMS, "loss": "adaptive_margin", "dataset": "glyphs",
+                "proxy_init": "orthogonal"}
+    assert make_run_name(adaptive) == "glyphs-ada-so0.1-orthogonal-d128-s0-c12f8dbe"
+
+
+def test_one_list_of_result_neutral_keys():
+    from dml_study.config import (
+        IDENTITY_NEUTRAL_KEYS,
+        RESULT_NEUTRAL_KEYS,
+        RESUME_MUTABLE_KEYS,
+        dotted_keys,
+    )
+    from dml_study.study.grid import NON_IDENTITY_PARAMETERS
+    from dml_study.training import engine
+
+    assert engine.RESUME_MUTABLE_KEYS is RESUME_MUTABLE_KEYS
+    assert RESULT_NEUTRAL_KEYS == IDENTITY_NEUTRAL_KEYS & RESUME_MUTABLE_KEYS
+    assert IDENTITY_NEUTRAL_KEYS | RESUME_MUTABLE_KEYS <= set(dotted_keys())
+    # where a run lives and what it is called never change on resume
+    assert not {"data.data_root", "run.run_name"} & RESUME_MUTABLE_KEYS
+    assert NON_IDENTITY_PARAMETERS == {k.split(".")[1] for k in IDENTITY_NEUTRAL_KEYS}
+    assert {"run_name", "results_dir", "device", "num_workers", "quiet", "data_root"} <= \
+        NON_IDENTITY_PARAMETERS
+    # a parameter outside the identity does not rename the run; one inside does
+    assert make_run_name({**PARAMS, "device": "cuda", "num_workers": 8}) == make_run_name(PARAMS)
+    assert make_run_name({**PARAMS, "overrides": {"run.compile": True}}) != make_run_name(PARAMS)
