@@ -159,6 +159,26 @@ class GroupConfig:
     #: Run every variant on each of these datasets (empty: the dataset of ``train``/``base``).
     datasets: tuple[str, ...] = ()
 
+    def variant_overrides(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(variant name, parameter overrides)`` of every variant, in file order:
+        ``variants``, then one per ``sweep`` value (named by :func:`sweep_variant_name`)."""
+        variants = list(self.variants.items())
+        for param, values in self.sweep.items():
+            variants += [(sweep_variant_name(param, v), {param: v}) for v in values]
+        return variants
+
+
+def sweep_variant_name(param: str, value: Any) -> str:
+    """Name of the variant a sweep value produces, e.g. ``so_lambda=0.01``."""
+    return f"{param}={format_value(value)}"
+
+
+def format_value(value: Any) -> str:
+    """A parameter value as it appears in variant and run names (floats as ``%g``)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
 
 @dataclass(frozen=True)
 class HeadlineConfig:
@@ -589,12 +609,7 @@ def _validate_claim(
 
 
 def _variant_names(group: GroupConfig) -> list[str]:
-    from dml_study.study.grid import sweep_variant_name
-
-    names = list(group.variants)
-    for param, values in group.sweep.items():
-        names += [sweep_variant_name(param, v) for v in values]
-    return names
+    return [name for name, _ in group.variant_overrides()]
 
 
 # --------------------------------------------------------------------------- coercion

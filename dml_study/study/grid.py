@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from dml_study.config import IDENTITY_NEUTRAL_KEYS, ExperimentConfig, config_from_parameters
-from dml_study.study.config import StudyConfig
+from dml_study.study.config import StudyConfig, format_value
 from dml_study.study.notebooks import Progress
 from dml_study.training.run_dir import RunDirectory
 from dml_study.typed_fields import flatten
@@ -63,17 +63,6 @@ class RunSpec:
                 "specs with tier == 'frozen' there"
             )
         return {**self.params, "run_name": self.run_name, "results_dir": str(results_dir)}
-
-
-def sweep_variant_name(param: str, value: Any) -> str:
-    """Name of the variant a sweep value produces, e.g. ``so_lambda=0.01``."""
-    return f"{param}={_format_value(value)}"
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 #: Parameters that are real numbers: ``0`` and ``0.0`` must name the same run.
@@ -139,7 +128,7 @@ def make_run_name(
         parts.insert(0, str(tier.get("tier", "tier")))
     so_lambda = params.get("so_lambda")
     if so_lambda is not None:
-        parts.append(f"so{_format_value(float(so_lambda))}")
+        parts.append(f"so{format_value(float(so_lambda))}")
     # A few readable tags for the settings the ablations vary; the hash stays the identity.
     if params.get("so_gram") == "dims":
         parts.append("gdims")
@@ -184,9 +173,7 @@ def expand_grid(config: StudyConfig) -> list[RunSpec]:
     """
     specs: list[RunSpec] = []
     for group in config.groups:
-        variants: list[tuple[str, dict[str, Any]]] = list(group.variants.items())
-        for param, values in group.sweep.items():
-            variants += [(sweep_variant_name(param, v), {param: v}) for v in values]
+        variants = group.variant_overrides()
         frozen = group.tier == "frozen"
         for dataset in group.datasets or (None,):
             shared = {**config.train, **(config.frozen.train if frozen else {})}
@@ -241,7 +228,7 @@ def run_grid(
     """Train every run of the grid that is not finished yet, one after another, here.
 
     Each missing run executes the study's training notebook with papermill through
-    :func:`dml_study.study.launch.execute_run` (the one place a run is trained: it claims
+    :func:`dml_study.study.launch_task.execute_run` (the one place a run is trained: it claims
     the run, so a launcher training the same study is never duplicated); the executed copy
     goes to ``results/<study>/runs/<run_name>.ipynb``. Finished runs (a run directory with
     ``metrics.json``) are skipped, so a re-run only computes what is missing, and a run
@@ -250,7 +237,7 @@ def run_grid(
     executed notebook and failing cell). The study runner trains the grid *before* the
     notebooks with a parallel launcher, so inside ``03_ablations`` every run is reused.
     """
-    from dml_study.study.launch import execute_run, make_task, wait_for_run
+    from dml_study.study.launch_task import execute_run, make_task, wait_for_run
 
     runs = unique_runs(specs if specs is not None else expand_grid(config))
     stream = stream or sys.stdout
