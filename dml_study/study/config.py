@@ -401,13 +401,18 @@ def study_config_from_dict(
     return config
 
 
-def _build_group(raw: Any, where: str) -> GroupConfig:
+def _build_named(cls: type, raw: Any, where: str) -> Any:
+    """A list entry with a required ``name`` (a group, a claim) built as section ``cls``."""
     if not isinstance(raw, dict):
         raise StudyConfigError(f"{where}: expected a mapping, got {raw!r}")
-    _check_keys(raw, GroupConfig, where)
+    _check_keys(raw, cls, where)
     if "name" not in raw:
         raise StudyConfigError(f"{where}: missing required key 'name'")
-    group = _build_section(GroupConfig, raw, where)
+    return _build_section(cls, raw, where)
+
+
+def _build_group(raw: Any, where: str) -> GroupConfig:
+    group = _build_named(GroupConfig, raw, where)
     if not group.variants and not group.sweep:
         raise StudyConfigError(f"{where} ({group.name}): give 'variants' and/or 'sweep'")
     if len(group.sweep) > 1:
@@ -447,12 +452,7 @@ def build_slurm_config(base: SlurmConfig, overrides: dict[str, Any], where: str)
 
 
 def _build_claim(raw: Any, where: str) -> ClaimConfig:
-    if not isinstance(raw, dict):
-        raise StudyConfigError(f"{where}: expected a mapping, got {raw!r}")
-    _check_keys(raw, ClaimConfig, where)
-    if "name" not in raw:
-        raise StudyConfigError(f"{where}: missing required key 'name'")
-    claim = _build_section(ClaimConfig, raw, where)
+    claim = _build_named(ClaimConfig, raw, where)
     for key, choices in (("paper", CLAIM_PAPERS), ("kind", CLAIM_KINDS),
                          ("direction", CLAIM_DIRECTIONS)):
         _check_choice(getattr(claim, key), choices, f"{where} ({claim.name}).{key}")
