@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from dml_study.config import IDENTITY_NEUTRAL_KEYS, ExperimentConfig, config_from_parameters
+from dml_study.config import (
+    IDENTITY_NEUTRAL_KEYS,
+    ExperimentConfig,
+    LossConfig,
+    config_from_parameters,
+)
 from dml_study.study.config import StudyConfig, format_value
 from dml_study.study.notebooks import Progress
 from dml_study.training.run_dir import RunDirectory
@@ -134,7 +139,7 @@ def make_run_name(
         parts.append("gdims")
     if params.get("so_normalize") is False:
         parts.append("nonorm")
-    if params.get("proxy_init") not in (None, "kaiming"):
+    if params.get("proxy_init") not in (None, LossConfig.proxy_init):
         parts.append(str(params["proxy_init"]))
     if params.get("embedding_dim") is not None:
         parts.append(f"d{params['embedding_dim']}")
