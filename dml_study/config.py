@@ -537,7 +537,13 @@ def _require_finite(config: ExperimentConfig) -> None:
 
 
 def validate(config: ExperimentConfig) -> None:
-    """Range and consistency checks that need no data; raises :class:`ConfigError`."""
+    """Range and consistency checks that need no data; raises :class:`ConfigError`.
+
+    Names are checked against their one list: ``data.dataset`` against the data registry
+    (:func:`dml_study.data.list_datasets`), ``loss.name`` and ``loss.proxy_init`` against the
+    loss registry and :data:`dml_study.losses.base.PROXY_INITS`, ``loss.so_gram`` and
+    ``loss.so_reduction`` against :mod:`dml_study.losses.soft_orthogonality`.
+    """
     # The registries import torch: asked here, not at import time, to keep this module light.
     from dml_study.data.registry import list_datasets
     from dml_study.losses.base import list_proxy_inits
