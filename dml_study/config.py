@@ -27,7 +27,6 @@ the smallest class, whose images the sampler then repeats) live in
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 import warnings
@@ -39,10 +38,68 @@ from typing import Any, Literal, Union
 import numpy as np
 import yaml
 
-from dml_study.typed_fields import coerce, field_types
+from dml_study.typed_fields import check_choice, close_matches, coerce, field_types
 
-#: Loss names of :func:`dml_study.losses.create_loss` (fixed by the project interface).
-LOSS_NAMES: tuple[str, ...] = ("proxy_anchor", "normsoftmax", "additive_margin", "adaptive_margin")
+#: Parameters of ``notebooks/02_train.ipynb``, in the order of its ``parameters`` cell (which
+#: assigns exactly these; its config cell hands them to :func:`config_from_parameters`).
+#: ``None`` means "from the dataset preset"; ``config_yaml`` is a user YAML file and
+#: ``overrides`` a ``{"dotted.or.flat.key": value}`` dict of any further config keys.
+TRAIN_PARAMETERS: tuple[str, ...] = (
+    "dataset",
+    "data_root",
+    "backbone",
+    "pretrained",
+    "loss",
+    "so_lambda",
+    "so_gram",
+    "so_normalize",
+    "so_reduction",
+    "proxy_init",
+    "embedding_dim",
+    "epochs",
+    "batch_size",
+    "m_per_class",
+    "lr",
+    "image_size",
+    "seed",
+    "run_name",
+    "results_dir",
+    "device",
+    "num_workers",
+    "on_corrupt",
+    "check_images",
+    "quiet",
+    "overwrite",
+    "allow_lr_change",
+    "config_yaml",
+    "overrides",
+)
+
+
+#: Config keys that change neither a run's result nor which run it is: where it is stored,
+#: on what device and with how many loader processes it runs, how much it prints, and
+#: whether a finished run may be replaced. Both lists below start from these.
+RESULT_NEUTRAL_KEYS: frozenset[str] = frozenset({
+    "data.num_workers", "run.device", "run.quiet", "run.overwrite", "run.results_dir",
+})
+
+#: Keys left out of a run's identity (the hash in a study's run names,
+#: :func:`dml_study.study.grid.make_run_name`): the result-neutral ones, the data location
+#: (so a study moved to another machine reuses its finished runs) and the run's name (which
+#: is derived from the identity). Neither may change on resume: the trainer cannot tell
+#: whether other files under another root are the same data, and the name is the directory.
+IDENTITY_NEUTRAL_KEYS: frozenset[str] = RESULT_NEUTRAL_KEYS | {"data.data_root", "run.run_name"}
+
+#: Keys that may differ between a run and its resumption (the trainer refuses other
+#: changes): the result-neutral ones plus run-control switches a resumed process may need
+#: to change — evaluation batch size and decoded-image cache (memory), up-front image
+#: checks, ``torch.compile`` (speed; float rounding may differ), checkpoint frequency,
+#: the test-only ``stop_after_steps`` and ``allow_lr_change``. They stay in a run's
+#: identity: two fresh runs that differ in them are not guaranteed to be bit-identical.
+RESUME_MUTABLE_KEYS: frozenset[str] = RESULT_NEUTRAL_KEYS | {
+    "data.eval_batch_size", "data.check_images", "data.cache_decoded", "run.compile",
+    "run.checkpoint_every_steps", "run.stop_after_steps", "run.allow_lr_change",
+}
 
 
 class ConfigError(ValueError):
@@ -53,6 +110,7 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which data, at which size, in which batches."""
 
+    #: One of :func:`dml_study.data.list_datasets` (checked by :func:`validate`).
     dataset: str = "icons"
     #: Root of the on-disk datasets; ``None`` → env ``DML_DATA_ROOT`` or ``./data``.
     data_root: str | None = None
@@ -103,15 +161,18 @@ class ModelConfig:
 class LossConfig:
     """Arguments of :func:`dml_study.losses.create_loss`."""
 
+    #: One of :func:`dml_study.losses.list_losses` (checked by :func:`validate`).
     name: str = "proxy_anchor"
     #: Soft Orthogonality weight λ in λ·‖P̂P̂ᵀ − I‖²_F (0 = off).
     so_lambda: float = 0.0
-    so_gram: Literal["classes", "dims"] = "classes"
+    #: One of :data:`dml_study.losses.soft_orthogonality.GRAMS` (checked by :func:`validate`).
+    so_gram: str = "classes"
     so_normalize: bool = True
     #: ``sum`` (plain ‖P̂P̂ᵀ − I‖²_F), ``mean`` (÷ C(C−1)) or ``excess_mean`` ((· − floor) ÷ C(C−1));
-    #: see :mod:`dml_study.losses.soft_orthogonality`.
-    so_reduction: Literal["sum", "mean", "excess_mean"] = "sum"
-    proxy_init: Literal["kaiming", "orthogonal", "normal"] = "kaiming"
+    #: see :mod:`dml_study.losses.soft_orthogonality` (its ``REDUCTIONS``).
+    so_reduction: str = "sum"
+    #: One of :func:`dml_study.losses.base.list_proxy_inits` (checked by :func:`validate`).
+    proxy_init: str = "kaiming"
     #: Further loss-specific keyword arguments (e.g. ``margin``, ``alpha``, ``scale``).
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -276,8 +337,7 @@ def resolve_key(key: str) -> str:
     flat = flat_keys()
     if key in flat:
         return flat[key]
-    choices = sorted(flat) + valid_dotted
-    close = difflib.get_close_matches(key, choices, n=3)
+    close = close_matches(key, sorted(flat) + valid_dotted, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ConfigError(
         f"unknown config key {key!r}.{hint} Valid keys: {', '.join(sorted(flat))} "
@@ -348,7 +408,7 @@ def _check_sections(nested: dict[str, Any], origin: str) -> None:
     """Every top-level key is a known section whose body is a mapping (or empty)."""
     for section, body in nested.items():
         if section not in SECTIONS:
-            close = difflib.get_close_matches(str(section), list(SECTIONS), n=1)
+            close = close_matches(section, SECTIONS)
             hint = f". Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
                 f"{origin}: unknown section {section!r}; valid sections: "
@@ -401,6 +461,29 @@ def load_config(
         section, name = dotted.split(".")
         values[section][name] = value
     return build_config(values)
+
+
+def config_from_parameters(params: dict[str, Any]) -> ExperimentConfig:
+    """The config ``02_train`` trains, from its parameters (names of :data:`TRAIN_PARAMETERS`).
+
+    ``load_config(dataset, yaml_path=config_yaml, **params, **overrides)``: ``None`` values
+    (and missing names) take the dataset preset; without a ``run_name`` the run is named by
+    :meth:`ExperimentConfig.default_run_name`. The training notebook and the study
+    (:func:`dml_study.study.grid.experiment_config`) both build their config here, so the
+    run a study names is the run the notebook trains. Unknown names raise :class:`ConfigError`.
+    """
+    unknown = sorted(set(params) - set(TRAIN_PARAMETERS))
+    if unknown:
+        raise ConfigError(
+            f"unknown training parameter(s) {', '.join(map(repr, unknown))}; valid: "
+            f"{', '.join(TRAIN_PARAMETERS)}"
+        )
+    kw = {k: v for k, v in params.items() if k not in ("dataset", "config_yaml", "overrides")}
+    config = load_config(params.get("dataset"), yaml_path=params.get("config_yaml"), **kw,
+                         **(params.get("overrides") or {}))
+    if config.run.run_name is None:
+        config = replace(config, run_name=config.default_run_name())
+    return config
 
 
 def build_config(values: dict[str, dict[str, Any]]) -> ExperimentConfig:
@@ -458,7 +541,13 @@ def _require_finite(config: ExperimentConfig) -> None:
 
 
 def validate(config: ExperimentConfig) -> None:
-    """Range and consistency checks that need no data; raises :class:`ConfigError`."""
+    """Range and consistency checks that need no data; raises :class:`ConfigError`.
+
+    Names are checked against their one list: ``data.dataset`` against the data registry
+    (:func:`dml_study.data.list_datasets`), ``loss.name`` and ``loss.proxy_init`` against the
+    loss registry and :data:`dml_study.losses.base.PROXY_INITS`, ``loss.so_gram`` and
+    ``loss.so_reduction`` against :mod:`dml_study.losses.soft_orthogonality`.
+    """
     _require_finite(config)
     _validate_data(config.data)
     _validate_model_and_loss(config.model, config.loss)
@@ -468,12 +557,10 @@ def validate(config: ExperimentConfig) -> None:
 
 
 def _validate_data(d: DataConfig) -> None:
-    from dml_study.data import DATASETS
+    # The registries import torch: asked here, not at import time, to keep this module light.
+    from dml_study.data.registry import list_datasets
 
-    valid_datasets = sorted(DATASETS)
-    _require(
-        d.dataset in valid_datasets, "data.dataset", f"{d.dataset!r} is not one of {valid_datasets}"
-    )
+    check_choice(d.dataset, list_datasets(), "data.dataset", ConfigError)
     _require(d.image_size >= 8, "data.image_size", f"must be >= 8, got {d.image_size}")
     _require(d.resize_ratio >= 1.0, "data.resize_ratio", f"must be >= 1, got {d.resize_ratio}")
     _require(d.batch_size >= 2, "data.batch_size", f"must be >= 2, got {d.batch_size}")
@@ -498,11 +585,18 @@ def _validate_data(d: DataConfig) -> None:
 
 
 def _validate_model_and_loss(m: ModelConfig, lo: LossConfig) -> None:
+    from dml_study.losses.base import list_proxy_inits
+    from dml_study.losses.registry import list_losses
+    from dml_study.losses.soft_orthogonality import GRAMS, REDUCTIONS
+
     if m.embedding_dim is not None:
         _require(m.embedding_dim >= 1, "model.embedding_dim", f"must be >= 1: {m.embedding_dim}")
     if m.patch_size is not None:
         _require(m.patch_size >= 1, "model.patch_size", "must be >= 1")
-    _require(lo.name in LOSS_NAMES, "loss.name", f"{lo.name!r} is not one of {LOSS_NAMES}")
+    check_choice(lo.name, list_losses(), "loss.name", ConfigError)
+    check_choice(lo.proxy_init, list_proxy_inits(), "loss.proxy_init", ConfigError)
+    check_choice(lo.so_gram, GRAMS, "loss.so_gram", ConfigError)
+    check_choice(lo.so_reduction, REDUCTIONS, "loss.so_reduction", ConfigError)
     _require(lo.so_lambda >= 0, "loss.so_lambda", f"must be >= 0, got {lo.so_lambda}")
 
 

@@ -21,11 +21,12 @@ does not declare. Without an injected cell (interactive use) it does nothing.
 from __future__ import annotations
 
 import ast
-import difflib
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from dml_study.typed_fields import close_matches
 
 #: First line of the cell papermill injects (``papermill.translators.PythonTranslator``).
 INJECTED_MARKER = "# Parameters"
@@ -75,7 +76,7 @@ def unknown_parameters(
     """``{unknown name: closest declared names}`` (empty when every name is declared)."""
     declared = list(declared)
     return {
-        name: difflib.get_close_matches(name, declared, n=2, cutoff=0.6)
+        name: close_matches(name, declared, n=2)
         for name in injected
         if name not in declared
     }

@@ -9,12 +9,54 @@ callers can catch it.
 
 from __future__ import annotations
 
+import difflib
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+
+def close_matches(value: Any, choices: Iterable[Any], n: int = 1) -> list[str]:
+    """The (at most ``n``) ``choices`` closest to ``value`` (:func:`difflib.get_close_matches`).
+
+    The one fuzzy match of the package: every did-you-mean hint (config keys and sections,
+    registry names, study keys, papermill parameters, launchers) is built from it.
+    """
+    return difflib.get_close_matches(str(value), [str(c) for c in choices], n=n)
+
+
+def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
+    """``" (did you mean 'x'?)"`` for the choice closest to ``value``, or ``""``."""
+    close = close_matches(value, choices)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_choice(
+    value: Any, choices: Iterable[Any], key: str, error: type[Exception] = ValueError
+) -> None:
+    """Raise ``error`` naming ``key``, the valid ``choices`` and the closest one, if invalid."""
+    choices = list(choices)
+    if value not in choices:
+        raise error(
+            f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}"
+            f"{did_you_mean(value, choices)}"
+        )
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{"a.b.c": leaf}`` (dotted keys, mapping order; lists kept).
+
+    Tuples become lists, so a flattened dataclass dict equals its YAML/JSON round trip.
+    """
+    if not isinstance(node, dict):
+        return {prefix: list(node) if isinstance(node, tuple) else node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
 
 def field_types(cls: type) -> dict[str, Any]:

@@ -29,6 +29,8 @@ from .registry import (
     dataset_protocol,
     default_recall_ks,
     get_dataset,
+    is_dataset,
+    list_datasets,
 )
 from .samplers import MPerClassBatchSampler, RandomBatchSampler
 from .transforms import (
@@ -61,6 +63,8 @@ __all__ = [
     "dataset_protocol",
     "default_recall_ks",
     "get_dataset",
+    "is_dataset",
+    "list_datasets",
     "model_transforms",
     "resolve_data_root",
     "transforms_for_model",

@@ -44,6 +44,15 @@ class DatasetInfo:
     layout: str
     embedded: str | None = None
 
+    @property
+    def kind(self) -> str:
+        """``"benchmark"`` (a published benchmark on disk) or ``"embedded"`` (built locally)."""
+        return "embedded" if self.embedded is not None else "benchmark"
+
+
+#: Values of :attr:`DatasetInfo.kind`.
+DATASET_KINDS: tuple[str, ...] = ("benchmark", "embedded")
+
 
 DATASETS: dict[str, DatasetInfo] = {
     "cub200": DatasetInfo(
@@ -99,6 +108,22 @@ def dataset_info(name: str) -> DatasetInfo:
         return DATASETS[name]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; valid names: {sorted(DATASETS)}") from None
+
+
+def list_datasets(kind: str | None = None) -> list[str]:
+    """Registered dataset names in registration order, optionally only those of ``kind``.
+
+    ``kind="benchmark"`` gives the four published benchmarks (cub200, cars196, sop, inshop),
+    ``kind="embedded"`` the datasets built locally (icons, glyphs); see :attr:`DatasetInfo.kind`.
+    """
+    if kind is not None and kind not in DATASET_KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r}; valid: {list(DATASET_KINDS)}")
+    return [name for name, info in DATASETS.items() if kind is None or info.kind == kind]
+
+
+def is_dataset(name: object) -> bool:
+    """Whether ``name`` is a registered dataset."""
+    return name in DATASETS
 
 
 def dataset_protocol(name: str) -> str:

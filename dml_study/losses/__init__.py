@@ -8,9 +8,21 @@ Proxy Anchor at initialisation on the four benchmarks."""
 
 from dml_study.losses.adaptive_margin import AdaptiveMarginLoss, TextDistanceTable, mean_margin
 from dml_study.losses.additive_margin import AdditiveMarginLoss, NormSoftmaxLoss
-from dml_study.losses.base import PROXY_INITS, ProxyLoss, init_proxies
+from dml_study.losses.base import (
+    PROXY_INITS,
+    ProxyLoss,
+    init_proxies,
+    is_proxy_init,
+    list_proxy_inits,
+)
 from dml_study.losses.proxy_anchor import ProxyAnchorLoss
-from dml_study.losses.registry import LOSSES, create_loss, create_loss_from_config
+from dml_study.losses.registry import (
+    LOSSES,
+    create_loss,
+    create_loss_from_config,
+    is_loss,
+    list_losses,
+)
 from dml_study.losses.soft_orthogonality import SoftOrthogonality
 from dml_study.losses.stats import orthogonality_stats
 
@@ -27,6 +39,10 @@ __all__ = [
     "create_loss",
     "create_loss_from_config",
     "init_proxies",
+    "is_loss",
+    "is_proxy_init",
+    "list_losses",
+    "list_proxy_inits",
     "mean_margin",
     "orthogonality_stats",
 ]

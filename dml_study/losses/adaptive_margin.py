@@ -210,6 +210,8 @@ class AdaptiveMarginLoss(ProxyLoss):
     """
 
     name = "adaptive_margin"
+    short_name = "ada"
+    title = "Adaptive margin"
 
     def __init__(
         self,

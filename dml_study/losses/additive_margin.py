@@ -49,6 +49,8 @@ class AdditiveMarginLoss(ProxyLoss):
     """
 
     name = "additive_margin"
+    short_name = "am"
+    title = "Additive margin"
 
     def __init__(
         self,
@@ -83,6 +85,8 @@ class NormSoftmaxLoss(AdditiveMarginLoss):
     """Normalised softmax (Zhai & Wu, BMVC 2019): :class:`AdditiveMarginLoss` with m = 0."""
 
     name = "normsoftmax"
+    short_name = "ns"
+    title = "Normalised softmax"
 
     def __init__(
         self,

@@ -16,8 +16,20 @@ from torch import Tensor, nn
 
 from dml_study.losses.soft_orthogonality import SoftOrthogonality
 
-PROXY_INITS = ("kaiming", "orthogonal", "normal")
+#: Proxy initialisations of :func:`init_proxies`: the one list (config and study ask here).
+PROXY_INITS: tuple[str, ...] = ("kaiming", "orthogonal", "normal")
+#: The same names for type checkers (a ``Literal`` cannot be built from a tuple statically).
 ProxyInit = Literal["kaiming", "orthogonal", "normal"]
+
+
+def list_proxy_inits() -> list[str]:
+    """Valid ``proxy_init`` names, in :data:`PROXY_INITS` order."""
+    return list(PROXY_INITS)
+
+
+def is_proxy_init(name: object) -> bool:
+    """Whether ``name`` is a valid ``proxy_init``."""
+    return name in PROXY_INITS
 
 
 def init_proxies(
@@ -49,13 +61,17 @@ def init_proxies(
 class ProxyLoss(nn.Module):
     """A loss with learnable class proxies and an optional proxy regulariser.
 
-    Subclasses set ``name`` and implement :meth:`compute` (the main term). ``forward`` returns
+    Subclasses set ``name`` (the registry key of :func:`~dml_study.losses.create_loss`),
+    ``short_name`` (the loss's tag in study run names, e.g. ``pa``), ``title`` (for tables)
+    and implement :meth:`compute` (the main term). ``forward`` returns
     the total ``compute(...) + regularizer(proxies)`` and records
     ``last_terms = {"loss": total, <name>: main, "so": penalty}`` as Python floats ("so" is
     0.0 when no regulariser or λ = 0, so logs have the same keys in every run).
     """
 
     name: str = "proxy_loss"
+    short_name: str = ""
+    title: str = ""
 
     def __init__(
         self,

@@ -47,6 +47,8 @@ class ProxyAnchorLoss(ProxyLoss):
     """
 
     name = "proxy_anchor"
+    short_name = "pa"
+    title = "Proxy Anchor"
 
     def __init__(
         self,

@@ -42,6 +42,18 @@ LOSSES: dict[str, type[ProxyLoss]] = {
     "additive_margin": AdditiveMarginLoss,
     "adaptive_margin": AdaptiveMarginLoss,
 }
+
+
+def list_losses() -> list[str]:
+    """Names :func:`create_loss` accepts, in registry order (as ``timm.list_models``)."""
+    return list(LOSSES)
+
+
+def is_loss(name: object) -> bool:
+    """Whether ``name`` is a registered loss (as ``timm.is_model``)."""
+    return name in LOSSES
+
+
 _COMMON = ("so_lambda", "so_gram", "so_normalize", "so_reduction")
 _TEXT = ("class_names", "text_embeddings", "text_distances", "text_cache_dir", "text_template",
          "text_source")

@@ -24,22 +24,21 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from dml_study.data.registry import dataset_info, list_datasets
 from dml_study.losses.proxy_anchor import ProxyAnchorLoss
 from dml_study.losses.soft_orthogonality import REDUCTIONS, SoftOrthogonality, so_floor
 
-BENCHMARKS: tuple[str, ...] = ("cub200", "cars196", "sop", "inshop")
+#: The published benchmarks (the data registry's ``kind == "benchmark"`` datasets).
+BENCHMARKS: tuple[str, ...] = tuple(list_datasets(kind="benchmark"))
 
 
 def benchmark_shape(dataset: str) -> tuple[int, int, int, int]:
     """(C training classes, d, batch size, m per class) of a benchmark's preset."""
-    from importlib import import_module
-
     from dml_study.config import load_config
 
-    module = {"cub200": "cub", "cars196": "cars", "sop": "sop", "inshop": "inshop"}.get(dataset)
-    if module is None:
+    if dataset not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {dataset!r}; choose one of {list(BENCHMARKS)}")
-    num_classes = import_module(f"dml_study.data.{module}").EXPECTED["train"][1]
+    num_classes = dataset_info(dataset).expected["train"][1]
     config = load_config(dataset)
     dim = int(config.model.embedding_dim)
     return num_classes, dim, config.data.batch_size, config.data.m_per_class

@@ -7,7 +7,8 @@
   the notebooks: ``local`` (:mod:`~dml_study.study.launch_local`, ``--max-parallel N``)
   and ``slurm`` (:mod:`~dml_study.study.launch_slurm`, submitit job arrays, requeue on
   preemption); claim files (:mod:`~dml_study.study.launch_claims`) keep two launchers
-  from training the same run.
+  from training the same run; one run is a task (:mod:`~dml_study.study.launch_task`)
+  that every launcher and the worker (:mod:`~dml_study.study.launch_worker`) execute alike.
 - :mod:`~dml_study.study.runner` — trains the grid, executes a study's notebooks in order
   (papermill), renders HTML (nbconvert) and writes ``results/<study>/index.html`` and
   ``README.md``.

@@ -32,8 +32,9 @@ import pandas as pd
 
 from dml_study.atomic_io import atomic_write_json
 from dml_study.study.config import ClaimConfig, StudyConfig
-from dml_study.study.grid import FINISHED_MARKER, RunSpec, expand_grid, run_dir
+from dml_study.study.grid import RunSpec, expand_grid
 from dml_study.study.stats import mean_ci, paired_comparison, verdict_from_ci
+from dml_study.training.run_dir import RunDirectory
 
 #: Final metrics reported in percentage points.
 RETRIEVAL_METRICS = ("R@1", "R@2", "R@4", "R@8", "MAP@R", "RP", "NMI")
@@ -155,8 +156,8 @@ def motivation_rho(path: Path) -> float:
 
 
 def _finished(results_dir: Path, spec: RunSpec) -> Path | None:
-    path = run_dir(results_dir, spec.run_name)
-    return path if (path / FINISHED_MARKER).is_file() else None
+    run = RunDirectory.for_run(results_dir, spec.run_name)
+    return run.path if run.is_finished() else None
 
 
 def _values(

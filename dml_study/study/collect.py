@@ -1,17 +1,17 @@
 """Gather finished training runs (``results/runs/<run_name>/``) into pandas tables.
 
-A run directory is written by :func:`dml_study.training.train` (through ``02_train``):
-``config.yaml``, ``metrics.json`` (flat final metrics plus an ``"untrained"`` baseline),
-``history.json``/``history.csv``, ``proxies.npy``, ``proxies_init.npy``,
-``test_embeddings.npz`` and ``provenance.json``. These helpers read them without knowing
-more of the config layout than the leaf names of the training parameters, so they keep
-working when the config nests its sections.
+A run directory (:class:`~dml_study.training.run_dir.RunDirectory`) is written by
+:func:`dml_study.training.train` (through ``02_train``) or the frozen tier: ``config.yaml``,
+``metrics.json`` (flat final metrics plus an ``"untrained"`` baseline; its presence marks
+the run finished), ``history.json`` (:class:`~dml_study.training.history.History`),
+``proxies.npy``, ``proxies_init.npy``, ``test_embeddings.npz`` and ``provenance.json``.
+Paths and the finished test are the run directory's; the config is read by the leaf names
+of the training parameters, so these helpers keep working when the config nests sections.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dml_study.study.config import TRAIN_PARAMETERS
-from dml_study.study.grid import FINISHED_MARKER, RunSpec, run_dir
+from dml_study.study.config import STUDY_TRAIN_PARAMETERS
+from dml_study.study.grid import RunSpec
+from dml_study.training.history import History
+from dml_study.training.run_dir import RunDirectory, runs_root
+from dml_study.typed_fields import flatten
 
 #: Columns describing a run's configuration, in display order.
 PARAM_COLUMNS: tuple[str, ...] = (
@@ -45,16 +48,15 @@ PARAM_COLUMNS: tuple[str, ...] = (
 
 def finished_run_dirs(results_dir: str | Path) -> list[Path]:
     """Run directories under ``<results_dir>/runs`` that hold ``metrics.json``, sorted."""
-    runs = Path(results_dir) / "runs"
+    runs = runs_root(results_dir)
     if not runs.is_dir():
         return []
-    return sorted(p for p in runs.iterdir() if (p / FINISHED_MARKER).is_file())
+    return sorted(p for p in runs.iterdir() if RunDirectory(p).is_finished())
 
 
 def load_metrics(path: str | Path) -> dict[str, float]:
     """Final metrics of a run, flat; the untrained baseline as ``untrained/<metric>``."""
-    path = Path(path)
-    raw = json.loads((path / FINISHED_MARKER).read_text(encoding="utf-8"))
+    raw = RunDirectory(path).read_json("metrics.json")
     flat: dict[str, float] = {}
     for key, value in raw.items():
         if isinstance(value, dict):
@@ -70,18 +72,10 @@ def _is_number(value: Any) -> bool:
 
 def load_run_config(path: str | Path) -> dict[str, Any]:
     """The run's ``config.yaml`` as a nested dict (empty when absent)."""
-    file = Path(path) / "config.yaml"
+    file = RunDirectory(path).config
     if not file.is_file():
         return {}
     return yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-
-
-def _walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _walk(value, f"{prefix}.{key}" if prefix else str(key))
-    else:
-        yield prefix, node
 
 
 def run_parameters(config: dict[str, Any]) -> dict[str, Any]:
@@ -91,12 +85,12 @@ def run_parameters(config: dict[str, Any]) -> dict[str, Any]:
     and ``model.backbone`` style layouts are both understood).
     """
     found: dict[str, Any] = {}
-    for path, value in _walk(config):
+    for path, value in flatten(config).items():
         parts = path.split(".")
         leaf = parts[-1]
         if leaf == "name" and len(parts) >= 2 and parts[-2] in ("loss", "dataset"):
             leaf = parts[-2]
-        if leaf in TRAIN_PARAMETERS and leaf not in found:
+        if leaf in STUDY_TRAIN_PARAMETERS and leaf not in found:
             found[leaf] = value
     for key in ("run_name",):
         found.pop(key, None)
@@ -110,9 +104,11 @@ def run_recipe(params: dict[str, Any]) -> str:
     benchmarks; anything smaller (the icons dataset, a tiny backbone, a few epochs at
     low resolution) is a CPU-sized run whose numbers are not comparable to the papers'.
     """
+    from dml_study.data.registry import list_datasets
+
     backbone = str(params.get("backbone") or "")
     full = (
-        params.get("dataset") in ("cub200", "cars196", "sop", "inshop")
+        params.get("dataset") in list_datasets(kind="benchmark")
         and backbone.startswith("deit")
         and bool(params.get("pretrained", False))
         and int(params.get("image_size") or 0) >= 224
@@ -122,7 +118,7 @@ def run_recipe(params: dict[str, Any]) -> str:
 
 def run_tier(path: str | Path) -> str:
     """``"frozen"`` for frozen-backbone runs (``metrics.json`` says so), else ``"fine-tuned"``."""
-    raw = json.loads((Path(path) / FINISHED_MARKER).read_text(encoding="utf-8"))
+    raw = RunDirectory(path).read_json("metrics.json")
     return str(raw.get("tier", "fine-tuned"))
 
 
@@ -158,8 +154,8 @@ def grid_results(specs: Iterable[RunSpec], results_dir: str | Path) -> pd.DataFr
     """
     rows = []
     for spec in specs:
-        path = run_dir(Path(results_dir), spec.run_name)
-        if not (path / FINISHED_MARKER).is_file():
+        run = RunDirectory.for_run(results_dir, spec.run_name)
+        if not run.is_finished():
             continue
         row: dict[str, Any] = {
             "group": spec.group,
@@ -169,7 +165,7 @@ def grid_results(specs: Iterable[RunSpec], results_dir: str | Path) -> pd.DataFr
             "run_name": spec.run_name,
         }
         row.update({k: spec.params.get(k) for k in PARAM_COLUMNS if k != "seed"})
-        _add_metrics(row, load_metrics(path))
+        _add_metrics(row, load_metrics(run.path))
         rows.append(row)
     if not rows:  # keep the columns so that filtering an empty table still works
         return pd.DataFrame(
@@ -182,7 +178,7 @@ def grid_status(specs: Iterable[RunSpec], results_dir: str | Path) -> pd.DataFra
     """Per group: cells, distinct runs and how many of them are finished."""
     rows = []
     for spec in specs:
-        done = (run_dir(Path(results_dir), spec.run_name) / FINISHED_MARKER).is_file()
+        done = RunDirectory.for_run(results_dir, spec.run_name).is_finished()
         rows.append({"group": spec.group, "run_name": spec.run_name, "finished": done})
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -208,19 +204,9 @@ class RunArtifacts:
 
 
 def load_history(path: str | Path) -> pd.DataFrame:
-    """The run's per-epoch (or per-step) log from ``history.csv`` or ``history.json``."""
-    path = Path(path)
-    if (path / "history.csv").is_file():
-        return pd.read_csv(path / "history.csv")
-    if (path / "history.json").is_file():
-        data = json.loads((path / "history.json").read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            for key in ("epochs", "history", "records", "rows"):
-                if isinstance(data.get(key), list):
-                    data = data[key]
-                    break
-        return pd.json_normalize(data, sep="/") if isinstance(data, list) else pd.DataFrame()
-    return pd.DataFrame()
+    """The run's per-epoch log (:meth:`History.load`: one row per record of ``history.json``;
+    empty when the run has none)."""
+    return pd.DataFrame(History.load(RunDirectory(path)).records)
 
 
 def load_test_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -228,7 +214,7 @@ def load_test_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray] | No
 
     For query/gallery datasets (In-Shop) the query split is used.
     """
-    file = Path(path) / "test_embeddings.npz"
+    file = RunDirectory(path).test_embeddings
     if not file.is_file():
         return None
     with np.load(file) as data:
@@ -245,18 +231,19 @@ def load_test_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray] | No
 
 def load_run(results_dir: str | Path, run_name: str) -> RunArtifacts:
     """Everything the proxy analysis needs from one finished run."""
-    path = run_dir(Path(results_dir), run_name)
-    if not (path / FINISHED_MARKER).is_file():
-        raise FileNotFoundError(f"run {run_name} is not finished: no {path / FINISHED_MARKER}")
+    run = RunDirectory.for_run(results_dir, run_name)
+    if not run.is_finished():
+        raise FileNotFoundError(f"run {run_name} is not finished: no {run.metrics}")
+    path = run.path
     test = load_test_embeddings(path)
-    init = path / "proxies_init.npy"
+    init = run.proxies_init
     return RunArtifacts(
         run_name=run_name,
         path=path,
         metrics=load_metrics(path),
         params=run_parameters(load_run_config(path)),
         history=load_history(path),
-        proxies=np.load(path / "proxies.npy"),
+        proxies=np.load(run.proxies),
         proxies_init=np.load(init) if init.is_file() else None,
         embeddings=None if test is None else test[0],
         labels=None if test is None else test[1],
@@ -271,10 +258,10 @@ def grid_histories(specs: Iterable[RunSpec], results_dir: str | Path) -> pd.Data
     """
     frames = []
     for spec in specs:
-        path = run_dir(Path(results_dir), spec.run_name)
-        if not (path / FINISHED_MARKER).is_file():
+        run = RunDirectory.for_run(results_dir, spec.run_name)
+        if not run.is_finished():
             continue
-        history = load_history(path)
+        history = load_history(run.path)
         if history.empty:
             continue
         frames.append(history.assign(group=spec.group, variant=spec.variant, seed=spec.seed,

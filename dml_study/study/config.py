@@ -25,52 +25,50 @@ from typing import Any
 
 import yaml
 
-from dml_study.typed_fields import coerce, field_types
+from dml_study.config import TRAIN_PARAMETERS
+from dml_study.training.run_dir import runs_root
+from dml_study.typed_fields import coerce, did_you_mean, field_types
 
 #: Set to a study's name while its run executes in ``<results>/<name>.staging``.
 STAGING_ENV = "DML_STUDY_STAGING"
 STAGING_SUFFIX = ".staging"
 
-#: Parameters of ``notebooks/02_train.ipynb`` (fixed by the project's interface). ``None``
-#: means "from the dataset preset".
-TRAIN_PARAMETERS: tuple[str, ...] = (
-    "dataset",
-    "data_root",
-    "backbone",
-    "pretrained",
-    "loss",
-    "so_lambda",
-    "so_gram",
-    "so_normalize",
-    "so_reduction",
-    "proxy_init",
-    "embedding_dim",
-    "epochs",
-    "batch_size",
-    "m_per_class",
-    "lr",
-    "image_size",
-    "seed",
-    "run_name",
-    "results_dir",
-    "device",
-    "num_workers",
-    "quiet",
-    # Any other config key of dml_study.config, as {"dotted.or.flat.key": value}.
-    "overrides",
+#: Parameters of ``02_train`` (:data:`dml_study.config.TRAIN_PARAMETERS`) a study file may
+#: not set: switches of one interactive run. ``config_yaml`` would put settings outside the
+#: study file, ``overwrite``/``allow_lr_change`` are decided by the launcher (a finished run
+#: is reused), and the data checks ``on_corrupt``/``check_images`` are left to the presets.
+NOTEBOOK_ONLY_PARAMETERS: tuple[str, ...] = (
+    "config_yaml", "overwrite", "allow_lr_change", "on_corrupt", "check_images",
+)
+
+#: Training parameters a study may name (``02_train``'s, less :data:`NOTEBOOK_ONLY_PARAMETERS`).
+#: ``None`` means "from the dataset preset".
+STUDY_TRAIN_PARAMETERS: tuple[str, ...] = tuple(
+    p for p in TRAIN_PARAMETERS if p not in NOTEBOOK_ONLY_PARAMETERS
 )
 
 #: Parameters the study sets itself for every run; a study file may not set them.
 RESERVED_TRAIN_PARAMETERS: tuple[str, ...] = ("run_name", "results_dir", "seed")
 
-#: Valid choices of the categorical training parameters.
-TRAIN_CHOICES: dict[str, tuple[Any, ...]] = {
-    "dataset": ("cub200", "cars196", "sop", "inshop", "icons"),
-    "loss": ("proxy_anchor", "normsoftmax", "additive_margin", "adaptive_margin"),
-    "so_gram": ("classes", "dims"),
-    "so_reduction": ("sum", "mean", "excess_mean"),
-    "proxy_init": ("kaiming", "orthogonal", "normal"),
-}
+
+def train_choices() -> dict[str, tuple[str, ...]]:
+    """Valid choices of the categorical training parameters, asked of the registries.
+
+    Imported here rather than at module level: the registries import torch, which loading
+    a study file needs only once it validates names.
+    """
+    from dml_study.data.registry import list_datasets
+    from dml_study.losses.base import list_proxy_inits
+    from dml_study.losses.registry import list_losses
+    from dml_study.losses.soft_orthogonality import GRAMS, REDUCTIONS
+
+    return {
+        "dataset": tuple(list_datasets()),
+        "loss": tuple(list_losses()),
+        "so_gram": GRAMS,
+        "so_reduction": REDUCTIONS,
+        "proxy_init": tuple(list_proxy_inits()),
+    }
 
 RECIPES: tuple[str, ...] = ("cpu", "full")
 
@@ -160,6 +158,26 @@ class GroupConfig:
     tier: str = "fine-tuned"
     #: Run every variant on each of these datasets (empty: the dataset of ``train``/``base``).
     datasets: tuple[str, ...] = ()
+
+    def variant_overrides(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(variant name, parameter overrides)`` of every variant, in file order:
+        ``variants``, then one per ``sweep`` value (named by :func:`sweep_variant_name`)."""
+        variants = list(self.variants.items())
+        for param, values in self.sweep.items():
+            variants += [(sweep_variant_name(param, v), {param: v}) for v in values]
+        return variants
+
+
+def sweep_variant_name(param: str, value: Any) -> str:
+    """Name of the variant a sweep value produces, e.g. ``so_lambda=0.01``."""
+    return f"{param}={format_value(value)}"
+
+
+def format_value(value: Any) -> str:
+    """A parameter value as it appears in variant and run names (floats as ``%g``)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -301,7 +319,7 @@ class StudyConfig:
     @property
     def runs_dir(self) -> Path:
         """Where training runs land (``results/runs/<run_name>``), shared by all studies."""
-        return self.results_dir / "runs"
+        return runs_root(self.results_dir)
 
     @property
     def executed_runs_dir(self) -> Path:
@@ -383,13 +401,18 @@ def study_config_from_dict(
     return config
 
 
-def _build_group(raw: Any, where: str) -> GroupConfig:
+def _build_named(cls: type, raw: Any, where: str) -> Any:
+    """A list entry with a required ``name`` (a group, a claim) built as section ``cls``."""
     if not isinstance(raw, dict):
         raise StudyConfigError(f"{where}: expected a mapping, got {raw!r}")
-    _check_keys(raw, GroupConfig, where)
+    _check_keys(raw, cls, where)
     if "name" not in raw:
         raise StudyConfigError(f"{where}: missing required key 'name'")
-    group = _build_section(GroupConfig, raw, where)
+    return _build_section(cls, raw, where)
+
+
+def _build_group(raw: Any, where: str) -> GroupConfig:
+    group = _build_named(GroupConfig, raw, where)
     if not group.variants and not group.sweep:
         raise StudyConfigError(f"{where} ({group.name}): give 'variants' and/or 'sweep'")
     if len(group.sweep) > 1:
@@ -398,11 +421,7 @@ def _build_group(raw: Any, where: str) -> GroupConfig:
         )
     if not group.seeds:
         raise StudyConfigError(f"{where} ({group.name}): 'seeds' must not be empty")
-    if group.tier not in TIERS:
-        raise StudyConfigError(
-            f"{where} ({group.name}).tier: invalid value {group.tier!r}; valid: "
-            f"{', '.join(TIERS)}{_did_you_mean(group.tier, TIERS)}"
-        )
+    _check_choice(group.tier, TIERS, f"{where} ({group.name}).tier")
     for dataset in group.datasets:
         _check_train_params({"dataset": dataset}, f"{where} ({group.name}).datasets")
     for variant, params in group.variants.items():
@@ -433,28 +452,11 @@ def build_slurm_config(base: SlurmConfig, overrides: dict[str, Any], where: str)
 
 
 def _build_claim(raw: Any, where: str) -> ClaimConfig:
-    if not isinstance(raw, dict):
-        raise StudyConfigError(f"{where}: expected a mapping, got {raw!r}")
-    _check_keys(raw, ClaimConfig, where)
-    if "name" not in raw:
-        raise StudyConfigError(f"{where}: missing required key 'name'")
-    claim = _build_section(ClaimConfig, raw, where)
+    claim = _build_named(ClaimConfig, raw, where)
     for key, choices in (("paper", CLAIM_PAPERS), ("kind", CLAIM_KINDS),
                          ("direction", CLAIM_DIRECTIONS)):
-        value = getattr(claim, key)
-        if value not in choices:
-            raise StudyConfigError(
-                f"{where} ({claim.name}).{key}: invalid value {value!r}; valid: "
-                f"{', '.join(choices)}{_did_you_mean(value, choices)}"
-            )
+        _check_choice(getattr(claim, key), choices, f"{where} ({claim.name}).{key}")
     return claim
-
-
-def _did_you_mean(value: Any, choices: Sequence[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _build_section(cls: type, raw: Any, where: str) -> Any:
@@ -478,11 +480,11 @@ def _check_keys(raw: dict[str, Any], cls: type, where: str, exclude: tuple[str, 
 
 
 def _check_train_params(params: dict[str, Any], where: str) -> None:
-    unknown = sorted(set(params) - set(TRAIN_PARAMETERS))
+    unknown = sorted(set(params) - set(STUDY_TRAIN_PARAMETERS))
     if unknown:
         raise StudyConfigError(
             f"{where}: unknown training parameter(s) {', '.join(map(repr, unknown))}; "
-            f"valid: {', '.join(TRAIN_PARAMETERS)}"
+            f"valid: {', '.join(STUDY_TRAIN_PARAMETERS)}"
         )
     reserved = sorted(set(params) & set(RESERVED_TRAIN_PARAMETERS))
     if reserved:
@@ -490,32 +492,26 @@ def _check_train_params(params: dict[str, Any], where: str) -> None:
             f"{where}: {', '.join(reserved)} are set by the study for every run (seeds come "
             "from the group's 'seeds'); remove them"
         )
+    choices = train_choices()
     for key, value in params.items():
-        choices = _dataset_choices() if key == "dataset" else TRAIN_CHOICES.get(key)
-        if choices is not None and value is not None and value not in choices:
-            raise StudyConfigError(
-                f"{where}.{key}: invalid value {value!r}; valid: {', '.join(map(str, choices))}"
-            )
+        if key in choices and value is not None:
+            _check_choice(value, choices[key], f"{where}.{key}")
 
 
-def _dataset_choices() -> tuple[str, ...]:
-    """Registered dataset names (the data registry, embedded datasets included)."""
-    try:
-        from dml_study.data import DATASETS
-    except ImportError:  # pragma: no cover - the data layer is part of the package
-        return TRAIN_CHOICES["dataset"]
-    return tuple(dict.fromkeys([*TRAIN_CHOICES["dataset"], *DATASETS]))
+def _check_choice(value: Any, choices: Sequence[str], where: str) -> None:
+    """Raise :class:`StudyConfigError` naming ``where`` when ``value`` is not a choice."""
+    if value not in choices:
+        raise StudyConfigError(
+            f"{where}: invalid value {value!r}; valid: {', '.join(map(str, choices))}"
+            f"{did_you_mean(value, choices)}"
+        )
 
 
 def _validate(config: StudyConfig, where: str) -> None:
     if config.recipe not in RECIPES:
         raise StudyConfigError(f"{where}: recipe {config.recipe!r}; valid: {', '.join(RECIPES)}")
     for dataset in config.datasets:
-        if dataset not in _dataset_choices():
-            raise StudyConfigError(
-                f"{where}: datasets: unknown dataset {dataset!r}; valid: "
-                f"{', '.join(_dataset_choices())}{_did_you_mean(dataset, _dataset_choices())}"
-            )
+        _check_choice(dataset, train_choices()["dataset"], f"{where}: datasets")
     _check_train_params(config.train, f"{where}: train")
     names = [g.name for g in config.groups]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -599,7 +595,7 @@ def _validate_claim(
         if group not in groups:
             raise StudyConfigError(
                 f"{at}.group: {group!r} is not a group; groups: {', '.join(groups)}"
-                f"{_did_you_mean(group, groups)}"
+                f"{did_you_mean(group, groups)}"
             )
         variants = _variant_names(config.group(group))
         roles = ("baseline",) if claim.kind == "correlation" else ("baseline", "treatment")
@@ -608,17 +604,12 @@ def _validate_claim(
             if value not in variants:
                 raise StudyConfigError(
                     f"{at}.{role}: {value!r} is not a variant of group {group!r}; "
-                    f"variants: {', '.join(variants)}{_did_you_mean(value, variants)}"
+                    f"variants: {', '.join(variants)}{did_you_mean(value, variants)}"
                 )
 
 
 def _variant_names(group: GroupConfig) -> list[str]:
-    from dml_study.study.grid import sweep_variant_name
-
-    names = list(group.variants)
-    for param, values in group.sweep.items():
-        names += [sweep_variant_name(param, v) for v in values]
-    return names
+    return [name for name, _ in group.variant_overrides()]
 
 
 # --------------------------------------------------------------------------- coercion

@@ -24,23 +24,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from dml_study.study.config import StudyConfig
+from dml_study.config import (
+    IDENTITY_NEUTRAL_KEYS,
+    ExperimentConfig,
+    LossConfig,
+    config_from_parameters,
+)
+from dml_study.study.config import StudyConfig, format_value
 from dml_study.study.notebooks import Progress
+from dml_study.training.run_dir import RunDirectory
+from dml_study.typed_fields import flatten
 
-#: Training parameters that do not affect the result and so are not part of a run's identity.
+#: Training parameters that are not part of a run's identity: the parameter names of
+#: :data:`dml_study.config.IDENTITY_NEUTRAL_KEYS` (``data.data_root`` -> ``data_root``).
 NON_IDENTITY_PARAMETERS: frozenset[str] = frozenset(
-    {"run_name", "results_dir", "device", "num_workers", "quiet", "data_root"}
+    key.split(".", 1)[1] for key in IDENTITY_NEUTRAL_KEYS
 )
 
-#: A run directory holding this file is finished (the training interface's contract).
-FINISHED_MARKER = "metrics.json"
-
-_LOSS_SHORT = {
-    "proxy_anchor": "pa",
-    "normsoftmax": "ns",
-    "additive_margin": "am",
-    "adaptive_margin": "adam",
-}
 
 
 @dataclass(frozen=True)
@@ -70,17 +70,6 @@ class RunSpec:
         return {**self.params, "run_name": self.run_name, "results_dir": str(results_dir)}
 
 
-def sweep_variant_name(param: str, value: Any) -> str:
-    """Name of the variant a sweep value produces, e.g. ``so_lambda=0.01``."""
-    return f"{param}={_format_value(value)}"
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 #: Parameters that are real numbers: ``0`` and ``0.0`` must name the same run.
 _FLOAT_PARAMETERS = frozenset({"so_lambda", "lr"})
 
@@ -94,36 +83,18 @@ def run_identity(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-#: Keys of the resolved training config that do not change a run's result.
-_NON_IDENTITY_CONFIG_KEYS = frozenset({
-    "data.data_root", "data.num_workers", "run.run_name", "run.results_dir", "run.device",
-    "run.quiet", "run.overwrite",
-})
-
-
-def experiment_config(params: dict[str, Any]) -> Any:
+def experiment_config(params: dict[str, Any]) -> ExperimentConfig:
     """The :class:`~dml_study.config.ExperimentConfig` ``02_train`` builds from ``params``.
 
-    Mirrors the notebook: ``load_config(dataset, **params, **overrides)``, so ``None``
-    values take the dataset preset. Raises the config's own error for invalid values.
+    The notebook's own function, :func:`dml_study.config.config_from_parameters`, so
+    ``None`` values take the dataset preset. Raises the config's own error for invalid values.
     """
-    from dml_study.config import load_config
-
-    kw = {k: v for k, v in params.items() if k not in ("dataset", "overrides")}
-    return load_config(params.get("dataset"), **kw, **(params.get("overrides") or {}))
+    return config_from_parameters(params)
 
 
 def resolved_config(params: dict[str, Any]) -> dict[str, Any]:
     """The complete training config built from ``params``, flat (dotted keys)."""
-    return dict(_flatten(experiment_config(params).to_dict()))
-
-
-def _flatten(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _flatten(value, f"{prefix}.{key}" if prefix else str(key))
-    else:
-        yield prefix, list(node) if isinstance(node, tuple) else node
+    return flatten(experiment_config(params).to_dict())
 
 
 def make_run_name(
@@ -141,7 +112,7 @@ def make_run_name(
     """
     if resolve:
         config = resolved_config(params)
-        identity = {k: v for k, v in config.items() if k not in _NON_IDENTITY_CONFIG_KEYS}
+        identity = {k: v for k, v in config.items() if k not in IDENTITY_NEUTRAL_KEYS}
         params = {
             "dataset": config["data.dataset"], "loss": config["loss.name"],
             "so_lambda": config["loss.so_lambda"], "so_gram": config["loss.so_gram"],
@@ -157,24 +128,31 @@ def make_run_name(
     ).hexdigest()[:8]
     dataset = params.get("dataset") or "preset"
     loss = params.get("loss") or "preset"
-    parts = [str(dataset), _LOSS_SHORT.get(str(loss), str(loss))]
+    parts = [str(dataset), _loss_short_name(str(loss))]
     if tier:
         parts.insert(0, str(tier.get("tier", "tier")))
     so_lambda = params.get("so_lambda")
     if so_lambda is not None:
-        parts.append(f"so{_format_value(float(so_lambda))}")
+        parts.append(f"so{format_value(float(so_lambda))}")
     # A few readable tags for the settings the ablations vary; the hash stays the identity.
     if params.get("so_gram") == "dims":
         parts.append("gdims")
     if params.get("so_normalize") is False:
         parts.append("nonorm")
-    if params.get("proxy_init") not in (None, "kaiming"):
+    if params.get("proxy_init") not in (None, LossConfig.proxy_init):
         parts.append(str(params["proxy_init"]))
     if params.get("embedding_dim") is not None:
         parts.append(f"d{params['embedding_dim']}")
     parts.append(f"s{params.get('seed', 0)}")
     parts.append(digest)
     return "-".join(parts)
+
+
+def _loss_short_name(loss: str) -> str:
+    """The loss's ``short_name`` for run names (e.g. ``pa``); unknown names as given."""
+    from dml_study.losses.registry import LOSSES
+
+    return LOSSES[loss].short_name if loss in LOSSES else loss
 
 
 def frozen_feature_settings(config: StudyConfig, dataset: str | None) -> Any:
@@ -200,9 +178,7 @@ def expand_grid(config: StudyConfig) -> list[RunSpec]:
     """
     specs: list[RunSpec] = []
     for group in config.groups:
-        variants: list[tuple[str, dict[str, Any]]] = list(group.variants.items())
-        for param, values in group.sweep.items():
-            variants += [(sweep_variant_name(param, v), {param: v}) for v in values]
+        variants = group.variant_overrides()
         frozen = group.tier == "frozen"
         for dataset in group.datasets or (None,):
             shared = {**config.train, **(config.frozen.train if frozen else {})}
@@ -232,14 +208,9 @@ def unique_runs(specs: Iterable[RunSpec]) -> list[RunSpec]:
     return list(seen.values())
 
 
-def run_dir(results_dir: Path, run_name: str) -> Path:
-    """Directory of a training run: ``<results_dir>/runs/<run_name>``."""
-    return Path(results_dir) / "runs" / run_name
-
-
 def is_finished(results_dir: Path, run_name: str) -> bool:
-    """True when the run's directory holds ``metrics.json`` (it will be reused)."""
-    return (run_dir(results_dir, run_name) / FINISHED_MARKER).is_file()
+    """True when the run is finished (:meth:`RunDirectory.is_finished`): it will be reused."""
+    return RunDirectory.for_run(results_dir, run_name).is_finished()
 
 
 @dataclass(frozen=True)
@@ -262,7 +233,7 @@ def run_grid(
     """Train every run of the grid that is not finished yet, one after another, here.
 
     Each missing run executes the study's training notebook with papermill through
-    :func:`dml_study.study.launch.execute_run` (the one place a run is trained: it claims
+    :func:`dml_study.study.launch_task.execute_run` (the one place a run is trained: it claims
     the run, so a launcher training the same study is never duplicated); the executed copy
     goes to ``results/<study>/runs/<run_name>.ipynb``. Finished runs (a run directory with
     ``metrics.json``) are skipped, so a re-run only computes what is missing, and a run
@@ -271,7 +242,7 @@ def run_grid(
     executed notebook and failing cell). The study runner trains the grid *before* the
     notebooks with a parallel launcher, so inside ``03_ablations`` every run is reused.
     """
-    from dml_study.study.launch import execute_run, make_task, wait_for_run
+    from dml_study.study.launch_task import execute_run, make_task, wait_for_run
 
     runs = unique_runs(specs if specs is not None else expand_grid(config))
     stream = stream or sys.stdout

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from dml_study.study.config import StudyConfig
-from dml_study.study.launch import RunResult, RunTask, default_threads, worker_env
+from dml_study.study.launch_task import RunResult, RunTask, default_threads, worker_env
 from dml_study.study.launch_worker import run_worker
 
 

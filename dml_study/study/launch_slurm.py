@@ -36,7 +36,7 @@ import submitit
 import yaml
 
 from dml_study.study.config import SlurmConfig, StudyConfig
-from dml_study.study.launch import RunResult, RunTask, read_launch_state, worker_env
+from dml_study.study.launch_task import RunResult, RunTask, read_launch_state, worker_env
 from dml_study.study.launch_worker import run_worker
 
 #: Scheduler states in which a job will still produce its run.

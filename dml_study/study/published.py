@@ -150,13 +150,20 @@ PUBLISHED: tuple[PublishedResult, ...] = (
 
 
 def published_results(dataset: str | None = None) -> list[PublishedResult]:
-    """All published entries, or those of one dataset (``icons``: none, no error)."""
+    """All published entries, or those of one dataset (an embedded one: none, no error)."""
     if dataset is None:
         return list(PUBLISHED)
     known = sorted({r.dataset for r in PUBLISHED})
-    if dataset not in known and dataset != "icons":
+    if dataset not in known and not _is_embedded(dataset):
         raise ValueError(f"unknown dataset {dataset!r}; published numbers exist for {known}")
     return [r for r in PUBLISHED if r.dataset == dataset]
+
+
+def _is_embedded(dataset: str) -> bool:
+    """Whether the data registry knows ``dataset`` as an embedded (locally built) dataset."""
+    from dml_study.data.registry import list_datasets
+
+    return dataset in list_datasets(kind="embedded")
 
 
 def published_table(dataset: str | None = None) -> pd.DataFrame:
@@ -183,16 +190,11 @@ COMPARISON_COLUMNS: tuple[str, ...] = (
     "value", "std", "seeds", "recipe", "verified", "source", "note",
 )
 
-_LOSS_NAMES = {
-    "proxy_anchor": "Proxy Anchor",
-    "adaptive_margin": "Adaptive margin",
-    "additive_margin": "Additive margin",
-    "normsoftmax": "Normalised softmax",
-}
-
-
 def _our_method(row: pd.Series) -> str:
-    loss = _LOSS_NAMES.get(str(row.get("loss")), str(row.get("loss") or "preset loss"))
+    from dml_study.losses.registry import LOSSES
+
+    name = row.get("loss")
+    loss = LOSSES[name].title if name in LOSSES else str(name or "preset loss")
     so = float(row.get("so_lambda") or 0.0)
     so_text = f" + SO (λ={so:g}, {row.get('so_reduction') or 'sum'})" if so > 0 else ""
     return f"{loss}{so_text} [{row['group']}/{row['variant']}]"
@@ -205,9 +207,10 @@ def _resolved_params(cells: pd.DataFrame, results_dir: str | Path | None) -> dic
     if results_dir is None or "run_name" not in first:
         return first
     from dml_study.study.collect import load_run_config, run_parameters
-    from dml_study.study.grid import run_dir
+    from dml_study.training.run_dir import RunDirectory
 
-    saved = run_parameters(load_run_config(run_dir(Path(results_dir), str(first["run_name"]))))
+    run = RunDirectory.for_run(results_dir, str(first["run_name"]))
+    saved = run_parameters(load_run_config(run.path))
     return {**first, **{k: v for k, v in saved.items() if first.get(k) is None}}
 
 
@@ -278,12 +281,16 @@ def comparison_table(
 
 def comparison_tables(
     results: pd.DataFrame,
-    datasets: Iterable[str] = ("cub200", "cars196", "sop", "inshop"),
+    datasets: Iterable[str] | None = None,
     metric: str = "R@1",
     results_dir: str | Path | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """:func:`comparison_table` for each benchmark that has published numbers."""
+    """:func:`comparison_table` for each benchmark of ``datasets`` (default: every benchmark
+    of the data registry); embedded datasets are skipped (nothing is published for them)."""
+    from dml_study.data.registry import list_datasets
+
+    datasets = list_datasets(kind="benchmark") if datasets is None else datasets
     return {
         ds: comparison_table(results, ds, metric, results_dir=results_dir)
-        for ds in datasets if ds != "icons"
+        for ds in datasets if not _is_embedded(ds)
     }

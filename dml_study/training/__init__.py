@@ -12,30 +12,34 @@
 - :mod:`~dml_study.training.report` — tables and plots for the 02_train notebook.
 """
 
-from dml_study.training.engine import RunResult, Trainer, train
-from dml_study.training.errors import (
-    NonFiniteLossError,
-    RunExistsError,
-    RunLockedError,
-    StopRequested,
-    TrainingError,
-    TrainingInterrupted,
-)
-from dml_study.training.lock import RunLock
-from dml_study.training.run_dir import RunDirectory, RunState, default_results_dir
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "NonFiniteLossError",
-    "RunDirectory",
-    "RunExistsError",
-    "RunLock",
-    "RunLockedError",
-    "RunResult",
-    "RunState",
-    "StopRequested",
-    "Trainer",
-    "TrainingError",
-    "TrainingInterrupted",
-    "default_results_dir",
-    "train",
-]
+# Exported name -> submodule. Imported on first use (PEP 562), so that the light parts —
+# the run directory, its history and lock, which the study reads — do not import torch.
+_EXPORTS: dict[str, str] = {
+    "RunResult": "engine",
+    "Trainer": "engine",
+    "train": "engine",
+    "NonFiniteLossError": "errors",
+    "RunExistsError": "errors",
+    "RunLockedError": "errors",
+    "StopRequested": "errors",
+    "TrainingError": "errors",
+    "TrainingInterrupted": "errors",
+    "RunLock": "lock",
+    "RunDirectory": "run_dir",
+    "RunState": "run_dir",
+    "default_results_dir": "run_dir",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_EXPORTS)

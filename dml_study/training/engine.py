@@ -40,7 +40,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from dml_study.config import ExperimentConfig, config_from_dict, validate_against_labels
+from dml_study.config import (
+    RESUME_MUTABLE_KEYS,
+    ExperimentConfig,
+    config_from_dict,
+    validate_against_labels,
+)
 from dml_study.data import build_dataloader
 from dml_study.data.transforms import model_transforms
 from dml_study.env import environment_report
@@ -75,24 +80,6 @@ from dml_study.training.run_dir import (
     atomic_write_text,
 )
 from dml_study.training.state import TrainState, expose_state_fields
-
-#: Config keys that may differ between a run and its resumption (they do not change results).
-RESUME_MUTABLE_KEYS = frozenset(
-    {
-        "data.num_workers",
-        "data.eval_batch_size",
-        "data.check_images",
-        "data.cache_decoded",
-        "run.quiet",
-        "run.overwrite",
-        "run.stop_after_steps",
-        "run.checkpoint_every_steps",
-        "run.device",
-        "run.compile",
-        "run.results_dir",
-        "run.allow_lr_change",
-    }
-)
 
 
 @dataclass

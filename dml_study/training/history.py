@@ -1,4 +1,8 @@
-"""Per-epoch training history, saved as JSON (nested-free records) and CSV."""
+"""Per-epoch training history, saved as JSON (nested-free records) and CSV.
+
+``history.json`` (a list of flat records) is what is read back (:meth:`History.load`);
+``history.csv`` is the same table for people and spreadsheets.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,13 @@ class History:
 
     def append(self, record: dict[str, Any]) -> None:
         self.records.append(dict(record))
+
+    @classmethod
+    def load(cls, run_dir: RunDirectory) -> History:
+        """The history :meth:`save` wrote to ``run_dir`` (empty when there is none yet)."""
+        if not run_dir.history_json.is_file():
+            return cls()
+        return cls(run_dir.read_json(run_dir.history_json.name))
 
     def save(self, run_dir: RunDirectory) -> None:
         atomic_write_json(run_dir.history_json, self.records)

@@ -56,6 +56,11 @@ def default_results_dir() -> Path:
     return Path.cwd() / "results"
 
 
+def runs_root(results_dir: str | Path | None) -> Path:
+    """``<results_dir>/runs``, the folder of all run directories (``None``: the default)."""
+    return (Path(results_dir) if results_dir is not None else default_results_dir()) / "runs"
+
+
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     atomic_write_with(path, lambda fh: np.save(fh, array))
 
@@ -80,8 +85,8 @@ class RunDirectory:
 
     @classmethod
     def for_run(cls, results_dir: str | Path | None, run_name: str) -> RunDirectory:
-        root = Path(results_dir) if results_dir is not None else default_results_dir()
-        return cls(root / "runs" / run_name)
+        """The directory of run ``run_name``: ``<results_dir>/runs/<run_name>``."""
+        return cls(runs_root(results_dir) / run_name)
 
     config = property(lambda self: self.path / "config.yaml")
     provenance = property(lambda self: self.path / "provenance.json")
@@ -96,8 +101,12 @@ class RunDirectory:
     test_embeddings = property(lambda self: self.path / "test_embeddings.npz")
     train_class_recall = property(lambda self: self.path / "train_class_recall.npy")
 
+    def is_finished(self) -> bool:
+        """True when ``metrics.json`` exists: the trainer writes it last, so the run is done."""
+        return self.metrics.is_file()
+
     def state(self) -> RunState:
-        if self.metrics.is_file():
+        if self.is_finished():
             return RunState.FINISHED
         if self.last_checkpoint.is_file():
             return RunState.RESUMABLE

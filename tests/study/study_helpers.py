@@ -14,7 +14,7 @@ import nbformat
 import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
-from dml_study.study.config import TRAIN_PARAMETERS
+from dml_study.config import TRAIN_PARAMETERS
 
 FAKE_TRAIN_BODY = '''
 import json

@@ -13,8 +13,10 @@ from scipy import stats as sps
 
 from dml_study.study import claims as C
 from dml_study.study.config import StudyConfigError, study_config_from_dict
-from dml_study.study.grid import expand_grid, run_dir
+from dml_study.study.grid import expand_grid
 from dml_study.study.stats import VERDICTS, mean_ci, verdict_from_ci
+from dml_study.training.history import History
+from dml_study.training.run_dir import RunDirectory
 
 
 def _config(tmp_path: Path, claims: list[dict], seeds=(0, 1, 2, 3)) -> object:
@@ -34,8 +36,7 @@ def _write_run(path: Path, r1: float, history_r1: list[float], proxies: np.ndarr
                class_recall: np.ndarray | None = None) -> None:
     path.mkdir(parents=True, exist_ok=True)
     np.save(path / "proxies.npy", proxies)
-    pd.DataFrame({"epoch": range(len(history_r1)), "R@1": history_r1}).to_csv(
-        path / "history.csv", index=False)
+    History({"epoch": e, "R@1": r} for e, r in enumerate(history_r1)).save(RunDirectory(path))
     if class_recall is not None:
         np.save(path / "train_class_recall.npy", class_recall)
     (path / "metrics.json").write_text(json.dumps({"R@1": r1, "MAP@R": r1 / 2}))
@@ -48,7 +49,7 @@ def _fill(config, values: dict[tuple[str, int], float], proxies=None) -> None:
         if key not in values:
             continue  # an unfinished run
         p = proxies if proxies is not None else rng.normal(size=(5, 8))
-        _write_run(run_dir(config.results_dir, spec.run_name), values[key],
+        _write_run(RunDirectory.for_run(config.results_dir, spec.run_name).path, values[key],
                    [0.30, 0.30 + 0.5 * (values[key] - 0.30), values[key]], p)
 
 
@@ -157,8 +158,8 @@ def test_motivation_correlation_over_seeds(tmp_path):
         from dml_study.study.analysis import nearest_proxy_cosine
 
         recall = 1.0 - nearest_proxy_cosine(proxies) + 0.01 * rng.normal(size=12)
-        _write_run(run_dir(config.results_dir, spec.run_name), 0.5, [0.3, 0.5], proxies,
-                   class_recall=recall)
+        _write_run(RunDirectory.for_run(config.results_dir, spec.run_name).path, 0.5, [0.3, 0.5],
+                   proxies, class_recall=recall)
     (row,) = C.scorecard(config)
     assert row["seeds"] == 4 and row["effect"] < -0.8
     assert row["verdict"] == "supported"
@@ -177,15 +178,15 @@ def test_an_undefined_correlation_is_kept_as_an_inconclusive_row(tmp_path):
             recall = np.ones(12) if spec.seed < 2 else rng.uniform(size=12)
             if spec.seed < 2:
                 undefined.append(spec.seed)
-            _write_run(run_dir(config.results_dir, spec.run_name), 0.5, [0.3, 0.5],
-                       rng.normal(size=(12, 8)), class_recall=recall)
+            path = RunDirectory.for_run(config.results_dir, spec.run_name).path
+            _write_run(path, 0.5, [0.3, 0.5], rng.normal(size=(12, 8)), class_recall=recall)
     (row,) = C.scorecard(config)
     assert row["seeds"] == 2 and row["verdict"] in VERDICTS
     assert f"undefined on seed(s) {undefined}" in row["note"]
     for spec in expand_grid(config):
         if spec.variant == "base":
-            _write_run(run_dir(config.results_dir, spec.run_name), 0.5, [0.3, 0.5],
-                       rng.normal(size=(12, 8)), class_recall=np.ones(12))
+            path = RunDirectory.for_run(config.results_dir, spec.run_name).path
+            _write_run(path, 0.5, [0.3, 0.5], rng.normal(size=(12, 8)), class_recall=np.ones(12))
     (row,) = C.scorecard(config)
     assert row["seeds"] == 0 and row["effect"] is None and row["verdict"] == "inconclusive"
 

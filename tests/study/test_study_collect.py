@@ -89,3 +89,16 @@ def test_load_run_reads_arrays_and_history(tmp_path: Path):
     assert list(run.history.columns) == ["epoch", "orth_effective_rank"]
     with pytest.raises(FileNotFoundError, match="not finished"):
         load_run(tmp_path, "missing")
+
+
+def test_history_is_the_trainers_history_json(tmp_path: Path):
+    from dml_study.study.collect import load_history
+    from dml_study.training.history import History
+    from dml_study.training.run_dir import RunDirectory
+
+    run = RunDirectory(tmp_path / "r")
+    run.path.mkdir()
+    (run.path / "history.csv").write_text("epoch,loss\n1,0.5\n")  # a copy for people only
+    assert load_history(run.path).empty
+    History([{"epoch": 1, "loss": 0.5, "R@1": 0.7}]).save(run)
+    assert load_history(run.path).to_dict("records") == [{"epoch": 1, "loss": 0.5, "R@1": 0.7}]

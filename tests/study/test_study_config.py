@@ -116,3 +116,19 @@ def test_root_key_is_relative_to_the_file(tmp_path: Path):
     data["root"] = "."
     path.write_text(yaml.safe_dump(data))
     assert load_study_config(path).root == path.parent
+
+
+def test_training_choices_are_the_registries(tmp_path: Path):
+    from dml_study.data import list_datasets
+    from dml_study.losses import list_losses, list_proxy_inits
+    from dml_study.study.config import train_choices
+
+    choices = train_choices()
+    assert choices["dataset"] == tuple(list_datasets())
+    assert choices["loss"] == tuple(list_losses())
+    assert choices["proxy_init"] == tuple(list_proxy_inits())
+    # glyphs is a registered dataset, so a study's train may name it
+    config = load_study_config(write_study(tmp_path, train={"dataset": "glyphs"}))
+    assert config.train["dataset"] == "glyphs"
+    message = _error(tmp_path, train={"dataset": "cub200", "proxy_init": "orthognal"})
+    assert "did you mean 'orthogonal'" in message

@@ -11,6 +11,7 @@ from study_helpers import write_study
 from dml_study.study.config import load_study_config
 from dml_study.study.grid import (
     expand_grid,
+    experiment_config,
     headline_runs,
     is_finished,
     make_run_name,
@@ -119,3 +120,68 @@ def test_headline_runs_and_finished_marker(tmp_path: Path):
     assert is_finished(config.results_dir, baseline.run_name)
     with pytest.raises(ValueError, match="seeds: \\[0\\]"):
         headline_runs(config, seed=5)
+
+
+def test_the_train_notebook_declares_exactly_the_train_parameters(repo_root: Path):
+    import nbformat
+
+    from dml_study.config import TRAIN_PARAMETERS
+    from dml_study.notebook_params import assigned_names
+
+    book = nbformat.read(repo_root / "notebooks" / "02_train.ipynb", as_version=4)
+    cell = next(c for c in book.cells if "parameters" in c.metadata.get("tags", []))
+    assert tuple(assigned_names(cell.source)) == TRAIN_PARAMETERS
+    # ... and builds its config with the study's function
+    assert any("config_from_parameters(" in c.source for c in book.cells)
+
+
+def test_study_config_is_the_notebook_config():
+    from dml_study.config import ConfigError, config_from_parameters
+
+    params = {**PARAMS, "overrides": {"optim.head_lr_mult": 2.0}}
+    config = experiment_config(params)
+    assert config == config_from_parameters(params)
+    assert config.optim.head_lr_mult == 2.0
+    assert config.run.run_name == config.default_run_name()  # as 02_train names a lone run
+    with pytest.raises(ConfigError, match=r"unknown training parameter.*'so_lamda'"):
+        experiment_config({"dataset": "icons", "so_lamda": 0.1})
+
+
+def test_run_names_use_the_loss_classes_short_names():
+    from dml_study.losses import LOSSES
+
+    for name, cls in LOSSES.items():
+        run = make_run_name({**PARAMS, "loss": name}, resolve=False)
+        assert run.split("-")[1] == cls.short_name
+    assert "-ada-" in make_run_name({**PARAMS, "loss": "adaptive_margin"}, resolve=False)
+
+
+def test_run_name_hashes_are_pinned():
+    # Fixed by the run directories already trained: a change here renames (retrains) them.
+    assert make_run_name(PARAMS) == "icons-pa-so0.1-d128-s0-9099eb07"
+    adaptive = {**PARAMS, "loss": "adaptive_margin", "dataset": "glyphs",
+                "proxy_init": "orthogonal"}
+    assert make_run_name(adaptive) == "glyphs-ada-so0.1-orthogonal-d128-s0-c12f8dbe"
+
+
+def test_one_list_of_result_neutral_keys():
+    from dml_study.config import (
+        IDENTITY_NEUTRAL_KEYS,
+        RESULT_NEUTRAL_KEYS,
+        RESUME_MUTABLE_KEYS,
+        dotted_keys,
+    )
+    from dml_study.study.grid import NON_IDENTITY_PARAMETERS
+    from dml_study.training import engine
+
+    assert engine.RESUME_MUTABLE_KEYS is RESUME_MUTABLE_KEYS
+    assert RESULT_NEUTRAL_KEYS == IDENTITY_NEUTRAL_KEYS & RESUME_MUTABLE_KEYS
+    assert IDENTITY_NEUTRAL_KEYS | RESUME_MUTABLE_KEYS <= set(dotted_keys())
+    # where a run lives and what it is called never change on resume
+    assert not {"data.data_root", "run.run_name"} & RESUME_MUTABLE_KEYS
+    assert NON_IDENTITY_PARAMETERS == {k.split(".")[1] for k in IDENTITY_NEUTRAL_KEYS}
+    assert {"run_name", "results_dir", "device", "num_workers", "quiet", "data_root"} <= \
+        NON_IDENTITY_PARAMETERS
+    # a parameter outside the identity does not rename the run; one inside does
+    assert make_run_name({**PARAMS, "device": "cuda", "num_workers": 8}) == make_run_name(PARAMS)
+    assert make_run_name({**PARAMS, "overrides": {"run.compile": True}}) != make_run_name(PARAMS)

@@ -118,3 +118,12 @@ def test_comparison_without_best_metrics_says_so_and_tables_per_benchmark():
     assert set(tables) == {"cub200", "cars196", "sop", "inshop"}
     assert (tables["cars196"]["row"] == "this study").sum() == 0
     assert (tables["sop"]["row"] == "this study").sum() == 2
+
+
+def test_embedded_datasets_have_no_published_numbers_and_no_error():
+    # The data registry's kind decides, so glyphs is treated like icons (it used to raise).
+    assert published.published_results("icons") == []
+    assert published.published_results("glyphs") == []
+    with pytest.raises(ValueError, match="unknown dataset"):
+        published.published_results("mnist")
+    assert set(comparison_tables(_results(), datasets=["cub200", "glyphs"])) == {"cub200"}

@@ -93,3 +93,19 @@ def test_default_results_dir_env_and_checkout(monkeypatch, tmp_path):
     monkeypatch.delenv("DML_RESULTS_DIR")
     assert default_results_dir().name == "results"
     assert (default_results_dir().parent / "pyproject.toml").is_file()
+
+
+def test_history_round_trips_through_the_run_directory(tmp_path):
+    from dml_study.training.history import History
+    from dml_study.training.run_dir import runs_root
+
+    rd = RunDirectory.for_run(tmp_path, "r")
+    assert rd.path == runs_root(tmp_path) / "r" == tmp_path / "runs" / "r"
+    assert History.load(rd).records == []  # no history yet
+    rd.path.mkdir(parents=True)
+    History([{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25, "R@1": 0.9}]).save(rd)
+    assert History.load(rd).records == [{"epoch": 1, "loss": 0.5},
+                                        {"epoch": 2, "loss": 0.25, "R@1": 0.9}]
+    assert not rd.is_finished()
+    rd.metrics.write_text("{}")
+    assert rd.is_finished() and rd.state() is RunState.FINISHED
