@@ -38,7 +38,7 @@ from typing import Any, Literal, Union
 import numpy as np
 import yaml
 
-from dml_study.typed_fields import check_choice, close_matches, coerce, field_types
+from dml_study.typed_fields import check_choice, close_matches, coerce, field_types, flatten
 
 #: Parameters of ``notebooks/02_train.ipynb``, in the order of its ``parameters`` cell (which
 #: assigns exactly these; its config cell hands them to :func:`config_from_parameters`).
@@ -84,7 +84,7 @@ RESULT_NEUTRAL_KEYS: frozenset[str] = frozenset({
 })
 
 #: Keys left out of a run's identity (the hash in a study's run names,
-#: :func:`dml_study.study.grid.make_run_name`): the result-neutral ones, the data location
+#: :func:`run_name`): the result-neutral ones, the data location
 #: (so a study moved to another machine reuses its finished runs) and the run's name (which
 #: is derived from the identity). Neither may change on resume: the trainer cannot tell
 #: whether other files under another root are the same data, and the name is the directory.
@@ -284,12 +284,12 @@ class ExperimentConfig:
         }
 
     def default_run_name(self) -> str:
-        """A deterministic name, so that re-running the same recipe resumes the same run."""
-        lam = f"{self.loss.so_lambda:g}"
-        return (
-            f"{self.data.dataset}_{self.model.backbone}_{self.loss.name}"
-            f"_so{lam}_d{self.model.embedding_dim}_s{self.run.seed}"
-        )
+        """A deterministic name, so that re-running the same recipe resumes the same run.
+
+        The study's name for the same config (:func:`run_name`): a run started by hand
+        and the study's cell of the same recipe are one run directory.
+        """
+        return run_name(self)
 
 
 SECTIONS: dict[str, type] = {
@@ -484,6 +484,50 @@ def config_from_parameters(params: dict[str, Any]) -> ExperimentConfig:
     if config.run.run_name is None:
         config = replace(config, run_name=config.default_run_name())
     return config
+
+
+def run_identity(config: ExperimentConfig) -> dict[str, Any]:
+    """Every setting that affects a run's result: the flat config without
+    :data:`IDENTITY_NEUTRAL_KEYS` (preset values included)."""
+    return {k: v for k, v in flatten(config.to_dict()).items() if k not in IDENTITY_NEUTRAL_KEYS}
+
+
+def run_name(config: ExperimentConfig, tier: dict[str, Any] | None = None) -> str:
+    """The one run-naming scheme: ``<dataset>-<loss>-so<λ>[-gdims][-nonorm][-<init>]-d<dim>
+    -s<seed>-<hash8>``.
+
+    The hash (SHA-1 of :func:`run_identity`, 8 hex digits) is the identity: a run is reused
+    only if every setting that affects its result is the same, so changing a dataset preset
+    retrains instead of silently reusing a stale run, and a value given explicitly or taken
+    from the preset names the same run. The tags before it are for humans (the loss by its
+    class's ``short_name``, e.g. ``pa``). ``tier`` (the study's frozen tier: ``{"tier":
+    "frozen", "views": …}``) joins the identity and prefixes the name with ``frozen-``.
+    Used by :meth:`ExperimentConfig.default_run_name` and the study's grid.
+    """
+    import hashlib
+    import json
+
+    from dml_study.losses.registry import LOSSES  # imports torch: asked only here
+
+    identity = run_identity(config)
+    if tier:
+        identity = {**identity, "tier": tier}
+    digest = hashlib.sha1(
+        json.dumps(identity, sort_keys=True, default=str).encode("utf-8")
+    ).hexdigest()[:8]
+    lo, dim = config.loss, config.model.embedding_dim
+    parts = [str(tier.get("tier", "tier"))] if tier else []
+    parts += [config.data.dataset, LOSSES[lo.name].short_name, f"so{float(lo.so_lambda):g}"]
+    if lo.so_gram == "dims":
+        parts.append("gdims")
+    if lo.so_normalize is False:
+        parts.append("nonorm")
+    if lo.proxy_init != LossConfig.proxy_init:
+        parts.append(lo.proxy_init)
+    if dim is not None:
+        parts.append(f"d{dim}")
+    parts += [f"s{config.run.seed}", digest]
+    return "-".join(parts)
 
 
 def build_config(values: dict[str, dict[str, Any]]) -> ExperimentConfig:

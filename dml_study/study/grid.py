@@ -16,31 +16,17 @@ location) are left out of the hash, so moving a study to another machine reuses 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from dml_study.config import (
-    IDENTITY_NEUTRAL_KEYS,
-    ExperimentConfig,
-    LossConfig,
-    config_from_parameters,
-)
-from dml_study.study.config import StudyConfig, format_value
+from dml_study.config import ExperimentConfig, config_from_parameters, run_name
+from dml_study.study.config import StudyConfig
 from dml_study.study.notebooks import Progress
 from dml_study.training.run_dir import RunDirectory
 from dml_study.typed_fields import flatten
-
-#: Training parameters that are not part of a run's identity: the parameter names of
-#: :data:`dml_study.config.IDENTITY_NEUTRAL_KEYS` (``data.data_root`` -> ``data_root``).
-NON_IDENTITY_PARAMETERS: frozenset[str] = frozenset(
-    key.split(".", 1)[1] for key in IDENTITY_NEUTRAL_KEYS
-)
-
 
 
 @dataclass(frozen=True)
@@ -70,19 +56,6 @@ class RunSpec:
         return {**self.params, "run_name": self.run_name, "results_dir": str(results_dir)}
 
 
-#: Parameters that are real numbers: ``0`` and ``0.0`` must name the same run.
-_FLOAT_PARAMETERS = frozenset({"so_lambda", "lr"})
-
-
-def run_identity(params: dict[str, Any]) -> dict[str, Any]:
-    """The parameters that define a run's result (used for its name)."""
-    return {
-        k: float(v) if k in _FLOAT_PARAMETERS and v is not None else v
-        for k, v in sorted(params.items())
-        if k not in NON_IDENTITY_PARAMETERS
-    }
-
-
 def experiment_config(params: dict[str, Any]) -> ExperimentConfig:
     """The :class:`~dml_study.config.ExperimentConfig` ``02_train`` builds from ``params``.
 
@@ -97,62 +70,11 @@ def resolved_config(params: dict[str, Any]) -> dict[str, Any]:
     return flatten(experiment_config(params).to_dict())
 
 
-def make_run_name(
-    params: dict[str, Any], resolve: bool = True, tier: dict[str, Any] | None = None
-) -> str:
-    """Stable, readable run name: ``<dataset>-<loss>-so<λ>-d<dim>-s<seed>-<hash8>``.
-
-    With ``resolve`` (default) the hash covers the *complete* config the training notebook
-    will build (preset values included, see :func:`resolved_config`): a run is reused only
-    if every setting that affects its result is the same, so changing a dataset preset
-    retrains instead of silently reusing stale runs, and ``epochs: null`` and the preset's
-    explicit value name the same run. ``resolve=False`` hashes the given parameters only
-    (:func:`run_identity`). ``tier`` (frozen runs: ``{"tier": "frozen", "views": ...}``)
-    joins the identity and prefixes the name with ``frozen-``. The prefix is only for humans.
-    """
-    if resolve:
-        config = resolved_config(params)
-        identity = {k: v for k, v in config.items() if k not in IDENTITY_NEUTRAL_KEYS}
-        params = {
-            "dataset": config["data.dataset"], "loss": config["loss.name"],
-            "so_lambda": config["loss.so_lambda"], "so_gram": config["loss.so_gram"],
-            "so_normalize": config["loss.so_normalize"], "proxy_init": config["loss.proxy_init"],
-            "embedding_dim": config["model.embedding_dim"], "seed": config["run.seed"],
-        }
-    else:
-        identity = run_identity(params)
-    if tier:
-        identity = {**identity, "tier": tier}
-    digest = hashlib.sha1(
-        json.dumps(identity, sort_keys=True, default=str).encode("utf-8")
-    ).hexdigest()[:8]
-    dataset = params.get("dataset") or "preset"
-    loss = params.get("loss") or "preset"
-    parts = [str(dataset), _loss_short_name(str(loss))]
-    if tier:
-        parts.insert(0, str(tier.get("tier", "tier")))
-    so_lambda = params.get("so_lambda")
-    if so_lambda is not None:
-        parts.append(f"so{format_value(float(so_lambda))}")
-    # A few readable tags for the settings the ablations vary; the hash stays the identity.
-    if params.get("so_gram") == "dims":
-        parts.append("gdims")
-    if params.get("so_normalize") is False:
-        parts.append("nonorm")
-    if params.get("proxy_init") not in (None, LossConfig.proxy_init):
-        parts.append(str(params["proxy_init"]))
-    if params.get("embedding_dim") is not None:
-        parts.append(f"d{params['embedding_dim']}")
-    parts.append(f"s{params.get('seed', 0)}")
-    parts.append(digest)
-    return "-".join(parts)
-
-
-def _loss_short_name(loss: str) -> str:
-    """The loss's ``short_name`` for run names (e.g. ``pa``); unknown names as given."""
-    from dml_study.losses.registry import LOSSES
-
-    return LOSSES[loss].short_name if loss in LOSSES else loss
+def make_run_name(params: dict[str, Any], tier: dict[str, Any] | None = None) -> str:
+    """The name of the run ``02_train`` trains from ``params``: the config's one name,
+    :func:`dml_study.config.run_name` (its hash covers the *complete* config the notebook
+    builds, preset values included; ``tier`` marks frozen-tier runs)."""
+    return run_name(experiment_config(params), tier)
 
 
 def frozen_feature_settings(config: StudyConfig, dataset: str | None) -> Any:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from study_helpers import write_study
 
+from dml_study.config import run_identity
 from dml_study.study.config import load_study_config
 from dml_study.study.grid import (
     expand_grid,
@@ -16,7 +17,6 @@ from dml_study.study.grid import (
     is_finished,
     make_run_name,
     resolved_config,
-    run_identity,
     unique_runs,
 )
 
@@ -27,8 +27,6 @@ PARAMS = {"dataset": "icons", "loss": "proxy_anchor", "so_lambda": 0.1, "embeddi
 def test_run_name_is_stable_and_independent_of_key_order():
     reordered = dict(reversed(list(PARAMS.items())))
     assert make_run_name(PARAMS) == make_run_name(reordered)
-    # Fixed value: a changed hash would silently orphan every finished run on disk.
-    assert make_run_name(PARAMS, resolve=False) == "icons-pa-so0.1-d128-s0-4d45deb7"
 
 
 def test_resolved_names_fill_in_the_preset():
@@ -44,20 +42,16 @@ def test_resolved_names_fill_in_the_preset():
 
 
 def test_run_name_changes_with_any_identity_parameter():
-    names = {make_run_name({**PARAMS, key: value}, resolve=False) for key, value in
+    names = {make_run_name({**PARAMS, key: value}) for key, value in
              [("so_lambda", 0.2), ("epochs", 5), ("seed", 1), ("so_gram", "dims"),
               ("embedding_dim", 64), ("lr", 0.01)]}
-    assert len(names) == 6 and make_run_name(PARAMS, resolve=False) not in names
-    resolved = {make_run_name({**PARAMS, key: value}) for key, value in
-                [("so_lambda", 0.2), ("epochs", 5), ("seed", 1), ("so_gram", "dims")]}
-    assert len(resolved) == 4 and make_run_name(PARAMS) not in resolved
+    assert len(names) == 6 and make_run_name(PARAMS) not in names
 
 
 def test_run_name_ignores_device_workers_verbosity_and_data_location():
     other = {**PARAMS, "device": "cuda", "num_workers": 8, "quiet": False, "data_root": "/d"}
     assert make_run_name(other) == make_run_name(PARAMS)
-    assert make_run_name(other, resolve=False) == make_run_name(PARAMS, resolve=False)
-    assert "device" not in run_identity(other)
+    assert "run.device" not in run_identity(experiment_config(other))
 
 
 def test_integer_and_float_lambda_name_the_same_run():
@@ -151,17 +145,18 @@ def test_run_names_use_the_loss_classes_short_names():
     from dml_study.losses import LOSSES
 
     for name, cls in LOSSES.items():
-        run = make_run_name({**PARAMS, "loss": name}, resolve=False)
+        run = make_run_name({**PARAMS, "loss": name})
         assert run.split("-")[1] == cls.short_name
-    assert "-ada-" in make_run_name({**PARAMS, "loss": "adaptive_margin"}, resolve=False)
+    assert "-ada-" in make_run_name({**PARAMS, "loss": "adaptive_margin"})
 
 
 def test_run_name_hashes_are_pinned():
     # Fixed by the run directories already trained: a change here renames (retrains) them.
-    assert make_run_name(PARAMS) == "icons-pa-so0.1-d128-s0-9099eb07"
+    # (Last changed by the config key eval.train_class_recall: a new key is a new identity.)
+    assert make_run_name(PARAMS) == "icons-pa-so0.1-d128-s0-b4707910"
     adaptive = {**PARAMS, "loss": "adaptive_margin", "dataset": "glyphs",
                 "proxy_init": "orthogonal"}
-    assert make_run_name(adaptive) == "glyphs-ada-so0.1-orthogonal-d128-s0-c12f8dbe"
+    assert make_run_name(adaptive) == "glyphs-ada-so0.1-orthogonal-d128-s0-25cc9085"
 
 
 def test_one_list_of_result_neutral_keys():
@@ -171,7 +166,6 @@ def test_one_list_of_result_neutral_keys():
         RESUME_MUTABLE_KEYS,
         dotted_keys,
     )
-    from dml_study.study.grid import NON_IDENTITY_PARAMETERS
     from dml_study.training import engine
 
     assert engine.RESUME_MUTABLE_KEYS is RESUME_MUTABLE_KEYS
@@ -179,9 +173,8 @@ def test_one_list_of_result_neutral_keys():
     assert IDENTITY_NEUTRAL_KEYS | RESUME_MUTABLE_KEYS <= set(dotted_keys())
     # where a run lives and what it is called never change on resume
     assert not {"data.data_root", "run.run_name"} & RESUME_MUTABLE_KEYS
-    assert NON_IDENTITY_PARAMETERS == {k.split(".")[1] for k in IDENTITY_NEUTRAL_KEYS}
-    assert {"run_name", "results_dir", "device", "num_workers", "quiet", "data_root"} <= \
-        NON_IDENTITY_PARAMETERS
+    assert {"run.run_name", "run.results_dir", "run.device", "data.num_workers", "run.quiet",
+            "data.data_root"} <= IDENTITY_NEUTRAL_KEYS
     # a parameter outside the identity does not rename the run; one inside does
     assert make_run_name({**PARAMS, "device": "cuda", "num_workers": 8}) == make_run_name(PARAMS)
     assert make_run_name({**PARAMS, "overrides": {"run.compile": True}}) != make_run_name(PARAMS)

@@ -143,4 +143,18 @@ def test_cli_values_are_parsed_by_field_type():
 def test_default_run_name_is_deterministic():
     cfg: ExperimentConfig = load_config("icons", so_lambda=0.1, seed=3)
     assert cfg.default_run_name() == load_config("icons", so_lambda=0.1, seed=3).default_run_name()
-    assert "so0.1" in cfg.default_run_name() and cfg.default_run_name().endswith("s3")
+    name = cfg.default_run_name()
+    assert name.startswith("icons-pa-so0.1-d") and "-s3-" in name
+
+
+def test_a_run_started_by_hand_and_the_study_cell_share_one_name():
+    from dml_study.study.grid import make_run_name
+
+    params = {"dataset": "icons", "so_lambda": 0.1, "seed": 3, "epochs": 2}
+    assert load_config("icons", so_lambda=0.1, seed=3, epochs=2).default_run_name() == \
+        make_run_name(params)
+    # the identity covers every setting that affects the result, and only those
+    other = load_config("icons", so_lambda=0.1, seed=3, epochs=2, device="cpu", num_workers=3)
+    assert other.default_run_name() == make_run_name(params)
+    assert load_config("icons", so_lambda=0.1, seed=3, epochs=3).default_run_name() != \
+        make_run_name(params)
