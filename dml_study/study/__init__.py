@@ -33,7 +33,8 @@ local|slurm] [--max-parallel N] [--no-wait] [--collect] [--list-runs]``.
 """
 
 from dml_study.study.config import StudyConfig, StudyConfigError, load_study_config
-from dml_study.study.grid import RunSpec, expand_grid, make_run_name, run_grid
+from dml_study.study.grid import RunSpec, expand_grid, make_run_name
+from dml_study.study.launch import run_grid
 from dml_study.study.notebooks import NotebookExecutionError, execute_notebook
 
 __all__ = [

@@ -16,7 +16,6 @@ location) are left out of the hash, so moving a study to another machine reuses 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,6 @@ from typing import Any, TextIO
 
 from dml_study.config import ExperimentConfig, config_from_parameters, run_name
 from dml_study.study.config import StudyConfig
-from dml_study.study.notebooks import Progress
 from dml_study.training.run_dir import RunDirectory
 from dml_study.typed_fields import flatten
 
@@ -137,61 +135,12 @@ def is_finished(results_dir: Path, run_name: str) -> bool:
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """What :func:`run_grid` did with one run."""
+    """What :func:`run_frozen_tier` did with one run."""
 
     run_name: str
     status: str  # "reused" | "trained"
     seconds: float
     executed_notebook: Path | None
-
-
-def run_grid(
-    config: StudyConfig,
-    specs: Iterable[RunSpec] | None = None,
-    *,
-    progress: bool = True,
-    stream: TextIO | None = None,
-) -> list[RunOutcome]:
-    """Train every run of the grid that is not finished yet, one after another, here.
-
-    Each missing run executes the study's training notebook with papermill through
-    :func:`dml_study.study.launch_task.execute_run` (the one place a run is trained: it claims
-    the run, so a launcher training the same study is never duplicated); the executed copy
-    goes to ``results/<study>/runs/<run_name>.ipynb``. Finished runs (a run directory with
-    ``metrics.json``) are skipped, so a re-run only computes what is missing, and a run
-    another launcher is training is waited for. A failing run stops the grid with its
-    error (:class:`~dml_study.study.notebooks.NotebookExecutionError` naming the run's
-    executed notebook and failing cell). The study runner trains the grid *before* the
-    notebooks with a parallel launcher, so inside ``03_ablations`` every run is reused.
-    """
-    from dml_study.study.launch_task import execute_run, make_task, wait_for_run
-
-    runs = unique_runs(specs if specs is not None else expand_grid(config))
-    stream = stream or sys.stdout
-    outcomes = run_frozen_tier(config, [s for s in runs if s.tier == "frozen"],
-                               stream=stream if progress else None)
-    runs = [s for s in runs if s.tier != "frozen"]
-    todo = {s.run_name for s in runs if not is_finished(config.results_dir, s.run_name)}
-    bar = Progress(len(runs), "grid", stream=stream, enabled=progress)
-    bar.log(f"{len(runs)} fine-tuned runs, {len(runs) - len(todo)} already finished, "
-            f"{len(todo)} to train")
-    for spec in runs:
-        if spec.run_name not in todo:
-            outcomes.append(RunOutcome(spec.run_name, "reused", 0.0, None))
-            bar.step(f"{spec.run_name}: finished earlier, reused")
-            continue
-        bar.log(f"{spec.run_name}: training ({spec.group}/{spec.variant}, seed {spec.seed})")
-        result = execute_run(make_task(config, spec, launcher="notebook"))
-        while result.status == "claimed":  # another launcher trains it: wait, then look again
-            bar.log(f"{spec.run_name}: being trained by {result.holder}; waiting")
-            wait_for_run(config.results_dir, spec.run_name)
-            result = execute_run(make_task(config, spec, launcher="notebook"))
-        if result.status == "failed":
-            raise result.exception or RuntimeError(result.error)
-        executed = Path(result.executed_notebook) if result.executed_notebook else None
-        outcomes.append(RunOutcome(spec.run_name, result.status, result.seconds, executed))
-        bar.step(f"{spec.run_name}: {result.status} in {result.seconds:.0f} s")
-    return outcomes
 
 
 def run_frozen_tier(

@@ -41,6 +41,7 @@ from dml_study.study.launch_claims import live_claim
 from dml_study.study.launch_task import (
     RunResult,
     RunTask,
+    execute_run,
     make_task,
     read_launch_state,
     record_results,
@@ -102,6 +103,33 @@ def launcher_from_config(config: StudyConfig, name: str | None = None) -> Launch
         return create_launcher("slurm", slurm=execution.slurm)
     return create_launcher(name, max_parallel=execution.max_parallel,
                            devices=execution.devices, threads_per_run=execution.threads_per_run)
+
+
+class InProcessLauncher:
+    """Trains the tasks one after another in this process (``02_train`` through papermill).
+
+    What a notebook uses to train missing runs of its grid (:func:`run_grid`); each run is
+    claimed exactly as by the other launchers (:func:`~dml_study.study.launch_task.execute_run`).
+    """
+
+    name = "notebook"
+
+    def launch(
+        self,
+        config: StudyConfig,
+        tasks: Sequence[RunTask],
+        *,
+        wait: bool = True,
+        on_result: Callable[[RunResult], None] | None = None,
+    ) -> list[RunResult]:
+        """Train ``tasks`` here (``wait`` is ignored: the runs end with this call)."""
+        results = []
+        for task in tasks:
+            result = execute_run(task)
+            if on_result is not None:
+                on_result(result)
+            results.append(result)
+        return results
 
 
 # --------------------------------------------------------------------------- the grid
@@ -211,6 +239,30 @@ def launch_grid(
     if failed and raise_on_failure:
         raise GridFailedError(failed)
     return grid
+
+
+def run_grid(
+    config: StudyConfig,
+    specs: Iterable[RunSpec] | None = None,
+    *,
+    progress: bool = True,
+    stream: TextIO | None = None,
+) -> list[RunResult]:
+    """Train every run of the grid that is not finished yet, one after another, here.
+
+    :func:`launch_grid` with the :class:`InProcessLauncher`: finished runs are reused, a run
+    another launcher is training is waited for, the executed copy of each training notebook
+    goes to ``results/<study>/runs/<run_name>.ipynb``. When runs fail, the first failure is
+    raised after the others ran (e.g. :class:`~dml_study.study.notebooks.NotebookExecutionError`
+    naming the run's executed notebook and failing cell). The study runner trains the grid
+    *before* the notebooks with the study's launcher, so inside ``03_ablations`` every run is
+    reused.
+    """
+    report = launch_grid(config, InProcessLauncher(), specs, progress=progress, stream=stream,
+                         raise_on_failure=False)
+    for failed in report.failed:
+        raise failed.exception or RuntimeError(failed.error)
+    return report.results
 
 
 def _describe(res: RunResult) -> str:

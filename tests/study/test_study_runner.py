@@ -15,7 +15,8 @@ from study_helpers import write_notebook, write_study
 
 from dml_study.study.__main__ import main
 from dml_study.study.config import load_study_config
-from dml_study.study.grid import expand_grid, run_grid
+from dml_study.study.grid import expand_grid
+from dml_study.study.launch import run_grid
 from dml_study.study.notebooks import NotebookExecutionError
 from dml_study.study.runner import run_study
 
