@@ -33,7 +33,7 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 
 def _load_study_fixtures():
     spec = importlib.util.spec_from_file_location(
-        "study_fixtures", REPO / "tests" / "study" / "conftest.py")
+        "study_helpers", REPO / "tests" / "study" / "study_helpers.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
