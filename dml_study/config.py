@@ -27,6 +27,8 @@ the smallest class, whose images the sampler then repeats) live in
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 import warnings
@@ -504,9 +506,6 @@ def run_name(config: ExperimentConfig, tier: dict[str, Any] | None = None) -> st
     "frozen", "views": …}``) joins the identity and prefixes the name with ``frozen-``.
     Used by :meth:`ExperimentConfig.default_run_name` and the study's grid.
     """
-    import hashlib
-    import json
-
     from dml_study.losses.registry import LOSSES  # imports torch: asked only here
 
     identity = run_identity(config)

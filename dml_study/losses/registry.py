@@ -30,7 +30,7 @@ from dml_study.losses.additive_margin import AdditiveMarginLoss, NormSoftmaxLoss
 from dml_study.losses.base import ProxyLoss
 from dml_study.losses.proxy_anchor import ProxyAnchorLoss
 from dml_study.losses.soft_orthogonality import SoftOrthogonality
-from dml_study.losses.text import class_name_embeddings, load_text_embeddings
+from dml_study.losses.text import load_text_embeddings
 from dml_study.losses.text_sources import DEFAULT_TEXT_SOURCE, TEXT_SOURCES, class_text_embeddings
 
 if TYPE_CHECKING:
@@ -90,12 +90,9 @@ def _resolve_text(num_classes: int, kw: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(
                 f"class_names has {len(class_names)} names but num_classes={num_classes}"
             )
-        if (source or DEFAULT_TEXT_SOURCE) == "minilm":
-            kw["text_embeddings"] = class_name_embeddings(
-                class_names, cache_dir, template=template
-            )
-        else:
-            kw["text_embeddings"] = class_text_embeddings(class_names, source)
+        kw["text_embeddings"] = class_text_embeddings(
+            class_names, source or DEFAULT_TEXT_SOURCE, cache_dir, template=template
+        )
     elif isinstance(kw.get("text_embeddings"), str | Path):
         kw["text_embeddings"] = load_text_embeddings(kw["text_embeddings"], num_classes)
     elif isinstance(kw.get("text_distances"), str | Path):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -75,10 +76,19 @@ def glove_coverage(class_names: Sequence[str]) -> float:
     return float(np.mean(known)) if known else 0.0
 
 
-def class_text_embeddings(class_names: Sequence[str], source: str = "minilm") -> np.ndarray:
-    """Class-name embeddings (C × k) from ``source`` (see :data:`TEXT_SOURCES`)."""
+def class_text_embeddings(
+    class_names: Sequence[str],
+    source: str = DEFAULT_TEXT_SOURCE,
+    cache_dir: str | Path | None = None,
+    template: str = "{}",
+) -> np.ndarray:
+    """Class-name embeddings (C × k) from ``source`` (see :data:`TEXT_SOURCES`).
+
+    ``cache_dir`` and ``template`` (``"a photo of a {}"``-style prompt) apply to the sentence
+    encoder (:func:`dml_study.losses.text.class_name_embeddings`); word vectors take neither.
+    """
     if source == "minilm":
-        return class_name_embeddings(list(class_names))
+        return class_name_embeddings(list(class_names), cache_dir, template=template)
     if source == "glove":
         return glove_embeddings(class_names)
     raise ValueError(f"unknown text_source {source!r}; valid: {', '.join(TEXT_SOURCES)}")

@@ -260,8 +260,9 @@ def run_grid(
     """
     report = launch_grid(config, InProcessLauncher(), specs, progress=progress, stream=stream,
                          raise_on_failure=False)
-    for failed in report.failed:
-        raise failed.exception or RuntimeError(failed.error)
+    if report.failed:
+        first = report.failed[0]
+        raise first.exception or RuntimeError(first.error)
     return report.results
 
 

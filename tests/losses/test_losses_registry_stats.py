@@ -72,7 +72,7 @@ def test_adaptive_from_array_npy_and_distances(tmp_path):
 
 
 def test_adaptive_from_class_names_uses_text_module(monkeypatch, tmp_path):
-    import dml_study.losses.registry as registry
+    import dml_study.losses.text_sources as text_sources
 
     seen = {}
 
@@ -80,7 +80,7 @@ def test_adaptive_from_class_names_uses_text_module(monkeypatch, tmp_path):
         seen.update(names=list(names), cache_dir=cache_dir)
         return np.eye(3, 5, dtype=np.float32)
 
-    monkeypatch.setattr(registry, "class_name_embeddings", fake)
+    monkeypatch.setattr(text_sources, "class_name_embeddings", fake)
     loss = create_loss(
         "adaptive_margin", 3, 2, class_names=["a", "b", "c"], text_cache_dir=tmp_path
     )
@@ -93,7 +93,7 @@ def test_adaptive_text_source_glove_embeds_the_class_names(monkeypatch):
 
     seen = {}
 
-    def fake(names, source):
+    def fake(names, source, cache_dir=None, template="{}"):
         seen.update(names=list(names), source=source)
         return np.eye(3, 4, dtype=np.float32)
 
