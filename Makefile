@@ -31,7 +31,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest
 
 check-report: $(STAMP)
-	$(BIN)/python -m dml_study.study.pagecheck results/$(basename $(notdir $(STUDY))) \
+	$(BIN)/python -m dml_study.study.report.pagecheck results/$(basename $(notdir $(STUDY))) \
 		--min-figures 3 --browser --screenshots $(VENV)/report-screenshots
 
 lint: $(STAMP)

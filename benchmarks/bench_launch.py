@@ -28,10 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from dml_study.study.config import load_study_config
-from dml_study.study.grid import expand_grid, unique_runs
-from dml_study.study.launch import launch_grid
-from dml_study.study.launch_local import LocalLauncher
+from dml_study.study.launch.launcher import launch_grid
+from dml_study.study.launch.local import LocalLauncher
+from dml_study.study.plan.config import load_study_config
+from dml_study.study.plan.grid import expand_grid, unique_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -471,7 +471,7 @@ def config_from_parameters(params: dict[str, Any]) -> ExperimentConfig:
     ``load_config(dataset, yaml_path=config_yaml, **params, **overrides)``: ``None`` values
     (and missing names) take the dataset preset; without a ``run_name`` the run is named by
     :meth:`ExperimentConfig.default_run_name`. The training notebook and the study
-    (:func:`dml_study.study.grid.experiment_config`) both build their config here, so the
+    (:func:`dml_study.study.plan.grid.experiment_config`) both build their config here, so the
     run a study names is the run the notebook trains. Unknown names raise :class:`ConfigError`.
     """
     unknown = sorted(set(params) - set(TRAIN_PARAMETERS))

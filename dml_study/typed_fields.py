@@ -1,7 +1,7 @@
 """Check and normalise YAML/keyword values against dataclass field annotations.
 
 Both configuration layers (:mod:`dml_study.config` for a training run and
-:mod:`dml_study.study.config` for a study) read untyped YAML into typed dataclasses. This
+:mod:`dml_study.study.plan.config` for a study) read untyped YAML into typed dataclasses. This
 module is the one place that knows how a YAML value maps onto an annotation, so that both
 layers accept and reject the same things; each passes its own error class so that its
 callers can catch it.

@@ -99,7 +99,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_sees_lazy_imports():
     graph = import_graph()
-    assert "dml_study.study.launch_local" in graph["dml_study.study.launch"]  # in a function
+    # imported inside a function
+    assert "dml_study.study.launch.local" in graph["dml_study.study.launch.launcher"]
     assert "dml_study.training.distributed" in graph["dml_study.training.engine"]
 
 
@@ -110,3 +111,52 @@ def test_cycles_are_found():
 def test_no_import_cycle_in_dml_study():
     found = cycles(import_graph())
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+#: The study's layers, lowest first: a subpackage imports only its own layer and those
+#: before it (docs/ARCHITECTURE.md). The facade (``__init__``) and the command line
+#: (``__main__``) sit above all of them.
+STUDY_LAYERS = ("plan", "tiers", "launch", "tune", "analysis", "report", "pipeline")
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """``"a -> b"`` for every import from a study layer into a later one."""
+    def layer(module: str) -> int | None:
+        parts = module.split(".")
+        if parts[:2] != ["dml_study", "study"] or len(parts) < 3:
+            return None
+        return STUDY_LAYERS.index(parts[2]) if parts[2] in STUDY_LAYERS else None
+
+    bad = []
+    for module, targets in graph.items():
+        own = layer(module)
+        if own is None:
+            continue
+        bad += [f"{module} -> {t}" for t in sorted(targets)
+                if (other := layer(t)) is not None and other > own]
+    return bad
+
+
+def test_layer_violations_are_found():
+    graph = {"dml_study.study.plan.grid": {"dml_study.study.report.index"},
+             "dml_study.study.report.index": {"dml_study.study.plan.grid"}}
+    assert layer_violations(graph) == ["dml_study.study.plan.grid -> dml_study.study.report.index"]
+
+
+def test_study_imports_point_one_way():
+    bad = layer_violations(import_graph())
+    assert not bad, "imports against the layer order " + " → ".join(STUDY_LAYERS) + ": " + \
+        "; ".join(bad)
+
+
+def test_study_has_no_top_level_modules_but_the_facade():
+    study = PACKAGE / "study"
+    top = sorted(p.name for p in study.glob("*.py"))
+    assert top == ["__init__.py", "__main__.py"], top
+    assert sorted(p.name for p in study.iterdir() if p.is_dir() and p.name != "__pycache__") \
+        == sorted(name for name in STUDY_LAYERS if (study / name).is_dir())
+    for package in STUDY_LAYERS:
+        init = study / package / "__init__.py"
+        if init.is_file():
+            doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
+            assert doc and len(doc) > 200, f"{init}: a paragraph saying what it owns"

@@ -1,41 +1,30 @@
-"""The study: numbered notebooks, the ablation grid, statistics and the rendered report.
+"""The study: the grid of runs, two tiers, the claims scorecard and the rendered report.
 
-- :mod:`~dml_study.study.config` — :class:`StudyConfig` loaded from ``studies/<name>.yaml``.
-- :mod:`~dml_study.study.grid` — ablation groups → run specs with stable names; executes
-  ``02_train`` for every missing run (finished runs are reused).
-- :mod:`~dml_study.study.launch` — launchers that train the grid's missing runs before
-  the notebooks: ``local`` (:mod:`~dml_study.study.launch_local`, ``--max-parallel N``)
-  and ``slurm`` (:mod:`~dml_study.study.launch_slurm`, submitit job arrays, requeue on
-  preemption); claim files (:mod:`~dml_study.study.launch_claims`) keep two launchers
-  from training the same run; one run is a task (:mod:`~dml_study.study.launch_task`)
-  that every launcher and the worker (:mod:`~dml_study.study.launch_worker`) execute alike.
-- :mod:`~dml_study.study.runner` — trains the grid, executes a study's notebooks in order
-  (papermill), renders HTML (nbconvert) and writes ``results/<study>/index.html`` and
-  ``README.md``.
-- :mod:`~dml_study.study.report` (front page: claims, figures, headline, links),
-  :mod:`~dml_study.study.pages` (self-contained pages, math as MathML),
-  :mod:`~dml_study.study.machine_paths` (no absolute paths in ``results/``),
-  :mod:`~dml_study.study.pagecheck` (file scan + headless-Chromium check of the pages),
-  :mod:`~dml_study.study.nbtidy` (notebooks in the form JupyterLab saves).
-- :mod:`~dml_study.study.collect`, :mod:`~dml_study.study.stats`,
-  :mod:`~dml_study.study.tables`, :mod:`~dml_study.study.published` — tables: runs,
-  mean ± std over seeds, paired SO-vs-no-SO tests, published reference numbers.
-- :mod:`~dml_study.study.frozen` — the frozen-backbone tier: head + proxies trained on
-  cached backbone features, many seeds in seconds, normal run directories.
-- :mod:`~dml_study.study.claims` — the claims scorecard (``results/<study>/claims.json``):
-  every claim of the two papers as a paired effect with a 95 % CI and a verdict;
-  :mod:`~dml_study.study.figures` — ``results/<study>/figures/index.json``.
-- :mod:`~dml_study.study.analysis`, :mod:`~dml_study.study.plots`,
-  :mod:`~dml_study.study.dataview` — what the notebooks compute and draw.
+One subpackage per concern; imports point one way, each layer asking only those before it
+(``tests/test_import_cycles.py`` keeps it so)::
 
-Command line: ``python -m dml_study.study --config studies/embedded.yaml [--launcher
-local|slurm] [--max-parallel N] [--no-wait] [--collect] [--list-runs]``.
+    plan  →  tiers  →  launch  →  analysis  →  report  →  pipeline
+
+- :mod:`~dml_study.study.plan` — the study file (:func:`load_study_config`) and the grid of
+  runs it describes (:func:`expand_grid`, :class:`RunSpec`, :func:`make_run_name`).
+- :mod:`~dml_study.study.tiers` — training one run: the frozen-backbone tier in-process, the
+  fine-tuned tier as ``02_train`` executed by papermill (:func:`execute_notebook`).
+- :mod:`~dml_study.study.launch` — training the grid's missing runs: local or SLURM
+  launchers, run claims, workers (:func:`run_grid`).
+- :mod:`~dml_study.study.analysis` — tables, paired statistics, the claims scorecard.
+- :mod:`~dml_study.study.report` — figures, pages, the index, the browser page check.
+- :mod:`~dml_study.study.pipeline` — a whole study: grid, notebooks, report, published
+  atomically.
+
+This module is a thin facade over the names notebooks and scripts use most. Command line:
+``python -m dml_study.study --config studies/embedded.yaml [--launcher local|slurm]
+[--max-parallel N] [--no-wait] [--collect] [--list-runs]``.
 """
 
-from dml_study.study.config import StudyConfig, StudyConfigError, load_study_config
-from dml_study.study.grid import RunSpec, expand_grid, make_run_name
-from dml_study.study.launch import run_grid
-from dml_study.study.notebooks import NotebookExecutionError, execute_notebook
+from dml_study.study.launch.launcher import run_grid
+from dml_study.study.plan.config import StudyConfig, StudyConfigError, load_study_config
+from dml_study.study.plan.grid import RunSpec, expand_grid, make_run_name
+from dml_study.study.tiers.notebooks import NotebookExecutionError, execute_notebook
 
 __all__ = [
     "NotebookExecutionError",

@@ -12,7 +12,7 @@ here):
 with its job id, without running anything. ``--collect`` trains nothing and renders the
 report from the runs that have finished (e.g. after ``--no-wait``).
 ``--smoke`` runs the whole grid and every notebook with a tiny CPU recipe (minutes; checks
-the data root and the pipeline, see :mod:`dml_study.study.smoke`); ``--results-dir DIR``
+the data root and the pipeline, see :mod:`dml_study.study.plan.smoke`); ``--results-dir DIR``
 writes runs and report under DIR instead of the study's ``results_dir``.
 Exit status 1 names every failed run (executed notebook, traceback) or the failing
 notebook and cell; a re-run retries only what failed.
@@ -26,14 +26,14 @@ import sys
 
 import yaml
 
-from dml_study.study.config import (
+from dml_study.study.plan.config import (
     LAUNCHERS,
     StudyConfig,
     StudyConfigError,
     build_slurm_config,
     load_study_config,
 )
-from dml_study.study.notebooks import NotebookExecutionError
+from dml_study.study.tiers.notebooks import NotebookExecutionError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_study_config(args.config)
         if args.smoke or args.results_dir:
-            from dml_study.study.smoke import derived_study_file
+            from dml_study.study.plan.smoke import derived_study_file
 
             results_dir = args.results_dir or config.results_dir / "smoke"
             config = load_study_config(
@@ -95,15 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_runs:
         return _list_runs(config)
     if args.smoke:
-        from dml_study.study.smoke import check_data
+        from dml_study.study.plan.smoke import check_data
 
         try:
             check_data(config)
         except (FileNotFoundError, ValueError) as exc:
             print(f"error: smoke check of the data root failed: {exc}", file=sys.stderr)
             return 2
-    from dml_study.study.launch import GridFailedError
-    from dml_study.study.runner import run_study
+    from dml_study.study.launch.launcher import GridFailedError
+    from dml_study.study.pipeline.runner import run_study
 
     try:
         run_study(config, only=args.only, html=not args.no_html, progress=not args.quiet,
@@ -150,9 +150,9 @@ def apply_execution_overrides(config: StudyConfig, args: argparse.Namespace) -> 
 
 
 def _list_runs(config: StudyConfig) -> int:
-    from dml_study.study.grid import expand_grid
-    from dml_study.study.launch import run_states
-    from dml_study.study.launch_slurm import scheduler_state
+    from dml_study.study.launch.launcher import run_states
+    from dml_study.study.launch.slurm import scheduler_state
+    from dml_study.study.plan.grid import expand_grid
 
     rows = run_states(config, job_state=lambda launcher, job: scheduler_state(config, launcher,
                                                                               job))

@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
 
 from dml_study.config import ExperimentConfig
-from dml_study.study.analysis import cosine_matrix
+from dml_study.study.analysis.per_class import cosine_matrix
 from dml_study.training.run_dir import RunDirectory, RunState
 
 #: Metric columns in display order (those present are shown).

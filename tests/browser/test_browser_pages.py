@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from dml_study.study.pagecheck import browser_check, find_chromium, scan_study, study_pages
+from dml_study.study.report.pagecheck import browser_check, find_chromium, scan_study, study_pages
 
 pytest.importorskip("playwright.sync_api", reason="pip install playwright (test extra)")
 
@@ -67,8 +67,8 @@ def rendered_study(tmp_path_factory) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dml_study.study.config import load_study_config
-    from dml_study.study.runner import run_study
+    from dml_study.study.pipeline.runner import run_study
+    from dml_study.study.plan.config import load_study_config
 
     fixtures = _load_study_fixtures()
     root = tmp_path_factory.mktemp("project")

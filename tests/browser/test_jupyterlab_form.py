@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from dml_study.study.pagecheck import CHROMIUM_ARGS, find_chromium
+from dml_study.study.report.pagecheck import CHROMIUM_ARGS, find_chromium
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from reliability_helpers import subprocess_env, write_notebook, write_study
 
-from dml_study.study.config import load_study_config
-from dml_study.study.notebooks import NotebookExecutionError
-from dml_study.study.runner import publish_study_dir, run_study, stage_study_dir
+from dml_study.study.pipeline.runner import publish_study_dir, run_study, stage_study_dir
+from dml_study.study.plan.config import load_study_config
+from dml_study.study.tiers.notebooks import NotebookExecutionError
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dml_study.study.analysis import (
+from dml_study.study.analysis.per_class import (
     cosine_matrix,
     history_series,
     orthogonality_summary,

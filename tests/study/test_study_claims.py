@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from dml_study.study import claims as C
-from dml_study.study.config import StudyConfigError, study_config_from_dict
-from dml_study.study.grid import expand_grid
-from dml_study.study.stats import VERDICTS, mean_ci, verdict_from_ci
+from dml_study.study.analysis import claims as C
+from dml_study.study.analysis.stats import VERDICTS, mean_ci, verdict_from_ci
+from dml_study.study.plan.config import StudyConfigError, study_config_from_dict
+from dml_study.study.plan.grid import expand_grid
 from dml_study.training.history import History
 from dml_study.training.run_dir import RunDirectory
 
@@ -155,7 +155,7 @@ def test_motivation_correlation_over_seeds(tmp_path):
         if spec.variant != "base":
             continue
         proxies = rng.normal(size=(12, 8))
-        from dml_study.study.analysis import nearest_proxy_cosine
+        from dml_study.study.analysis.per_class import nearest_proxy_cosine
 
         recall = 1.0 - nearest_proxy_cosine(proxies) + 0.01 * rng.normal(size=12)
         _write_run(RunDirectory.for_run(config.results_dir, spec.run_name).path, 0.5, [0.3, 0.5],

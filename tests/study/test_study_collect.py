@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from dml_study.study.collect import (
+from dml_study.study.analysis.collect import (
     collect_runs,
     finished_run_dirs,
     load_metrics,
@@ -92,7 +92,7 @@ def test_load_run_reads_arrays_and_history(tmp_path: Path):
 
 
 def test_history_is_the_trainers_history_json(tmp_path: Path):
-    from dml_study.study.collect import load_history
+    from dml_study.study.analysis.collect import load_history
     from dml_study.training.history import History
     from dml_study.training.run_dir import RunDirectory
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from study_helpers import write_study
 
-from dml_study.study.config import StudyConfigError, load_study_config
+from dml_study.study.plan.config import StudyConfigError, load_study_config
 
 
 @pytest.mark.parametrize("name", ["embedded", "paper"])
@@ -121,7 +121,7 @@ def test_root_key_is_relative_to_the_file(tmp_path: Path):
 def test_training_choices_are_the_registries(tmp_path: Path):
     from dml_study.data import list_datasets
     from dml_study.losses import list_losses, list_proxy_inits
-    from dml_study.study.config import train_choices
+    from dml_study.study.plan.config import train_choices
 
     choices = train_choices()
     assert choices["dataset"] == tuple(list_datasets())

@@ -10,10 +10,10 @@ import torch
 
 from dml_study.config import load_config
 from dml_study.losses import create_loss_from_config
-from dml_study.study import frozen
-from dml_study.study.collect import collect_runs, load_history
-from dml_study.study.config import StudyConfigError, study_config_from_dict
-from dml_study.study.grid import expand_grid
+from dml_study.study.analysis.collect import collect_runs, load_history
+from dml_study.study.plan.config import StudyConfigError, study_config_from_dict
+from dml_study.study.plan.grid import expand_grid
+from dml_study.study.tiers import frozen
 from dml_study.training.errors import RunExistsError
 from dml_study.training.run_dir import RunDirectory
 

@@ -9,8 +9,8 @@ import pytest
 from study_helpers import write_study
 
 from dml_study.config import run_identity
-from dml_study.study.config import load_study_config
-from dml_study.study.grid import (
+from dml_study.study.plan.config import load_study_config
+from dml_study.study.plan.grid import (
     expand_grid,
     experiment_config,
     headline_runs,

@@ -15,19 +15,19 @@ from study_helpers import FAKE_TRAIN_BODY, write_notebook, write_study
 
 from dml_study.config import TRAIN_PARAMETERS
 from dml_study.study.__main__ import main
-from dml_study.study.config import (
+from dml_study.study.launch.launcher import create_launcher, launch_grid, list_launchers, run_states
+from dml_study.study.launch.local import LocalLauncher
+from dml_study.study.launch.run_claims import claim_path, live_claim, try_claim
+from dml_study.study.launch.slurm import SlurmLauncher, SlurmRunJob, torchrun_command
+from dml_study.study.launch.task import make_task, read_launch_state
+from dml_study.study.pipeline.runner import staging_dir
+from dml_study.study.plan.config import (
     SlurmConfig,
     StudyConfigError,
     build_slurm_config,
     load_study_config,
 )
-from dml_study.study.grid import expand_grid, is_finished, unique_runs
-from dml_study.study.launch import create_launcher, launch_grid, list_launchers, run_states
-from dml_study.study.launch_claims import claim_path, live_claim, try_claim
-from dml_study.study.launch_local import LocalLauncher
-from dml_study.study.launch_slurm import SlurmLauncher, SlurmRunJob, torchrun_command
-from dml_study.study.launch_task import make_task, read_launch_state
-from dml_study.study.runner import staging_dir
+from dml_study.study.plan.grid import expand_grid, is_finished, unique_runs
 
 #: A resumable fake trainer: ``steps`` steps of ``step_seconds``, a checkpoint after each,
 #: resuming from it; records when it ran, where, with how many threads, and each start.
@@ -130,7 +130,7 @@ def test_registry_and_config_errors(tmp_path: Path):
 
 def test_local_slots_pin_devices_round_robin_and_split_threads():
     launcher = LocalLauncher(max_parallel=2, devices=("cuda:0", "cuda:1"), threads_per_run=3)
-    from dml_study.study.launch_task import RunTask
+    from dml_study.study.launch.task import RunTask
 
     task = RunTask("r", "g/v", "nb", "ex", "log", {"device": "cpu"}, "res", ".")
     pinned = [launcher.slot_task(task, slot) for slot in range(3)]

@@ -8,12 +8,12 @@ import nbformat
 import pytest
 from study_helpers import write_notebook
 
-from dml_study.study.nbtidy import tidy
-from dml_study.study.notebooks import (
+from dml_study.study.report.nbtidy import tidy
+from dml_study.study.report.pages import render_html
+from dml_study.study.tiers.notebooks import (
     NotebookExecutionError,
     check_parameters,
     execute_notebook,
-    render_html,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ def check_notebook(path: str | Path) -> list[str]:
 
     Checked: valid nbformat 4, a cell tagged ``parameters``, no outputs or execution
     counts, the generic ``python3`` kernel spec (so it opens in any JupyterLab), and the
-    exact form JupyterLab saves (:mod:`dml_study.study.nbtidy`), so that opening the
+    exact form JupyterLab saves (:mod:`dml_study.study.report.nbtidy`), so that opening the
     notebook does not mark it modified.
     """
     path = Path(path)
@@ -47,7 +47,7 @@ def check_notebook(path: str | Path) -> list[str]:
         problems.append(f"kernelspec {kernelspec!r}, expected name python3, language python")
     if tidy(path, check=True):
         problems.append("not in the form JupyterLab saves (opening it would mark it modified); "
-                        f"run: python -m dml_study.study.nbtidy {path}")
+                        f"run: python -m dml_study.study.report.nbtidy {path}")
     return problems
 
 
@@ -116,7 +116,7 @@ def test_local_kernel_talks_over_ipc_without_the_plaintext_tcp_warning(tmp_path:
 
 
 def test_nbtidy_writes_the_form_jupyterlab_saves_and_is_idempotent(tmp_path: Path):
-    from dml_study.study.nbtidy import kernel_metadata, main, tidy
+    from dml_study.study.report.nbtidy import kernel_metadata, main, tidy
 
     # What a hand-written notebook looks like: no cell ids, the short kernel display name,
     # language_info without the fields the kernel reports.
@@ -151,7 +151,7 @@ def test_nbtidy_writes_the_form_jupyterlab_saves_and_is_idempotent(tmp_path: Pat
 
 
 def test_executed_notebook_holds_no_machine_path_and_no_tqdm_warning(tmp_path: Path):
-    from dml_study.study.machine_paths import find_machine_paths
+    from dml_study.study.tiers.machine_paths import find_machine_paths
 
     results = tmp_path / "results"
     path = write_notebook(

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from dml_study.study import published
-from dml_study.study.published import (
+from dml_study.study.analysis import published
+from dml_study.study.analysis.published import (
     BEST_EPOCH,
     COMPARISON_COLUMNS,
     FINAL_EPOCH,

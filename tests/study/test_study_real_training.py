@@ -10,10 +10,10 @@ import pytest
 from fixture_datasets import write_cub_fixture
 from study_helpers import write_study
 
-from dml_study.study.collect import load_run
-from dml_study.study.config import load_study_config
-from dml_study.study.grid import expand_grid
-from dml_study.study.runner import run_study
+from dml_study.study.analysis.collect import load_run
+from dml_study.study.pipeline.runner import run_study
+from dml_study.study.plan.config import load_study_config
+from dml_study.study.plan.grid import expand_grid
 
 
 @pytest.mark.slow

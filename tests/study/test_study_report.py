@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from study_helpers import write_study
 
-from dml_study.study.config import load_study_config
-from dml_study.study.grid import expand_grid
-from dml_study.study.report import (
+from dml_study.study.plan.config import load_study_config
+from dml_study.study.plan.grid import expand_grid
+from dml_study.study.report.index import (
     NotebookRecord,
     StudyRecord,
     headline,
@@ -168,7 +168,7 @@ def test_index_still_links_notebooks_executed_by_an_earlier_run(tmp_path: Path):
 
 
 def test_report_is_rendered_again_from_disk_without_executing(tmp_path: Path, capsys):
-    from dml_study.study.report import main
+    from dml_study.study.report.index import main
 
     config = _config(tmp_path)
     with pytest.raises(FileNotFoundError, match="run the study first"):
@@ -183,8 +183,8 @@ def test_report_is_rendered_again_from_disk_without_executing(tmp_path: Path, ca
 
 
 def test_prune_stale_runs_removes_only_runs_outside_the_grid(tmp_path):
-    from dml_study.study.grid import expand_grid, unique_runs
-    from dml_study.study.report import prune_stale_runs
+    from dml_study.study.plan.grid import expand_grid, unique_runs
+    from dml_study.study.report.index import prune_stale_runs
 
     config = load_study_config(write_study(tmp_path))
     runs = config.study_dir / "runs"

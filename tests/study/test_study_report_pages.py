@@ -9,19 +9,19 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from dml_study.study.machine_paths import (
-    find_machine_paths,
-    relative_parameters,
-    relativise_notebook,
-    relativise_text,
-)
-from dml_study.study.pagecheck import scan_study, scan_text
-from dml_study.study.pages import (
+from dml_study.study.report.pagecheck import scan_study, scan_text
+from dml_study.study.report.pages import (
     latex_to_mathml,
     markdown_math_errors,
     notebook_page,
     replace_markdown_math,
     strip_remote,
+)
+from dml_study.study.tiers.machine_paths import (
+    find_machine_paths,
+    relative_parameters,
+    relativise_notebook,
+    relativise_text,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,7 +123,7 @@ def test_scan_study_reports_what_a_reader_must_not_see(tmp_path: Path):
 def test_text_columns_of_pandas_tables_align_left_and_numbers_right():
     import pandas as pd
 
-    from dml_study.study.pages import align_text_columns, is_number_text
+    from dml_study.study.report.pages import align_text_columns, is_number_text
 
     assert all(map(is_number_text, ["43.5 ± 0.6", "+5.0 pp", "[-1.4, +2.0] pp", "31 s", "–"]))
     assert not any(map(is_number_text, ["cub200", "proxy_anchor", "not verified", "R@1"]))

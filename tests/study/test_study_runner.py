@@ -14,11 +14,11 @@ from fixture_datasets import write_cub_fixture
 from study_helpers import write_notebook, write_study
 
 from dml_study.study.__main__ import main
-from dml_study.study.config import load_study_config
-from dml_study.study.grid import expand_grid
-from dml_study.study.launch import run_grid
-from dml_study.study.notebooks import NotebookExecutionError
-from dml_study.study.runner import run_study
+from dml_study.study.launch.launcher import run_grid
+from dml_study.study.pipeline.runner import run_study
+from dml_study.study.plan.config import load_study_config
+from dml_study.study.plan.grid import expand_grid
+from dml_study.study.tiers.notebooks import NotebookExecutionError
 
 ALL = ["01_data.ipynb", "03_ablations.ipynb", "04_proxy_analysis.ipynb", "05_results.ipynb"]
 

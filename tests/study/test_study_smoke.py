@@ -22,9 +22,10 @@ from fixture_datasets import (
     write_sop_fixture,
 )
 
-from dml_study.study.config import StudyConfigError, load_study_config
-from dml_study.study.grid import expand_grid, unique_runs
-from dml_study.study.smoke import (
+from dml_study.study.analysis.stats import VERDICTS
+from dml_study.study.plan.config import StudyConfigError, load_study_config
+from dml_study.study.plan.grid import expand_grid, unique_runs
+from dml_study.study.plan.smoke import (
     SMOKE_MAX_SEEDS,
     SMOKE_OVERRIDES,
     SMOKE_TITLE,
@@ -32,7 +33,6 @@ from dml_study.study.smoke import (
     derived_study_file,
     smoke_study_dict,
 )
-from dml_study.study.stats import VERDICTS
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER = REPO / "studies" / "paper.yaml"

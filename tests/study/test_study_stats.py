@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from dml_study.study.stats import (
+from dml_study.study.analysis.stats import (
     bootstrap_mean_ci,
     compare_arms,
     format_mean_std,

@@ -148,7 +148,7 @@ def test_default_run_name_is_deterministic():
 
 
 def test_a_run_started_by_hand_and_the_study_cell_share_one_name():
-    from dml_study.study.grid import make_run_name
+    from dml_study.study.plan.grid import make_run_name
 
     params = {"dataset": "icons", "so_lambda": 0.1, "seed": 3, "epochs": 2}
     assert load_config("icons", so_lambda=0.1, seed=3, epochs=2).default_run_name() == \

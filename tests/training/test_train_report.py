@@ -29,7 +29,7 @@ def test_run_or_load_trains_once_then_loads(tiny_config):
     assert np.allclose(so_line.get_ydata(), [h["so"] for h in first.history[1:]])
     heat = report.plot_proxy_similarity(first.run_dir)
     assert len(heat.axes) >= 2
-    from dml_study.study.analysis import cosine_matrix
+    from dml_study.study.analysis.per_class import cosine_matrix
 
     trained = cosine_matrix(np.load(first.run_dir.proxies)[:40])
     assert np.array_equal(heat.axes[1].collections[0].get_array().reshape(trained.shape), trained)

@@ -11,7 +11,7 @@ warnings, ``Path.resolve()`` results) is rewritten by :func:`relativise_text`:
 * ``<home>/x`` → ``~/x``.
 
 :func:`find_machine_paths` lists absolute paths that remain, for the checks in
-:mod:`dml_study.study.pagecheck`.
+:mod:`dml_study.study.report.pagecheck`.
 """
 
 from __future__ import annotations

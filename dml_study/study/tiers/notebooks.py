@@ -1,14 +1,13 @@
-"""Executing and rendering notebooks: papermill with errors that say where, nbconvert HTML.
+"""Executing notebooks: papermill with errors that say where, executed copies without machine paths.
 
 :func:`execute_notebook` wraps :func:`papermill.execute_notebook` so that a failure raises
 :class:`NotebookExecutionError` naming the notebook, the failing cell (its index in the
 source notebook, its execution count and first source line) and the executed copy that
 was kept with the error in it. Executed notebooks hold no absolute machine paths: path
 parameters under the working directory are passed relative to it, and what the kernel
-printed is relativised afterwards (:mod:`dml_study.study.machine_paths`).
-:func:`render_html` turns an executed notebook into a self-contained HTML page
-(:mod:`dml_study.study.pages`: no script or style from the network, math as MathML,
-figures embedded).
+printed is relativised afterwards (:mod:`dml_study.study.tiers.machine_paths`).
+Rendering an executed notebook to HTML is the report's business
+(:func:`dml_study.study.report.pages.render_html`).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from typing import Any, TextIO
 
 import nbformat
 
-from dml_study.study.machine_paths import relative_parameters, relativise_notebook
+from dml_study.study.tiers.machine_paths import relative_parameters, relativise_notebook
 
 #: Tags papermill puts on the cells it adds to an executed notebook.
 _PAPERMILL_TAGS = ("injected-parameters", "papermill-error-cell-tag")
@@ -78,7 +77,7 @@ def execute_notebook(
     papermill would otherwise inject them silently and the notebook would ignore them.
     ``stdout`` receives the kernel's printed output live (e.g. ``sys.stdout``).
     Absolute path parameters under ``cwd`` are passed relative to it, and the executed copy
-    is rewritten without the machine's paths (:func:`~dml_study.study.machine_paths.
+    is rewritten without the machine's paths (:func:`~dml_study.study.tiers.machine_paths.
     relativise_notebook`), so ``results/`` reads the same on every machine.
     On failure the executed copy (with the traceback in the failing cell) stays at
     ``output`` and :class:`NotebookExecutionError` is raised.
@@ -134,7 +133,7 @@ def _local_kernel_config() -> Any:
     if sys.platform != "win32":
         config.KernelManager.transport = "ipc"
         # IPC sockets are files "<ip>-<n>" picked by the first free n; kernels started at
-        # the same moment by parallel runs (dml_study.study.launch) in one directory could
+        # the same moment by parallel runs (dml_study.study.launch.launcher) in one directory could
         # pick the same files, so every process gets its own directory.
         config.KernelManager.ip = str(_ipc_dir() / "kernel")
     return config
@@ -187,21 +186,6 @@ def _execution_error(notebook: Path, output: Path, exc: Any) -> NotebookExecutio
 
 def _tags(cell: Any) -> list[str]:
     return list(cell.get("metadata", {}).get("tags", []))
-
-
-def render_html(
-    executed: str | Path, output: str | Path | None = None, back_link: str | None = None
-) -> Path:
-    """Render an executed notebook to a self-contained HTML page next to it (or ``output``).
-
-    No script, style or font comes from the network and math is MathML (see
-    :mod:`dml_study.study.pages`), so the page looks the same offline. Papermill's
-    injected-parameters cell stays visible: it records what the notebook was run with.
-    ``back_link`` (e.g. ``"index.html"``) adds a link to the study index at the top.
-    """
-    from dml_study.study.pages import render_notebook
-
-    return render_notebook(executed, output, back_link=back_link)
 
 
 class Progress:

@@ -1,6 +1,6 @@
 """The ``local`` launcher: up to ``max_parallel`` runs at once on this machine.
 
-Each run is a worker process (:mod:`dml_study.study.launch_worker`) that executes
+Each run is a worker process (:mod:`dml_study.study.launch.worker`) that executes
 ``02_train`` for it, writing its output to ``results/<study>/runs/<run_name>.log``. Run
 ``i`` of the ``max_parallel`` slots gets device ``devices[i % len(devices)]`` (round-robin;
 e.g. ``cuda:0,cuda:1``), so concurrent runs never share a GPU when there are as many GPUs
@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from dml_study.study.config import StudyConfig
-from dml_study.study.launch_task import RunResult, RunTask, default_threads, worker_env
-from dml_study.study.launch_worker import run_worker
+from dml_study.study.launch.task import RunResult, RunTask, default_threads, worker_env
+from dml_study.study.launch.worker import run_worker
+from dml_study.study.plan.config import StudyConfig
 
 
 class LocalLauncher:

@@ -272,3 +272,16 @@ math[display="block"] { margin: 0.6rem 0; }
 .celltag_injected-parameters .input_area::before { content: "parameters this run was executed with";
   display: block; color: var(--muted); font-size: 0.8rem; font-family: system-ui, sans-serif; }
 """
+
+
+def render_html(
+    executed: str | Path, output: str | Path | None = None, back_link: str | None = None
+) -> Path:
+    """Render an executed notebook to a self-contained HTML page next to it (or ``output``).
+
+    No script, style or font comes from the network and math is MathML (see
+    :mod:`dml_study.study.report.pages`), so the page looks the same offline. Papermill's
+    injected-parameters cell stays visible: it records what the notebook was run with.
+    ``back_link`` (e.g. ``"index.html"``) adds a link to the study index at the top.
+    """
+    return render_notebook(executed, output, back_link=back_link)

@@ -1,7 +1,7 @@
 """The ``slurm`` launcher: one SLURM job per grid run, submitted as a job array by submitit.
 
 Resources come from the study's ``execution.slurm`` section
-(:class:`~dml_study.study.config.SlurmConfig`, overridable with ``--slurm key=value``) and
+(:class:`~dml_study.study.plan.config.SlurmConfig`, overridable with ``--slurm key=value``) and
 map onto :meth:`submitit.AutoExecutor.update_parameters`: ``partition``, ``account``,
 ``qos``, ``constraint``, ``time_min``, ``gpus_per_run`` (``gpus_per_node``),
 ``cpus_per_run`` (``cpus_per_task``), ``mem_gb``, ``array_parallelism``, ``setup`` and
@@ -35,9 +35,9 @@ from typing import Any
 import submitit
 import yaml
 
-from dml_study.study.config import SlurmConfig, StudyConfig
-from dml_study.study.launch_task import RunResult, RunTask, read_launch_state, worker_env
-from dml_study.study.launch_worker import run_worker
+from dml_study.study.launch.task import RunResult, RunTask, read_launch_state, worker_env
+from dml_study.study.launch.worker import run_worker
+from dml_study.study.plan.config import SlurmConfig, StudyConfig
 
 #: Scheduler states in which a job will still produce its run.
 LIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING",
@@ -101,7 +101,7 @@ def torchrun_command(parameters: dict[str, Any], gpus: int) -> tuple[str, ...]:
     is split: each of the ``G`` processes gets ``B / G``; the recipe, and so the run, stay
     the same. ``B`` must be a multiple of ``G × m_per_class``.
     """
-    from dml_study.study.grid import resolved_config
+    from dml_study.study.plan.grid import resolved_config
 
     resolved = resolved_config(parameters)
     batch, m = resolved["data.batch_size"], resolved["data.m_per_class"]

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dml_study.study.config import STUDY_TRAIN_PARAMETERS
-from dml_study.study.grid import RunSpec
+from dml_study.study.plan.config import STUDY_TRAIN_PARAMETERS
+from dml_study.study.plan.grid import RunSpec
 from dml_study.training.history import History
 from dml_study.training.run_dir import RunDirectory, runs_root
 from dml_study.typed_fields import flatten

@@ -1,7 +1,7 @@
 """Typed study configuration: what a study runs, loaded from ``studies/<name>.yaml``.
 
 A study is a list of notebooks executed in order, the shared training parameters every
-run of ``02_train`` receives, and the ablation grid (see :mod:`dml_study.study.grid`).
+run of ``02_train`` receives, and the ablation grid (see :mod:`dml_study.study.plan.grid`).
 Every section is a frozen dataclass; unknown keys, wrong types and invalid choices are
 rejected with an error that names the key path and lists the valid keys or choices,
 because a typo in a study file would otherwise silently fall back to a default and
@@ -73,7 +73,7 @@ def train_choices() -> dict[str, tuple[str, ...]]:
 RECIPES: tuple[str, ...] = ("cpu", "full")
 
 #: How a group's runs are trained: ``"fine-tuned"`` (``02_train``: the whole network) or
-#: ``"frozen"`` (head + proxies on cached backbone features, :mod:`dml_study.study.frozen`).
+#: ``"frozen"`` (head + proxies on cached backbone features, :mod:`dml_study.study.tiers.frozen`).
 TIERS: tuple[str, ...] = ("fine-tuned", "frozen")
 
 
@@ -95,7 +95,7 @@ class ExecutionConfig:
     #: Stream the notebooks' printed output (progress lines) to the terminal.
     stream_output: bool = True
     #: How the grid's runs are trained before the notebooks: ``local`` or ``slurm``
-    #: (:mod:`dml_study.study.launch`; ``--launcher`` on the command line).
+    #: (:mod:`dml_study.study.launch.launcher`; ``--launcher`` on the command line).
     launcher: str = "local"
     #: Runs trained at once by the local launcher (``--max-parallel``).
     max_parallel: int = 1
@@ -192,7 +192,7 @@ class HeadlineConfig:
 
 @dataclass(frozen=True)
 class FrozenConfig:
-    """Settings of the frozen-backbone tier (:mod:`dml_study.study.frozen`)."""
+    """Settings of the frozen-backbone tier (:mod:`dml_study.study.tiers.frozen`)."""
 
     #: Cached augmented views per training image.
     views: int = 8
@@ -212,7 +212,7 @@ class FrozenConfig:
 class ClaimConfig:
     """One claim of a paper, measured as ``treatment − baseline`` within a group.
 
-    ``metric`` names what is compared (see :func:`dml_study.study.claims.run_value`):
+    ``metric`` names what is compared (see :func:`dml_study.study.analysis.claims.run_value`):
     a final metric (``R@1``, ``MAP@R``), a proxy statistic (``proxies/mean_abs_cos``,
     ``proxies/close_classes@0.5``), convergence (``epochs_to:0.9:R@1``, ``at_epoch:2:R@1``)
     or, with ``kind: correlation``, a per-class rank correlation of the baseline runs
@@ -308,7 +308,7 @@ class StudyConfig:
     def study_dir(self) -> Path:
         """Where the study's executed notebooks, HTML and index land.
 
-        While :func:`~dml_study.study.runner.run_study` executes the study, this is the
+        While :func:`~dml_study.study.pipeline.runner.run_study` executes the study, this is the
         staging directory ``<results>/<name>.staging`` (env ``DML_STUDY_STAGING`` = name),
         in the runner and in the notebook kernels it starts alike.
         """
@@ -558,7 +558,7 @@ def _validate(config: StudyConfig, where: str) -> None:
         raise StudyConfigError(f"{where}: stats.confidence must lie in (0, 1)")
 
 
-#: Launchers of the grid (see :mod:`dml_study.study.launch`).
+#: Launchers of the grid (see :mod:`dml_study.study.launch.launcher`).
 LAUNCHERS: tuple[str, ...] = ("local", "slurm")
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dml_study.study.published import published_results
-from dml_study.study.stats import format_mean_std
+from dml_study.study.analysis.published import published_results
+from dml_study.study.analysis.stats import format_mean_std
 
 #: Columns that identify a configuration (seeds are averaged over).
 CONFIG_COLUMNS: tuple[str, ...] = (

@@ -19,12 +19,33 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from dml_study.config import ExperimentConfig, config_from_parameters, run_name
-from dml_study.study.config import StudyConfig
+from dml_study.study.plan.config import StudyConfig
 from dml_study.training.run_dir import RunDirectory
 from dml_study.typed_fields import flatten
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """How a dataset's features are cached: augmented views per training image, their seed,
+    and optional seeded per-class subsets (many-class datasets: every class is kept, each
+    with at most ``max_*_per_class`` images, so extraction and runs stay CPU-sized)."""
+
+    views: int = 8
+    feature_seed: int = 0
+    max_train_per_class: int | None = None
+    max_test_per_class: int | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change the features (unset subsets are left out)."""
+        out = {"views": int(self.views), "feature_seed": int(self.feature_seed)}
+        for key in ("max_train_per_class", "max_test_per_class"):
+            if getattr(self, key) is not None:
+                out[key] = int(getattr(self, key))
+        return out
+
 
 
 @dataclass(frozen=True)
@@ -36,7 +57,7 @@ class RunSpec:
     seed: int
     params: dict[str, Any] = field(hash=False)
     run_name: str = ""
-    #: ``"fine-tuned"`` (``02_train``) or ``"frozen"`` (:mod:`dml_study.study.frozen`).
+    #: ``"fine-tuned"`` (``02_train``) or ``"frozen"`` (:mod:`dml_study.study.tiers.frozen`).
     tier: str = "fine-tuned"
 
     @property
@@ -48,7 +69,7 @@ class RunSpec:
         if self.tier == "frozen":
             raise ValueError(
                 f"run {self.run_name} belongs to the frozen tier: it is trained in-process by "
-                "dml_study.study.grid.run_frozen_tier, not by executing 02_train; route "
+                "dml_study.study.tiers.frozen.run_frozen_tier, not by executing 02_train; route "
                 "specs with tier == 'frozen' there"
             )
         return {**self.params, "run_name": self.run_name, "results_dir": str(results_dir)}
@@ -75,10 +96,8 @@ def make_run_name(params: dict[str, Any], tier: dict[str, Any] | None = None) ->
     return run_name(experiment_config(params), tier)
 
 
-def frozen_feature_settings(config: StudyConfig, dataset: str | None) -> Any:
-    """:class:`~dml_study.study.frozen.FeatureSettings` of ``dataset`` in this study."""
-    from dml_study.study.frozen import FeatureSettings
-
+def frozen_feature_settings(config: StudyConfig, dataset: str | None) -> FeatureSettings:
+    """:class:`FeatureSettings` of ``dataset`` in this study."""
     f = config.frozen
     return FeatureSettings(**{"views": f.views, "feature_seed": f.feature_seed,
                               **f.features.get(str(dataset), {})})
@@ -135,41 +154,12 @@ def is_finished(results_dir: Path, run_name: str) -> bool:
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """What :func:`run_frozen_tier` did with one run."""
+    """What training did with one run of the grid (reused or trained, seconds, notebook)."""
 
     run_name: str
     status: str  # "reused" | "trained"
     seconds: float
     executed_notebook: Path | None
-
-
-def run_frozen_tier(
-    config: StudyConfig, specs: Iterable[RunSpec], *, stream: TextIO | None = None
-) -> list[RunOutcome]:
-    """Train the frozen-tier runs of ``specs`` in this process (no notebook per run).
-
-    Finished runs are reused; features are extracted once per dataset and backbone.
-    """
-    from dml_study.study.frozen import train_frozen_runs
-
-    specs = unique_runs(specs)
-    if not specs:
-        return []
-    todo = [s for s in specs if not is_finished(config.results_dir, s.run_name)]
-    if stream is not None:
-        print(f"frozen tier: {len(specs)} runs, {len(specs) - len(todo)} already finished, "
-              f"{len(todo)} to train", file=stream, flush=True)
-    items = [(s.run_name, _frozen_run_config(config, s),
-              frozen_feature_settings(config, s.dataset)) for s in todo]
-    trained = dict(train_frozen_runs(items, config.results_dir, stream=stream))
-    return [RunOutcome(s.run_name, "trained" if s.run_name in trained else "reused",
-                       trained.get(s.run_name, 0.0), None) for s in specs]
-
-
-def _frozen_run_config(config: StudyConfig, spec: RunSpec) -> Any:
-    params = {k: v for k, v in spec.params.items() if k not in ("quiet", "num_workers")}
-    return experiment_config({**params, "run_name": spec.run_name,
-                              "results_dir": str(config.results_dir)})
 
 
 def headline_runs(config: StudyConfig, seed: int | None = None) -> tuple[RunSpec, RunSpec]:

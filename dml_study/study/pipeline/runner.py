@@ -1,7 +1,7 @@
 """Run a whole study: train the grid, execute its notebooks in order, render, write the index.
 
 ``run_study`` first trains every missing run of the ablation grid through a launcher
-(:mod:`dml_study.study.launch`: ``local`` with ``max_parallel`` runs at once, or
+(:mod:`dml_study.study.launch.launcher`: ``local`` with ``max_parallel`` runs at once, or
 ``slurm``), then executes every notebook of the study with papermill (``03_ablations``'s
 training cell finds every run finished), renders each executed notebook to HTML with
 nbconvert, and writes ``results/<study>/{index.html, README.md, summary.json}``. Progress
@@ -9,7 +9,7 @@ is printed as plain lines.
 
 Failures: failed grid runs do not stop the other runs; when the grid is done the study
 stops before the notebooks, the index lists every failed run, and
-:class:`~dml_study.study.launch.GridFailedError` names each with its executed notebook
+:class:`~dml_study.study.launch.launcher.GridFailedError` names each with its executed notebook
 and traceback.
 ``wait=False`` returns after submitting the grid (SLURM); ``collect=True`` trains nothing
 and renders the notebooks from the runs that have finished.
@@ -20,7 +20,7 @@ previous results, so ``only=`` re-runs keep the other notebooks' pages); it repl
 failing notebook (or a failed grid) stops the study: the previous ``results/<study>/``
 stays untouched (a committed study is never overwritten by a failed run), the staging
 directory keeps the executed copy with the traceback in the failing cell and an index
-recording the failure, and :class:`~dml_study.study.notebooks.NotebookExecutionError`
+recording the failure, and :class:`~dml_study.study.tiers.notebooks.NotebookExecutionError`
 names the notebook and cell — nothing raised while writing that index can mask it.
 """
 
@@ -35,16 +35,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from dml_study.study.config import STAGING_ENV, STAGING_SUFFIX, StudyConfig
-from dml_study.study.launch import (
+from dml_study.study.launch.launcher import (
     GridFailedError,
     GridReport,
     Launcher,
     describe_failures,
     launch_grid,
 )
-from dml_study.study.notebooks import NotebookExecutionError, execute_notebook, render_html
-from dml_study.study.report import NotebookRecord, StudyRecord, headline, write_reports
+from dml_study.study.plan.config import STAGING_ENV, STAGING_SUFFIX, StudyConfig
+from dml_study.study.report.index import NotebookRecord, StudyRecord, headline, write_reports
+from dml_study.study.report.pages import render_html
+from dml_study.study.tiers.notebooks import NotebookExecutionError, execute_notebook
 
 TRAIN_PARAMETER = "train"
 

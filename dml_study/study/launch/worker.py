@@ -1,11 +1,11 @@
-"""Worker process of the launchers: ``python -m dml_study.study.launch_worker TASK RESULT``.
+"""Worker process of the launchers: ``python -m dml_study.study.launch.worker TASK RESULT``.
 
 :func:`run_worker` starts one (the launchers call it); :func:`main` is the worker.
 
-Reads a :class:`~dml_study.study.launch_task.RunTask` from the JSON file ``TASK``, trains the
-run with :func:`~dml_study.study.launch_task.execute_run` (its output, the kernel's included,
+Reads a :class:`~dml_study.study.launch.task.RunTask` from the JSON file ``TASK``, trains the
+run with :func:`~dml_study.study.launch.task.execute_run` (its output, the kernel's included,
 goes to this process's stdout: the run's log) and writes the
-:class:`~dml_study.study.launch_task.RunResult` to ``RESULT`` atomically. Exit status 0 when the
+:class:`~dml_study.study.launch.task.RunResult` to ``RESULT`` atomically. Exit status 0 when the
 result was written, whether the run trained or failed.
 
 On SIGTERM, SIGINT or SIGUSR2 (a launcher stopping, a SLURM job preempted) the worker kills
@@ -28,7 +28,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from dml_study.study.launch_task import RunResult, RunTask
+    from dml_study.study.launch.task import RunResult, RunTask
 
 
 def run_worker(
@@ -40,7 +40,7 @@ def run_worker(
     A worker that dies without writing its result yields a ``failed`` result with the end
     of the log as traceback.
     """
-    from dml_study.study.launch_task import RunResult
+    from dml_study.study.launch.task import RunResult
 
     log = Path(task.log)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +49,7 @@ def run_worker(
         task_file.write_text(json.dumps(task.to_json()), encoding="utf-8")
         with log.open("a", encoding="utf-8") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "dml_study.study.launch_worker", str(task_file),
+                [sys.executable, "-m", "dml_study.study.launch.worker", str(task_file),
                  str(result_file)],
                 stdout=out, stderr=subprocess.STDOUT, cwd=task.cwd,
                 env={**os.environ, **task.env},
@@ -91,11 +91,11 @@ def _stop(signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from dml_study.atomic_io import atomic_write_json
-    from dml_study.study.launch_task import RunTask, execute_run
+    from dml_study.study.launch.task import RunTask, execute_run
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
-        print("usage: python -m dml_study.study.launch_worker TASK.json RESULT.json",
+        print("usage: python -m dml_study.study.launch.worker TASK.json RESULT.json",
               file=sys.stderr)
         return 2
     task = RunTask.from_json(json.loads(Path(argv[0]).read_text(encoding="utf-8")))

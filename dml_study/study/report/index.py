@@ -4,7 +4,7 @@ The front page reads top to bottom as a reader wants it: the claims scorecard
 (``claims.json``, when the study wrote one), the figures listed in ``figures/index.json``,
 the headline table, then links to every notebook page and every run page. Every number
 carries its unit; tables have no pandas index rows. The pages are self-contained
-(:mod:`dml_study.study.pages`) and hold no absolute machine path.
+(:mod:`dml_study.study.report.pages`) and hold no absolute machine path.
 
 The headline is the paired comparison of the study's headline group (by default Proxy
 Anchor with vs without SO over all its seeds): mean ± std of each headline metric per
@@ -26,14 +26,13 @@ from typing import Any
 import pandas as pd
 
 from dml_study.atomic_io import atomic_write_text
-from dml_study.study.collect import grid_results
-from dml_study.study.config import StudyConfig
-from dml_study.study.grid import expand_grid, unique_runs
-from dml_study.study.machine_paths import relativise_notebook, relativise_text
-from dml_study.study.notebooks import render_html
-from dml_study.study.pages import is_number_text, page
-from dml_study.study.stats import compare_arms, format_mean_std
-from dml_study.study.tables import run_page
+from dml_study.study.analysis.collect import grid_results
+from dml_study.study.analysis.stats import compare_arms, format_mean_std
+from dml_study.study.plan.config import StudyConfig
+from dml_study.study.plan.grid import expand_grid, unique_runs
+from dml_study.study.report.pages import is_number_text, page, render_html
+from dml_study.study.report.tables import run_page
+from dml_study.study.tiers.machine_paths import relativise_notebook, relativise_text
 
 
 @dataclass
@@ -525,16 +524,16 @@ def load_record(config: StudyConfig) -> StudyRecord:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dml_study.study.report --config studies/x.yaml``: render the report again.
+    """``python -m dml_study.study.report.index --config studies/x.yaml``: render the report again.
 
     Re-renders every page and the index from the executed notebooks and finished runs
     already on disk (nothing is executed), e.g. after a change to the report's code.
     """
     import argparse
 
-    from dml_study.study.config import load_study_config
+    from dml_study.study.plan.config import load_study_config
 
-    parser = argparse.ArgumentParser(prog="python -m dml_study.study.report",
+    parser = argparse.ArgumentParser(prog="python -m dml_study.study.report.index",
                                      description=main.__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, help="the study file")
     args = parser.parse_args(argv)

@@ -19,8 +19,8 @@ would save after opening the notebook with the ``python3`` kernel of this enviro
 
 Usage::
 
-    python -m dml_study.study.nbtidy notebooks/*.ipynb           # rewrite in place
-    python -m dml_study.study.nbtidy --check notebooks/*.ipynb   # exit 1 if one would change
+    python -m dml_study.study.report.nbtidy notebooks/*.ipynb           # rewrite in place
+    python -m dml_study.study.report.nbtidy --check notebooks/*.ipynb   # exit 1 if one would change
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def tidy(path: str | Path, check: bool = False, clear_outputs: bool = True) -> b
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m dml_study.study.nbtidy",
+        prog="python -m dml_study.study.report.nbtidy",
         description="Save notebooks in the form JupyterLab writes (see module docstring).",
     )
     parser.add_argument("notebooks", nargs="+", type=Path)
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in changed:
         print(f"{verb}: {path}")
     if args.check and changed:
-        print("run: python -m dml_study.study.nbtidy " + " ".join(map(str, changed)),
+        print("run: python -m dml_study.study.report.nbtidy " + " ".join(map(str, changed)),
               file=sys.stderr)
         return 1
     return 0

@@ -1,6 +1,6 @@
 r"""The claims scorecard: every claim of the two papers as a measured effect with a 95 % CI.
 
-The study file's ``claims:`` section (:class:`~dml_study.study.config.ClaimConfig`) names,
+The study file's ``claims:`` section (:class:`~dml_study.study.plan.config.ClaimConfig`) names,
 per claim, a group of the grid, its baseline and treatment variants, the quantity compared
 (:func:`run_value`) and the direction the paper claims. :func:`scorecard` turns every claim
 into one row per dataset of its group:
@@ -8,16 +8,17 @@ into one row per dataset of its group:
 - ``kind: paired`` — runs of the two variants are paired by seed (same seed: same data order,
   same initial head and proxies); the effect is the mean over seeds of
   ``scale · (treatment − baseline)`` with a paired Student-t CI
-  (:func:`dml_study.study.stats.paired_comparison`; the percentile bootstrap CI is kept
+  (:func:`dml_study.study.analysis.stats.paired_comparison`; the percentile bootstrap CI is kept
   beside it);
 - ``kind: correlation`` — per baseline run, a per-class Spearman ρ (SO paper's motivation:
   nearest-other-proxy cosine vs that class's train R@1); the effect is the mean ρ over seeds
   with a t-CI.
 
-The verdict follows the CI (:func:`dml_study.study.stats.verdict_from_ci`): ``inconclusive``
-exactly when the CI holds 0. Every row names its dataset, regime (``C<d``: the proxies can be
-orthogonal; ``C>>d``: the SO floor :math:`C^2/d - C` binds) and tier. :func:`write_claims`
-writes ``results/<study>/claims.json`` (a JSON list; the report renders it first).
+The verdict follows the CI (:func:`dml_study.study.analysis.stats.verdict_from_ci`):
+``inconclusive`` exactly when the CI holds 0. Every row names its dataset, regime (``C<d``:
+the proxies can be orthogonal; ``C>>d``: the SO floor :math:`C^2/d - C` binds) and tier.
+:func:`write_claims` writes ``results/<study>/claims.json`` (a JSON list; the report renders
+it first).
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ import numpy as np
 import pandas as pd
 
 from dml_study.atomic_io import atomic_write_json
-from dml_study.study.config import ClaimConfig, StudyConfig
-from dml_study.study.grid import RunSpec, expand_grid
-from dml_study.study.stats import mean_ci, paired_comparison, verdict_from_ci
+from dml_study.study.analysis.stats import mean_ci, paired_comparison, verdict_from_ci
+from dml_study.study.plan.config import ClaimConfig, StudyConfig
+from dml_study.study.plan.grid import RunSpec, expand_grid
 from dml_study.training.run_dir import RunDirectory
 
 #: Final metrics reported in percentage points.
@@ -61,7 +62,7 @@ def run_shape(path: Path) -> tuple[int, int]:
 
 
 def _history(path: Path) -> pd.DataFrame:
-    from dml_study.study.collect import load_history
+    from dml_study.study.analysis.collect import load_history
 
     history = load_history(path)
     if history.empty or "epoch" not in history.columns:
@@ -100,16 +101,16 @@ def run_value(path: Path, metric: str) -> float:
     - ``epochs_to:<fraction>:<metric>`` — :func:`epochs_to_fraction`;
     - ``at_epoch:<e>:<metric>`` — the metric after epoch e (history).
     """
-    from dml_study.study import analysis
-    from dml_study.study.collect import load_metrics
+    from dml_study.study.analysis import per_class
+    from dml_study.study.analysis.collect import load_metrics
 
     path = Path(path)
     if metric.startswith("proxies/"):
         stat = metric.split("/", 1)[1]
         proxies = np.load(path / "proxies.npy")
         if stat.startswith("close_classes@"):
-            return analysis.close_class_fraction(proxies, float(stat.split("@", 1)[1]))
-        stats = analysis.orthogonality_summary(proxies)
+            return per_class.close_class_fraction(proxies, float(stat.split("@", 1)[1]))
+        stats = per_class.orthogonality_summary(proxies)
         if stat not in stats:
             raise ClaimError(f"unknown proxy statistic {stat!r}; valid: {sorted(stats)}, "
                              "close_classes@<threshold>")
@@ -138,7 +139,7 @@ def motivation_rho(path: Path) -> float:
     """
     from scipy.stats import ConstantInputWarning, spearmanr
 
-    from dml_study.study.analysis import class_motivation
+    from dml_study.study.analysis.per_class import class_motivation
 
     file = Path(path) / "train_class_recall.npy"
     if not file.is_file():

@@ -1,13 +1,13 @@
 """One run of the grid as a task: :class:`RunTask`, :func:`execute_run` and their records.
 
-Whatever the launcher (:mod:`dml_study.study.launch`), one run is one :class:`RunTask`
+Whatever the launcher (:mod:`dml_study.study.launch.launcher`), one run is one :class:`RunTask`
 executed by :func:`execute_run`, in this process or in a worker
-(:mod:`~dml_study.study.launch_worker`): claim the run
-(:mod:`~dml_study.study.launch_claims`), execute ``02_train`` with papermill into
+(:mod:`~dml_study.study.launch.worker`): claim the run
+(:mod:`~dml_study.study.launch.run_claims`), execute ``02_train`` with papermill into
 ``results/<study>/runs/<run_name>.ipynb``, release the claim. The outcome is a
 :class:`RunResult`; ``results/<study>/launch.json`` records the last one of every run.
 This module imports no launcher, so the launchers, the worker and
-:func:`dml_study.study.grid.run_grid` can all build on it without an import cycle.
+:func:`dml_study.study.plan.grid.run_grid` can all build on it without an import cycle.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from dml_study.atomic_io import atomic_write_json
-from dml_study.study.config import StudyConfig
-from dml_study.study.launch_claims import ClaimInfo, live_claim, try_claim
-from dml_study.study.notebooks import NotebookExecutionError, execute_notebook
+from dml_study.study.launch.run_claims import ClaimInfo, live_claim, try_claim
+from dml_study.study.plan.config import StudyConfig
+from dml_study.study.tiers.notebooks import NotebookExecutionError, execute_notebook
 from dml_study.training.run_dir import RunDirectory
 
 if TYPE_CHECKING:
-    from dml_study.study.grid import RunSpec
+    from dml_study.study.plan.grid import RunSpec
 
 #: Seconds between two looks at a run another launcher is training.
 POLL_SECONDS = 5.0

@@ -20,7 +20,7 @@ parameter groups and schedule (:mod:`dml_study.training.optim`) and evaluation
    directory (``config.yaml``, ``history.json/csv``, ``metrics.json`` with ``"tier":
    "frozen"``, ``proxies*.npy``, ``test_embeddings.npz``) plus ``train_class_recall.npy``
    (R@1 of every training class on the evaluation view of the training images, for the
-   SO paper's motivation analysis), so :mod:`~dml_study.study.collect` reads both tiers.
+   SO paper's motivation analysis), so :mod:`~dml_study.study.analysis.collect` reads both tiers.
 
 The features are those of the pretrained backbone (BatchNorm in eval mode), i.e. the model
 the fine-tuned tier starts from, so the tier answers "what do SO / adaptive margins do to a
@@ -48,6 +48,16 @@ from dml_study.config import ExperimentConfig
 from dml_study.evaluation import embed, evaluate
 from dml_study.evaluation.per_class import per_class_recall_at_1
 from dml_study.losses import create_loss_from_config, orthogonality_stats
+from dml_study.study.plan.config import StudyConfig
+from dml_study.study.plan.grid import (
+    FeatureSettings,
+    RunOutcome,
+    RunSpec,
+    experiment_config,
+    frozen_feature_settings,
+    is_finished,
+    unique_runs,
+)
 from dml_study.training.history import History
 from dml_study.training.optim import build_optimizer, build_param_groups, build_scheduler, group_lrs
 from dml_study.training.run_dir import RunDirectory
@@ -81,26 +91,6 @@ class FrozenFeatures:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-
-@dataclass(frozen=True)
-class FeatureSettings:
-    """How a dataset's features are cached: augmented views per training image, their seed,
-    and optional seeded per-class subsets (many-class datasets: every class is kept, each
-    with at most ``max_*_per_class`` images, so extraction and runs stay CPU-sized)."""
-
-    views: int = 8
-    feature_seed: int = 0
-    max_train_per_class: int | None = None
-    max_test_per_class: int | None = None
-
-    def identity(self) -> dict[str, Any]:
-        """The settings that change the features (unset subsets are left out)."""
-        out = {"views": int(self.views), "feature_seed": int(self.feature_seed)}
-        for key in ("max_train_per_class", "max_test_per_class"):
-            if getattr(self, key) is not None:
-                out[key] = int(getattr(self, key))
-        return out
 
 
 def feature_identity(config: ExperimentConfig, settings: FeatureSettings) -> dict[str, Any]:
@@ -412,3 +402,30 @@ def train_frozen_runs(
 def _say(stream: TextIO | None, message: str) -> None:
     if stream is not None:
         print(message, file=stream, flush=True)
+
+
+def run_frozen_tier(
+    config: StudyConfig, specs: Iterable[RunSpec], *, stream: TextIO | None = None
+) -> list[RunOutcome]:
+    """Train the frozen-tier runs of ``specs`` in this process (no notebook per run).
+
+    Finished runs are reused; features are extracted once per dataset and backbone.
+    """
+    specs = unique_runs(specs)
+    if not specs:
+        return []
+    todo = [s for s in specs if not is_finished(config.results_dir, s.run_name)]
+    if stream is not None:
+        print(f"frozen tier: {len(specs)} runs, {len(specs) - len(todo)} already finished, "
+              f"{len(todo)} to train", file=stream, flush=True)
+    items = [(s.run_name, _frozen_run_config(config, s),
+              frozen_feature_settings(config, s.dataset)) for s in todo]
+    trained = dict(train_frozen_runs(items, config.results_dir, stream=stream))
+    return [RunOutcome(s.run_name, "trained" if s.run_name in trained else "reused",
+                       trained.get(s.run_name, 0.0), None) for s in specs]
+
+
+def _frozen_run_config(config: StudyConfig, spec: RunSpec) -> Any:
+    params = {k: v for k, v in spec.params.items() if k not in ("quiet", "num_workers")}
+    return experiment_config({**params, "run_name": spec.run_name,
+                              "results_dir": str(config.results_dir)})

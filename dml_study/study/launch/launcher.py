@@ -4,14 +4,14 @@ The study runner trains every missing run of the grid *before* it executes the s
 notebooks (``03_ablations`` keeps its training cell, which then finds every run finished).
 How the runs are trained is the launcher's business (registry in the timm style):
 
-- ``local`` (:class:`~dml_study.study.launch_local.LocalLauncher`): up to ``max_parallel``
+- ``local`` (:class:`~dml_study.study.launch.local.LocalLauncher`): up to ``max_parallel``
   runs at once on this machine, devices assigned round-robin, CPU threads split.
-- ``slurm`` (:class:`~dml_study.study.launch_slurm.SlurmLauncher`): one SLURM job per run
+- ``slurm`` (:class:`~dml_study.study.launch.slurm.SlurmLauncher`): one SLURM job per run
   through submitit (a job array), requeued on timeout or preemption.
 
-Whatever the launcher, one run is one :class:`~dml_study.study.launch_task.RunTask` executed
-by :func:`~dml_study.study.launch_task.execute_run` (:mod:`~dml_study.study.launch_task`):
-claim the run (:mod:`~dml_study.study.launch_claims`), execute ``02_train`` with papermill
+Whatever the launcher, one run is one :class:`~dml_study.study.launch.task.RunTask` executed
+by :func:`~dml_study.study.launch.task.execute_run` (:mod:`~dml_study.study.launch.task`):
+claim the run (:mod:`~dml_study.study.launch.run_claims`), execute ``02_train`` with papermill
 into ``results/<study>/runs/<run_name>.ipynb`` (the run's own log is
 ``results/<study>/runs/<run_name>.log``), release the claim. Training resumes from the run
 directory's checkpoint when there is one, so a requeued or retried run continues where it
@@ -29,16 +29,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
 
-from dml_study.study.config import LAUNCHERS, StudyConfig
-from dml_study.study.grid import (
-    RunSpec,
-    expand_grid,
-    is_finished,
-    run_frozen_tier,
-    unique_runs,
-)
-from dml_study.study.launch_claims import live_claim
-from dml_study.study.launch_task import (
+from dml_study.study.launch.run_claims import live_claim
+from dml_study.study.launch.task import (
     RunResult,
     RunTask,
     execute_run,
@@ -47,7 +39,14 @@ from dml_study.study.launch_task import (
     record_results,
     wait_for_run,
 )
-from dml_study.study.notebooks import Progress
+from dml_study.study.plan.config import LAUNCHERS, StudyConfig
+from dml_study.study.plan.grid import (
+    RunSpec,
+    expand_grid,
+    is_finished,
+    unique_runs,
+)
+from dml_study.study.tiers.notebooks import Progress
 from dml_study.typed_fields import did_you_mean
 
 # --------------------------------------------------------------------------- registry
@@ -82,13 +81,13 @@ def is_launcher(name: str) -> bool:
 
 def create_launcher(name: str, **kwargs: Any) -> Launcher:
     """A launcher by name: ``local`` (``max_parallel``, ``devices``, ``threads_per_run``) or
-    ``slurm`` (``slurm``: a :class:`~dml_study.study.config.SlurmConfig`)."""
+    ``slurm`` (``slurm``: a :class:`~dml_study.study.plan.config.SlurmConfig`)."""
     if name == "local":
-        from dml_study.study.launch_local import LocalLauncher
+        from dml_study.study.launch.local import LocalLauncher
 
         return LocalLauncher(**kwargs)
     if name == "slurm":
-        from dml_study.study.launch_slurm import SlurmLauncher
+        from dml_study.study.launch.slurm import SlurmLauncher
 
         return SlurmLauncher(**kwargs)
     raise ValueError(f"unknown launcher {name!r}{did_you_mean(name, LAUNCHERS)}; launchers: "
@@ -109,7 +108,7 @@ class InProcessLauncher:
     """Trains the tasks one after another in this process (``02_train`` through papermill).
 
     What a notebook uses to train missing runs of its grid (:func:`run_grid`); each run is
-    claimed exactly as by the other launchers (:func:`~dml_study.study.launch_task.execute_run`).
+    claimed exactly as by the other launchers (:func:`~dml_study.study.launch.task.execute_run`).
     """
 
     name = "notebook"
@@ -196,6 +195,8 @@ def launch_grid(
     Raises :class:`GridFailedError` naming every failed run (after all the others finished)
     unless ``raise_on_failure`` is false.
     """
+    from dml_study.study.tiers.frozen import run_frozen_tier  # imports torch
+
     launcher = launcher or launcher_from_config(config)
     stream = stream or sys.stdout
     started = time.perf_counter()
@@ -253,10 +254,10 @@ def run_grid(
     :func:`launch_grid` with the :class:`InProcessLauncher`: finished runs are reused, a run
     another launcher is training is waited for, the executed copy of each training notebook
     goes to ``results/<study>/runs/<run_name>.ipynb``. When runs fail, the first failure is
-    raised after the others ran (e.g. :class:`~dml_study.study.notebooks.NotebookExecutionError`
-    naming the run's executed notebook and failing cell). The study runner trains the grid
-    *before* the notebooks with the study's launcher, so inside ``03_ablations`` every run is
-    reused.
+    raised after the others ran (e.g.
+    :class:`~dml_study.study.tiers.notebooks.NotebookExecutionError` naming the run's
+    executed notebook and failing cell). The study runner trains the grid *before* the
+    notebooks with the study's launcher, so inside ``03_ablations`` every run is reused.
     """
     report = launch_grid(config, InProcessLauncher(), specs, progress=progress, stream=stream,
                          raise_on_failure=False)

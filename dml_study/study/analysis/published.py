@@ -206,7 +206,7 @@ def _resolved_params(cells: pd.DataFrame, results_dir: str | Path | None) -> dic
     first = cells.iloc[0].to_dict()
     if results_dir is None or "run_name" not in first:
         return first
-    from dml_study.study.collect import load_run_config, run_parameters
+    from dml_study.study.analysis.collect import load_run_config, run_parameters
     from dml_study.training.run_dir import RunDirectory
 
     run = RunDirectory.for_run(results_dir, str(first["run_name"]))
@@ -226,12 +226,12 @@ def comparison_table(
     Args:
         results: per-cell results with ``group``, ``variant``, ``seed``, the training
             parameters and the metrics as fractions, i.e.
-            :func:`dml_study.study.collect.grid_results`; the best-epoch metric is the
+            :func:`dml_study.study.analysis.collect.grid_results`; the best-epoch metric is the
             ``best/<metric>`` column (from ``metrics.json`` → ``best``).
         dataset: benchmark key (``cub200``, ``cars196``, ``sop``, ``inshop``).
         metric: ``"R@1"`` (the metric the papers report).
         recipe: label of our rows (e.g. ``"full"``/``"cpu"``); default: each run's recipe by
-            :func:`dml_study.study.collect.run_recipe`.
+            :func:`dml_study.study.analysis.collect.run_recipe`.
         results_dir: where the runs live; used to read the values a run took from its
             dataset preset (``None`` parameters: image size, embedding size, ...).
 
@@ -240,7 +240,7 @@ def comparison_table(
     ``"best (test-selected)"``): mean over seeds in percent, ``std`` (sample, NaN for one
     seed) and ``seeds``. Backbone, embedding size and image size are those the runs used.
     """
-    from dml_study.study.collect import run_recipe
+    from dml_study.study.analysis.collect import run_recipe
 
     published = [
         {

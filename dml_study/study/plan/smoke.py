@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from dml_study.atomic_io import atomic_write_text
-from dml_study.study.config import StudyConfig, StudyConfigError, load_study_config
+from dml_study.study.plan.config import StudyConfig, StudyConfigError, load_study_config
 
 #: The tiny CPU recipe: training parameters of ``02_train`` that replace the study's.
 SMOKE_TRAIN: dict[str, Any] = {

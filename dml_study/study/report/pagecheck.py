@@ -11,7 +11,7 @@ visible text; it can save a full-page screenshot of each page.
 
 Command line (exit status 1 when a problem is found)::
 
-    python -m dml_study.study.pagecheck results/embedded --min-figures 3 \\
+    python -m dml_study.study.report.pagecheck results/embedded --min-figures 3 \\
         --browser --screenshots /tmp/shots
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from dml_study.study.machine_paths import find_machine_paths
+from dml_study.study.tiers.machine_paths import find_machine_paths
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Route
@@ -201,7 +201,7 @@ def _check_page(context: BrowserContext, path: Path, shot_dir: Path | None) -> l
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dml_study.study.pagecheck",
+    parser = argparse.ArgumentParser(prog="python -m dml_study.study.report.pagecheck",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("study_dir", type=Path, help="e.g. results/embedded")
     parser.add_argument("--min-figures", type=int, default=0,
