@@ -78,7 +78,9 @@ def map_distances_to_margins(
 
 
 def _offdiag_range_from_embeddings(emb: Tensor, chunk: int = 2048) -> tuple[float, float]:
-    """Min and max off-diagonal cosine distance of unit rows, in chunks (no C × C matrix)."""
+    """Min and max off-diagonal cosine distance of unit rows, in chunks (no C × C matrix).
+
+    ``emb`` is float64 (see :meth:`TextDistanceTable.rows`)."""
     lo, hi = float("inf"), float("-inf")
     n = emb.shape[0]
     for start in range(0, n, chunk):
@@ -112,13 +114,17 @@ class TextDistanceTable(nn.Module):
             emb = torch.as_tensor(np.asarray(text_embeddings), dtype=torch.float32)
             if emb.dim() != 2:
                 raise ValueError(f"text_embeddings must be 2-D (C, k), got {tuple(emb.shape)}")
-            emb = F.normalize(emb, dim=1)
+            # float64 from here on: a float32 matmul rounds differently with the number of
+            # rows it is given (BLAS picks kernels by shape and CPU), so a class pair's margin
+            # would depend on the batch it appears in and on the machine. In float64 those
+            # differences (~1e-16) vanish when the scaled distance is rounded to float32.
+            emb = F.normalize(emb.to(torch.float64), dim=1)
             lo, hi = _offdiag_range_from_embeddings(emb)
             # Derived from the config (class names), so not saved in checkpoints.
             self.register_buffer("embeddings", emb, persistent=False)
             self.distances = None
         else:
-            dist = torch.as_tensor(np.asarray(text_distances), dtype=torch.float32)
+            dist = torch.as_tensor(np.asarray(text_distances), dtype=torch.float64)
             if dist.dim() != 2 or dist.shape[0] != dist.shape[1]:
                 raise ValueError(f"text_distances must be square (C, C), got {tuple(dist.shape)}")
             off = ~torch.eye(dist.shape[0], dtype=torch.bool)
@@ -136,10 +142,11 @@ class TextDistanceTable(nn.Module):
     def rows(self, labels: Tensor) -> Tensor:
         """Distances (B, C) of each label's class to every class, min–max scaled to [0, 1].
 
-        When all off-diagonal distances are equal the scaled distance is 0 everywhere.
+        When all off-diagonal distances are equal the scaled distance is 0 everywhere. Rows
+        computed from embeddings are float64; callers round them to their own dtype.
         """
         if self.embeddings is not None:
-            raw = 1.0 - self.embeddings[labels] @ self.embeddings.T
+            raw = 1.0 - self.embeddings[labels] @ self.embeddings.T  # float64, see __init__
         else:
             raw = self.distances[labels]
         span = self.hi - self.lo
@@ -268,7 +275,7 @@ class AdaptiveMarginLoss(ProxyLoss):
 
     def margins(self, labels: Tensor) -> Tensor:
         """Additive margins (B, C): ``m_{y_b, j}`` at negatives, exactly 0 at the positive."""
-        dist = self.table.rows(labels)
+        dist = self.table.rows(labels).to(self.proxies.dtype)  # float64 → rounded once
         if self.matched_margin is not None:
             margins = torch.full_like(dist, self.matched_margin)
         else:
