@@ -102,3 +102,41 @@ def test_publish_replaces_and_a_crash_between_renames_is_recovered(tmp_path: Pat
     os.replace(final, final.with_name("tiny.previous"))
     stage_study_dir(config)
     assert (final / "new.txt").is_file()
+
+
+def test_a_full_regeneration_stages_only_the_run_records_and_tuning(tmp_path: Path):
+    config = load_study_config(_study(tmp_path, fail=False))
+    final = config.study_dir
+    (final / "runs").mkdir(parents=True)
+    (final / "runs" / "r.log").write_text("log of the previous regeneration")
+    (final / "tuning").mkdir()
+    (final / "tuning" / "chosen.json").write_text("{}")
+    (final / "figures").mkdir()
+    (final / "figures" / "gone.png").write_bytes(b"png")
+    (final / "claims.json").write_text("[]")
+    staging = stage_study_dir(config, full=True)
+    assert sorted(os.listdir(staging)) == ["runs", "tuning"]
+    assert (staging / "runs" / "r.log").is_file()
+    staging = stage_study_dir(config)  # a partial re-run (only=) keeps every page
+    assert sorted(os.listdir(staging)) == ["claims.json", "figures", "runs", "tuning"]
+
+
+def test_a_run_log_is_replaced_by_a_fresh_run_and_continued_by_a_resumed_one(tmp_path: Path):
+    from dml_study.study.launch.task import RunTask
+    from dml_study.study.launch.worker import run_worker
+
+    log = tmp_path / "study" / "runs" / "r.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("committed output of a previous regeneration\n")
+    task = RunTask(run_name="r", label="g/v, seed 0", notebook="missing.ipynb",
+                   executed=str(log.with_suffix(".ipynb")), log=str(log), parameters={},
+                   results_dir=str(tmp_path / "results"), cwd=str(tmp_path))
+    run_worker(task)  # fails (no notebook), but writes its own log
+    assert "previous regeneration" not in log.read_text()
+    checkpoint = tmp_path / "results" / "runs" / "r" / "checkpoints" / "last.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"state")
+    first = log.read_text()
+    run_worker(task)
+    text = log.read_text()
+    assert text.startswith(first) and "resuming r from its checkpoint" in text

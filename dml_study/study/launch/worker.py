@@ -22,10 +22,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
+
+from dml_study.training.run_dir import RunDirectory, RunState
 
 if TYPE_CHECKING:
     from dml_study.study.launch.task import RunResult, RunTask
@@ -34,20 +37,29 @@ if TYPE_CHECKING:
 def run_worker(
     task: RunTask, on_start: Callable[[subprocess.Popen], None] | None = None
 ) -> RunResult:
-    """Train ``task`` in a worker process (output appended to ``task.log``); its result.
+    """Train ``task`` in a worker process (its output goes to ``task.log``); its result.
 
-    ``on_start`` receives the worker's :class:`subprocess.Popen` (to stop it on preemption).
-    A worker that dies without writing its result yields a ``failed`` result with the end
-    of the log as traceback.
+    The log holds one training of the run: a run that starts from scratch replaces any
+    earlier log (e.g. the committed log of a previous regeneration of the study), a run that
+    resumes from its checkpoint (a requeued or retried job) continues the log after a line
+    saying so. ``on_start`` receives the worker's :class:`subprocess.Popen` (to stop it on
+    preemption). A worker that dies without writing its result yields a ``failed`` result
+    with the end of the log as traceback.
     """
     from dml_study.study.launch.task import RunResult
 
     log = Path(task.log)
     log.parent.mkdir(parents=True, exist_ok=True)
+    resuming = log.is_file() and RunDirectory.for_run(task.results_dir, task.run_name).state() \
+        is RunState.RESUMABLE
     with tempfile.TemporaryDirectory(prefix="dml-run-") as tmp:
         task_file, result_file = Path(tmp) / "task.json", Path(tmp) / "result.json"
         task_file.write_text(json.dumps(task.to_json()), encoding="utf-8")
-        with log.open("a", encoding="utf-8") as out:
+        with log.open("a" if resuming else "w", encoding="utf-8") as out:
+            if resuming:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                out.write(f"\n--- {stamp}: resuming {task.run_name} from its checkpoint ---\n")
+                out.flush()
             proc = subprocess.Popen(
                 [sys.executable, "-m", "dml_study.study.launch.worker", str(task_file),
                  str(result_file)],

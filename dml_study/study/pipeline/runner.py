@@ -125,7 +125,7 @@ def run_study(
             say(f"{len(grid.unfinished)} run(s) not finished yet (submitted or trained "
                 "elsewhere); render the report later with --collect")
             return None
-    staging = stage_study_dir(config)
+    staging = stage_study_dir(config, full=not only)
     say(f"{len(notebooks)} notebook(s) -> {final_dir} (staged in {staging})")
     failure: GridFailedError | NotebookExecutionError | None = None
     with staging_env(config):
@@ -177,16 +177,34 @@ def staging_env(config: StudyConfig) -> Iterator[Path]:
             os.environ[STAGING_ENV] = previous
 
 
-def stage_study_dir(config: StudyConfig) -> Path:
-    """A fresh staging directory holding a copy of the current study directory."""
+#: What a full regeneration keeps of the previous study directory: the records of the
+#: grid's runs (executed ``02_train`` notebooks and logs, written while the grid trains),
+#: the launch records and the tuning searches (inputs of the study, not outputs of its
+#: notebooks). Everything else (pages, figures, claims, index) is rewritten whole.
+KEPT_ON_REGENERATION: tuple[str, ...] = ("runs", "launch.json", "tuning", "slurm")
+
+
+def stage_study_dir(config: StudyConfig, full: bool = False) -> Path:
+    """A fresh staging directory holding a copy of the current study directory.
+
+    ``full`` (a regeneration of every notebook) copies only :data:`KEPT_ON_REGENERATION`,
+    so no page, figure or table of the previous regeneration survives unless this one
+    writes it again; otherwise (``only=`` a subset of notebooks) everything is copied and
+    the other notebooks' pages stay.
+    """
     final_dir, staging = config.study_dir, staging_dir(config)
     _recover_interrupted_publish(final_dir)
     if staging.exists():
         shutil.rmtree(staging)
+    staging.mkdir(parents=True)
     if final_dir.is_dir():
-        shutil.copytree(final_dir, staging, symlinks=True)
-    else:
-        staging.mkdir(parents=True)
+        for entry in sorted(final_dir.iterdir()):
+            if full and entry.name not in KEPT_ON_REGENERATION:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, staging / entry.name, symlinks=True)
+            else:
+                shutil.copy2(entry, staging / entry.name, follow_symlinks=False)
     return staging
 
 
