@@ -210,7 +210,7 @@ class ExportedModel:
         if problems:
             call = ", ".join(f"{k}={v!r}" for k, v in
                              self.architecture.create_embedder_kwargs().items()
-                             if v not in (None, {}))
+                             if v is not None and v is not False and v != {})
             raise ArchitectureMismatchError(
                 f"the export in {self.path} holds another network than asked: "
                 f"{'; '.join(problems)}. Call create_embedder({call}, weights=...) or "
