@@ -8,6 +8,7 @@ contiguous labels, optional corrupt-image screening and an optional decoded-imag
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,18 +54,50 @@ class SplitRecords:
         class_ids: raw class id per image (any sortable hashable, e.g. the official 1-based id).
         class_names: human-readable name per raw class id (used as the text modality).
         raw_class_names: optional machine name per raw class id (``001.Black_footed_Albatross``).
+        display_names: optional unique name per raw class id for figures and tables
+            (``loquat (枇)``); default: see :func:`unique_display_names`.
     """
 
     paths: list[Path]
     class_ids: list[Hashable]
     class_names: Mapping[Hashable, str]
     raw_class_names: Mapping[Hashable, str] = field(default_factory=dict)
+    display_names: Mapping[Hashable, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.paths) != len(self.class_ids):
             raise ValueError(
                 f"{len(self.paths)} paths but {len(self.class_ids)} class ids; they must pair up"
             )
+
+
+def unique_display_names(
+    class_names: Sequence[str],
+    raw_class_names: Sequence[str] | None = None,
+    display_names: Sequence[str] | None = None,
+) -> list[str]:
+    """One distinct name per class, for figures and tables.
+
+    ``display_names`` when given (a dataset's own choice, e.g. glyphs' ``loquat (枇)``),
+    else ``class_names``; a name that still occurs more than once is disambiguated by
+    appending the class's raw name in parentheses (``bicycle (bicycle_final/111085)``),
+    and, should that repeat too, its label (``#3``). ``class_names`` themselves are never
+    changed: they are the text the adaptive-margin loss embeds, and two classes sharing a
+    gloss legitimately share a text embedding.
+    """
+    names = list(display_names) if display_names is not None else list(class_names)
+    raw = list(raw_class_names) if raw_class_names is not None else list(class_names)
+    if len(names) != len(class_names) or len(raw) != len(class_names):
+        raise ValueError(
+            f"{len(class_names)} classes but {len(names)} display names and {len(raw)} raw "
+            "names; give one per class"
+        )
+    for suffix in (lambda i: raw[i], lambda i: f"#{i}"):
+        counts = Counter(names)
+        if len(counts) == len(names):
+            break
+        names = [f"{n} ({suffix(i)})" if counts[n] > 1 else n for i, n in enumerate(names)]
+    return names
 
 
 class DMLDataset(torch.utils.data.Dataset):
@@ -75,8 +108,12 @@ class DMLDataset(torch.utils.data.Dataset):
         split: ``"train"``, ``"test"``, ``"query"`` or ``"gallery"``.
         paths: image path per index.
         labels: ``int64`` array of labels in ``[0, num_classes)``; every label occurs.
-        class_names: human-readable name per label (text modality).
+        class_names: human-readable name per label: the text modality, exactly what the
+            adaptive-margin loss embeds (not necessarily unique: two glyph characters can
+            share a gloss, SOP classes share their super-class name).
         raw_class_names: machine/official name per label.
+        display_names: a *unique* name per label for figures, tables and galleries
+            (:func:`unique_display_names`).
         transform: applied to the RGB PIL image in ``__getitem__`` (settable).
         cache: optional :class:`DecodedImageCache` serving resized decoded images.
     """
@@ -92,6 +129,7 @@ class DMLDataset(torch.utils.data.Dataset):
         raw_class_names: Sequence[str] | None = None,
         cache: DecodedImageCache | None = None,
         require_all_classes: bool = True,
+        display_names: Sequence[str] | None = None,
     ) -> None:
         labels = np.asarray(labels, dtype=np.int64)
         if len(paths) != len(labels):
@@ -102,6 +140,9 @@ class DMLDataset(torch.utils.data.Dataset):
         self.labels = labels
         self.class_names = list(class_names)
         self.raw_class_names = list(raw_class_names or class_names)
+        self.display_names = unique_display_names(
+            self.class_names, self.raw_class_names, display_names
+        )
         self.transform = transform
         self.cache = cache
         present = np.unique(labels)
@@ -184,13 +225,17 @@ def _require_files(name: str, split: str, paths: Sequence[Path]) -> None:
 
 def _relabel(
     class_ids: Sequence[Hashable], label_space: Sequence[Hashable], records: SplitRecords
-) -> tuple[np.ndarray, list[str], list[str]]:
-    """Labels (position of each class id in ``label_space``), class names and raw names."""
+) -> tuple[np.ndarray, list[str], list[str], list[str] | None]:
+    """Labels (position of each class id in ``label_space``), class names, raw names and
+    the records' display names (``None`` when the loader gives none)."""
     index = {cid: i for i, cid in enumerate(label_space)}
     labels = np.array([index[c] for c in class_ids], dtype=np.int64)
     names = [records.class_names[c] for c in label_space]
     raw = [records.raw_class_names.get(c, records.class_names[c]) for c in label_space]
-    return labels, names, raw
+    display = None
+    if records.display_names:
+        display = [records.display_names.get(c, records.class_names[c]) for c in label_space]
+    return labels, names, raw, display
 
 
 def make_dataset(
@@ -230,7 +275,7 @@ def make_dataset(
     shared_space = label_space is not None
     if label_space is None:
         label_space = sorted(set(class_ids))
-    labels, names, raw = _relabel(class_ids, label_space, records)
+    labels, names, raw, display = _relabel(class_ids, label_space, records)
     ds = DMLDataset(
         name,
         split,
@@ -242,6 +287,7 @@ def make_dataset(
         # A label space shared with another split (In-Shop query/gallery) may include
         # classes absent from this one; labels still agree across the two splits.
         require_all_classes=shared_space is False,
+        display_names=display,
     )
     if cache_decoded:
         ds.enable_decoded_cache(size=cache_size, progress=progress)

@@ -36,7 +36,12 @@ with a text modality (the English gloss) for the adaptive margins.
   ``get_dataset("glyphs", split, num_classes=n)`` loads the first ``n // 2`` classes of each
   split of a bigger build (e.g. a CUB-sized subset);
 - class names (text modality): the Unihan ``kDefinition`` gloss, else the character and its
-  ``kMandarin`` reading, else the character; raw names ``U+4E00 一``.
+  ``kMandarin`` reading, else the character; raw names ``U+4E00 一``. Glosses repeat (in the
+  default build 4 glosses name two train characters each, 5 two test characters, and 4 occur
+  on both sides, e.g. ``loquat`` = 枇, 杷), so the dataset's ``display_names`` (figures,
+  tables) add the character: ``loquat (枇)`` (:func:`display_name`). The class names the
+  adaptive-margin loss embeds stay the bare glosses (see ``docs/models.md``, "Glyph class
+  names and the adaptive margins", for what identical glosses do to the margins).
 
 Build it with ``python -m dml_study.data.glyphs build``; ``get_dataset("glyphs", ...)`` builds it
 on first use. Fetching, locking, caching and the manifest are the shared embedded-dataset
@@ -288,6 +293,17 @@ def class_text(cp: int, unihan: Unihan) -> str:
         return gloss
     reading = unihan.mandarin.get(cp)
     return f"{chr(cp)} {reading}" if reading else chr(cp)
+
+
+def display_name(cp: int, text: str) -> str:
+    """Unique display name of a class: its text plus the character, ``loquat (枇)``.
+
+    ``text`` is the class's text-modality name (:func:`class_text`); when it already holds
+    the character (no gloss: ``"<char> <reading>"`` or the character alone) it is returned
+    as it is. Unique because the character is.
+    """
+    char = chr(cp)
+    return text if char in text else f"{text} ({char})"
 
 
 def variant_components(cps: Iterable[int], unihan: Unihan) -> dict[int, int]:
@@ -787,6 +803,7 @@ def load_records(
         class_ids=ids,
         class_names={n: manifest["names"][n] for n in names},
         raw_class_names={n: raw_name(int(n, 16)) for n in names},
+        display_names={n: display_name(int(n, 16), manifest["names"][n]) for n in names},
     )
 
 
@@ -851,6 +868,7 @@ __all__ = [
     "class_text",
     "dataset_dir",
     "dedupe_faces",
+    "display_name",
     "iou",
     "load_records",
     "main",

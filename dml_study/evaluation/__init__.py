@@ -7,7 +7,7 @@
 The lower-level pieces (``knn``, ``metrics``, ``clustering``) are importable for analysis.
 """
 
-from dml_study.evaluation.api import evaluate
+from dml_study.evaluation.api import evaluate, prepare_embeddings
 from dml_study.evaluation.clustering import kmeans_assignments, nmi
 from dml_study.evaluation.embed import embed
 from dml_study.evaluation.knn import l2_normalize, search
@@ -22,6 +22,7 @@ __all__ = [
     "kmeans_assignments",
     "l2_normalize",
     "nmi",
+    "prepare_embeddings",
     "relevant_counts",
     "search",
 ]

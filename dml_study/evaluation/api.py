@@ -58,6 +58,16 @@ def _unit_scale(embeddings: np.ndarray, name: str) -> np.ndarray:
     return x / scale
 
 
+def prepare_embeddings(embeddings: np.ndarray, name: str = "embeddings") -> np.ndarray:
+    """Embeddings as :func:`evaluate` searches them: each row scaled by its largest magnitude
+    (exact for cosine similarity, see :func:`_unit_scale`), then L2-normalised to float32.
+
+    Callers that search outside :func:`evaluate` (``python -m dml_study.search``) use it so
+    their neighbours are, bit for bit, the ones the metrics were computed from.
+    """
+    return l2_normalize(_unit_scale(embeddings, name), name)
+
+
 def _as_ks(ks: Sequence[int]) -> tuple[int, ...]:
     values = tuple(ks)
     if not values or any(isinstance(k, bool) or int(k) != k or k < 1 for k in values):
@@ -73,7 +83,7 @@ def _checked_inputs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     """Unit-scaled, L2-normalised queries and gallery (``None``: self-retrieval) with their
     labels (the query labels again in self-retrieval); inconsistent inputs raise."""
-    queries = l2_normalize(_unit_scale(query_embeddings, "query_embeddings"), "query_embeddings")
+    queries = prepare_embeddings(query_embeddings, "query_embeddings")
     q_labels = _as_labels(query_labels, len(queries), "query_labels")
     if (gallery_embeddings is None) != (gallery_labels is None):
         raise ValueError(
@@ -83,9 +93,7 @@ def _checked_inputs(
         if len(queries) < 2:
             raise ValueError("self-retrieval needs at least 2 embeddings")
         return queries, q_labels, None, q_labels
-    gallery = l2_normalize(
-        _unit_scale(gallery_embeddings, "gallery_embeddings"), "gallery_embeddings"
-    )
+    gallery = prepare_embeddings(gallery_embeddings, "gallery_embeddings")
     g_labels = _as_labels(gallery_labels, len(gallery), "gallery_labels")
     if gallery.shape[1] != queries.shape[1]:
         raise ValueError(

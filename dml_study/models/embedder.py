@@ -19,6 +19,8 @@ from timm.data import resolve_data_config
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from dml_study.errors import one_line
+from dml_study.models.exported import MODEL_FILE, ExportDamagedError, read_export
 from dml_study.models.pretrained import create_backbone
 
 DEFAULT_BACKBONE = "deit_small_distilled_patch16_224"
@@ -189,6 +191,7 @@ def create_embedder(
     freeze_patch_embed: bool = False,
     freeze_bn: bool = False,
     freeze_backbone: bool = False,
+    weights: str | Path | None = None,
     **timm_kwargs,
 ) -> Embedder:
     """Build an :class:`Embedder` on a timm backbone.
@@ -211,11 +214,30 @@ def create_embedder(
         freeze_bn: freeze BatchNorm statistics and affine parameters (CNNs).
         freeze_backbone: freeze the whole backbone (train only head and proxies); it is also
             kept in eval mode so its features do not drift.
+        weights: an export directory written by ``python -m dml_study.export`` (or its
+            ``model.safetensors``). The network is rebuilt from the export's architecture
+            with *no* pretrained weights (``pretrained`` is ignored, nothing is downloaded),
+            every tensor is loaded strictly from the export, and ``data_config`` is the
+            export's (its mean/std are those of the weights the model was trained from).
+            The architecture arguments given here (``backbone``, ``embedding_dim``,
+            ``l2_normalize``, ``img_size``, ``patch_size``, ``input_size`` — ``None`` takes
+            the export's —, ``timm_kwargs``) must match the export's, else
+            :class:`~dml_study.models.exported.ArchitectureMismatchError` names every
+            difference; the freezing options are free (e.g. to fine-tune an export further).
+            ``dml_study.export.load_embedder(OUT)`` takes the export's arguments itself.
         **timm_kwargs: forwarded to ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
     for old, new in _RENAMED.items():
         if old in timm_kwargs:
             raise TypeError(f"create_embedder: {old!r} was renamed; did you mean {new!r}?")
+    if weights is not None:
+        if pretrained_path is not None:
+            raise TypeError("create_embedder: give weights (an export) or pretrained_path, "
+                            "not both")
+        return _from_export(
+            weights, backbone, embedding_dim, l2_normalize, img_size, patch_size, input_size,
+            freeze_patch_embed, freeze_bn, freeze_backbone, timm_kwargs,
+        )
     model, norm_override = _timm_backbone(
         backbone, pretrained, pretrained_path, img_size, patch_size, timm_kwargs
     )
@@ -232,3 +254,47 @@ def create_embedder(
     return Embedder(
         model, embedding_dim, l2_normalize, data_config, freeze_bn, frozen, freeze_backbone
     )
+
+
+def _from_export(
+    weights: str | Path,
+    backbone: str,
+    embedding_dim: int | None,
+    l2_normalize: bool,
+    img_size: int | None,
+    patch_size: int | None,
+    input_size: int | None,
+    freeze_patch_embed: bool,
+    freeze_bn: bool,
+    freeze_backbone: bool,
+    timm_kwargs: dict,
+) -> Embedder:
+    """``create_embedder(..., weights=OUT)``: the exported network, checked and loaded."""
+    export = read_export(weights)
+    export.check_architecture(
+        backbone=backbone, embedding_dim=embedding_dim, l2_normalize=l2_normalize,
+        img_size=img_size, patch_size=patch_size, input_size=input_size,
+        timm_kwargs=dict(timm_kwargs),
+    )
+    arch = export.architecture
+    model, _ = _timm_backbone(
+        arch.timm_architecture, False, None, arch.img_size, arch.patch_size,
+        dict(arch.timm_kwargs),
+    )
+    if hasattr(model, "set_distilled_training"):
+        model.set_distilled_training(False)
+    if arch.img_size is None and arch.input_size is not None:
+        _follow_input_size(model, arch.timm_architecture, arch.input_size)
+    frozen = _frozen_names(model, freeze_patch_embed, freeze_bn, freeze_backbone)
+    embedder = Embedder(model, arch.embedding_dim, arch.l2_normalize, export.data_config,
+                        freeze_bn, frozen, freeze_backbone)
+    try:
+        embedder.load_state_dict(export.state_dict(), strict=True)
+    except RuntimeError as err:  # missing/unexpected keys or shapes: another timm layout
+        raise ExportDamagedError(
+            f"the weights in {export.path / MODEL_FILE} do not fit timm's "
+            f"{arch.timm_architecture!r} as built here ({one_line(err)[:300]}); the export "
+            f"was written with timm {export.manifest.get('versions', {}).get('timm')}, "
+            "install that version or re-export the run"
+        ) from err
+    return embedder

@@ -54,6 +54,25 @@ def weights_unavailable_message(backbone: str, reason: str) -> str:
     )
 
 
+def resolve_backbone(
+    backbone: str, pretrained: bool = True, pretrained_path: str | Path | None = None
+) -> tuple[str, dict]:
+    """The timm architecture :func:`create_backbone` builds for these arguments, and the
+    mean/std override its weights need.
+
+    They differ from ``(backbone, {})`` only for a packaged backbone with its packaged
+    weights: ``efficientnet_lite0`` is built as timm's ``tf_efficientnet_lite0`` (TF "SAME"
+    padding) with mean = std = 0.5. Rebuilding a trained model without its pretrained
+    weights (an export, :mod:`dml_study.models.exported`) must use this architecture:
+    timm's own ``efficientnet_lite0`` has the same parameter names and shapes but pads
+    differently, so its weights would load silently into a different function.
+    """
+    if pretrained and pretrained_path is None and backbone in PACKAGED_BACKBONES:
+        arch, _, mean, std = PACKAGED_BACKBONES[backbone]
+        return arch, {"mean": tuple(mean), "std": tuple(std)}
+    return backbone, {}
+
+
 def create_backbone(
     backbone: str,
     pretrained: bool = True,

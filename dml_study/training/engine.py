@@ -68,6 +68,7 @@ from dml_study.training.pipeline import (
     EpochBatches,
     SeededAugmentation,
     build_batch_sampler,
+    embedder_arguments,
     eval_loader,
     load_datasets,
 )
@@ -185,20 +186,7 @@ class Trainer:
     # ------------------------------------------------------------------ building
 
     def _build_embedder(self) -> Embedder:
-        m, d = self.config.model, self.config.data
-        return create_embedder(
-            backbone=m.backbone,
-            embedding_dim=m.embedding_dim,
-            pretrained=m.pretrained,
-            pretrained_path=m.pretrained_path,
-            l2_normalize=m.l2_normalize,
-            img_size=d.image_size if m.set_img_size else None,
-            patch_size=m.patch_size,
-            input_size=d.image_size,  # a ViT follows data.image_size (issue #15)
-            freeze_patch_embed=m.freeze_patch_embed,
-            freeze_bn=m.freeze_bn,
-            **dict(m.timm_kwargs),
-        )
+        return create_embedder(**embedder_arguments(self.config))
 
     def _build_loaders(self) -> None:
         """Transforms, the resumable training batch stream and this rank's eval loaders."""
@@ -646,6 +634,7 @@ class Trainer:
                     )
                     arrays[f"{prefix}embeddings"], arrays[f"{prefix}labels"] = emb, lab
                 arrays["class_names"] = np.asarray(self.eval_sets.query.class_names)
+                arrays["display_names"] = np.asarray(self.eval_sets.query.display_names)
                 atomic_save_npz(rd.test_embeddings, **arrays)
             metrics: dict[str, Any] = dict(self.last_metrics)
             metrics["untrained"] = self.untrained

@@ -141,6 +141,28 @@ def load_datasets(
     return train, EvalSets(query, gallery, tuple(ks))
 
 
+def embedder_arguments(config: ExperimentConfig) -> dict[str, Any]:
+    """The :func:`dml_study.models.create_embedder` arguments of the trainer's model.
+
+    The one place that maps ``model.*`` / ``data.image_size`` to the embedder, so the
+    exporter (:mod:`dml_study.export`) rebuilds exactly the network a run trained.
+    """
+    m, d = config.model, config.data
+    return {
+        "backbone": m.backbone,
+        "embedding_dim": m.embedding_dim,
+        "pretrained": m.pretrained,
+        "pretrained_path": m.pretrained_path,
+        "l2_normalize": m.l2_normalize,
+        "img_size": d.image_size if m.set_img_size else None,
+        "patch_size": m.patch_size,
+        "input_size": d.image_size,  # a ViT follows data.image_size (issue #15)
+        "freeze_patch_embed": m.freeze_patch_embed,
+        "freeze_bn": m.freeze_bn,
+        **dict(m.timm_kwargs),
+    }
+
+
 def build_batch_sampler(
     config: ExperimentConfig, labels: np.ndarray, rank: int, world_size: int
 ) -> MPerClassBatchSampler | RandomBatchSampler:

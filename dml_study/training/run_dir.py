@@ -10,8 +10,9 @@ Layout::
     checkpoints/best.pt  weights at the best R@1
     proxies_init.npy     proxies before training
     proxies.npy          final proxies
-    test_embeddings.npz  final test embeddings and labels
+    test_embeddings.npz  final test embeddings and labels (+ class and display names)
     train_class_recall.npy  R@1 of every training class (eval.train_class_recall; frozen tier)
+    head.safetensors     frozen tier: the trained head (its backbone is the pretrained one)
     .lock                held by the training process (see :mod:`dml_study.training.lock`)
 
 Every file is written through :mod:`dml_study.atomic_io`, so a killed process never leaves a
@@ -100,6 +101,7 @@ class RunDirectory:
     proxies_init = property(lambda self: self.path / "proxies_init.npy")
     test_embeddings = property(lambda self: self.path / "test_embeddings.npz")
     train_class_recall = property(lambda self: self.path / "train_class_recall.npy")
+    head_weights = property(lambda self: self.path / "head.safetensors")
 
     def is_finished(self) -> bool:
         """True when ``metrics.json`` exists: the trainer writes it last, so the run is done."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dml_study.data import embedded, get_dataset, glyphs
@@ -382,3 +383,70 @@ def test_embedded_datasets_register_in_the_registry() -> None:
     assert registry.dataset_info("cub200").embedded is None
     with pytest.raises(ValueError, match="already registered"):
         registry.register_embedded("glyphs", (1,), "twice")
+
+
+# --------------------------------------------------------------------------- display names
+
+#: Every class of the fake set shares one of two glosses: duplicates inside each split and
+#: across the two splits, as in the real build ('loquat' = 枇, 杷; 'spider' on both sides).
+SHARED_GLOSSES = ("spider", "loquat")
+DUPLICATE_READINGS = [
+    f"U+{cp:04X}\tkDefinition\t{SHARED_GLOSSES[i % 2]}" for i, cp in enumerate(CHARS[4:])
+]
+
+
+def test_display_names_are_unique_and_the_loss_text_is_the_bare_gloss(
+    fake_sources, tmp_path: Path, monkeypatch
+) -> None:
+    from dml_study.config import load_config
+    from dml_study.losses import create_loss_from_config
+
+    unihan = parse_unihan(DUPLICATE_READINGS, [])
+    cache = tmp_path / "cache"
+    manifest = build_from_sources(fake_sources, unihan, cache / "glyphs-32", size=32,
+                                  min_designs=4, num_classes=100, num_workers=1,
+                                  progress=False)
+    monkeypatch.setenv("DML_STUDY_CACHE", str(cache))
+    splits = {s: get_dataset("glyphs", s, size=32, build=False) for s in ("train", "test")}
+    shown: list[str] = []
+    for split, ds in splits.items():
+        ids = sorted(manifest["split"][split])
+        # The text modality is exactly the manifest's gloss, duplicates and all.
+        assert ds.class_names == [manifest["names"][c] for c in ids]
+        assert len(set(ds.class_names)) < ds.num_classes
+        expected = [f"{manifest['names'][c]} ({chr(int(c, 16))})" for c in ids]
+        assert ds.display_names == expected  # e.g. "loquat (枇)"
+        assert len(set(ds.display_names)) == ds.num_classes
+        shown += ds.display_names
+    assert set(splits["train"].class_names) & set(splits["test"].class_names)
+    assert len(set(shown)) == len(shown)  # unique across the two splits as well
+
+    # The adaptive-margin loss embeds the bare glosses: equal glosses, equal text
+    # embeddings, distance 0, hence m_max under the default "inverse" mapping.
+    train = splits["train"]
+    config = load_config("glyphs", loss="adaptive_margin",
+                         **{"loss.params": {"text_source": "glove"}})
+    loss = create_loss_from_config(config, train.num_classes, 8, train.class_names)
+    table = loss.table.embeddings
+    a, b = [i for i, n in enumerate(train.class_names) if n == train.class_names[0]][:2]
+    assert np.array_equal(table[a].numpy(), table[b].numpy())
+    margins = loss.margins(torch.tensor([a]))[0]
+    assert float(margins[b]) == pytest.approx(loss.m_max)
+
+
+def test_display_name_keeps_a_text_that_already_holds_the_character() -> None:
+    cp = CHARS[5]
+    assert glyphs.display_name(cp, "loquat") == f"loquat ({chr(cp)})"
+    assert glyphs.display_name(cp, f"{chr(cp)} shì") == f"{chr(cp)} shì"
+    assert glyphs.display_name(cp, chr(cp)) == chr(cp)
+
+
+def test_unique_display_names_fall_back_to_raw_names_then_labels() -> None:
+    from dml_study.data.base import unique_display_names
+
+    assert unique_display_names(["a", "b"]) == ["a", "b"]
+    assert unique_display_names(["bike", "bike", "cup"], ["b/1", "b/2", "c/3"]) == [
+        "bike (b/1)", "bike (b/2)", "cup"]
+    assert unique_display_names(["x", "x"], ["r", "r"]) == ["x (r) (#0)", "x (r) (#1)"]
+    with pytest.raises(ValueError, match="one per class"):
+        unique_display_names(["a"], ["a", "b"])

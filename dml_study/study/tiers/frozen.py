@@ -20,7 +20,9 @@ parameter groups and schedule (:mod:`dml_study.training.optim`) and evaluation
    directory (``config.yaml``, ``history.json/csv``, ``metrics.json`` with ``"tier":
    "frozen"``, ``proxies*.npy``, ``test_embeddings.npz``) plus ``train_class_recall.npy``
    (R@1 of every training class on the evaluation view of the training images, for the
-   SO paper's motivation analysis), so :mod:`~dml_study.study.analysis.collect` reads both tiers.
+   SO paper's motivation analysis) and ``head.safetensors`` (the trained head, which
+   ``python -m dml_study.export`` joins to the pretrained backbone), so
+   :mod:`~dml_study.study.analysis.collect` reads both tiers.
 
 The features are those of the pretrained backbone (BatchNorm in eval mode), i.e. the model
 the fine-tuned tier starts from, so the tier answers "what do SO / adaptive margins do to a
@@ -346,6 +348,11 @@ def train_frozen(
     atomic_write_with(run_dir.proxies_init, lambda fh: np.save(fh, proxies_init))
     atomic_write_with(run_dir.proxies, lambda fh: np.save(fh, proxies))
     atomic_write_with(run_dir.train_class_recall, lambda fh: np.save(fh, train_recall))
+    if not isinstance(head, nn.Identity):  # what `python -m dml_study.export` exports
+        from safetensors.torch import save as safetensors_bytes
+
+        head_bytes = safetensors_bytes(head.state_dict())
+        atomic_write_with(run_dir.head_weights, lambda fh: fh.write(head_bytes))
     atomic_write_with(run_dir.test_embeddings, lambda fh: np.savez(
         fh, embeddings=test_emb, labels=features.test_labels))
     atomic_write_json(run_dir.metrics, metrics)  # last: its presence marks the run finished
