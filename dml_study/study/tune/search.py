@@ -225,9 +225,14 @@ class Search:
         self.poll_seconds = poll_seconds
         self.storage: JournalStorage = open_storage(plan.journal)
         self.pruner = make_pruner(plan, trainer.can_prune)
-        self.study = optuna.create_study(
-            study_name=plan.study_name, storage=self.storage, direction="maximize",
-            load_if_exists=True, sampler=make_sampler(plan, 0), pruner=self.pruner)
+        names = {s.study_name for s in self.storage.get_all_studies()}
+        if plan.study_name in names:  # no create op appended to the journal on every resume
+            self.study = optuna.Study(plan.study_name, self.storage,
+                                      sampler=make_sampler(plan, 0), pruner=self.pruner)
+        else:
+            self.study = optuna.create_study(
+                study_name=plan.study_name, storage=self.storage, direction="maximize",
+                load_if_exists=True, sampler=make_sampler(plan, 0), pruner=self.pruner)
         self.ask_lock = OwnedFileLock(plan.directory / "ask.lock")
         self._consecutive_failures: list[str] = []
         check_space(plan, has_trials=bool(self.trials()))
