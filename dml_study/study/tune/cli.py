@@ -25,11 +25,14 @@ disk (free space, re-run: it resumes); 5 for a damaged journal; 1 when trials ke
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
+import shutil
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -148,18 +151,36 @@ def batch_size(config: StudyConfig, plan: SearchPlan, args: argparse.Namespace) 
     return config.execution.max_parallel
 
 
-def _translate(exc: BaseException) -> UserFacingError | None:
+def _translate(exc: BaseException, results_dir: Path | None = None) -> UserFacingError | None:
+    """One-line errors of the tune command (``results_dir``: where it was writing)."""
     if isinstance(exc, StudyConfigError):
         return TuneUsageError(one_line(exc))
     if is_disk_full(exc):
-        name = getattr(exc, "filename", None) or "a tuning file"
+        name = _disk_full_file(exc)
+        where = Path(name).parent if name else results_dir
+        what = name or (f"under {results_dir}" if results_dir else "a tuning file")
+        free = ""
+        if where is not None:
+            with contextlib.suppress(OSError):
+                free = f" ({shutil.disk_usage(where).free / 1e6:.1f} MB free there)"
         err = TuneDiskFullError(
-            f"disk full writing {name}: free space and re-run the same command; every search "
-            "resumes from its journal (trials told so far are kept, the ones in flight are "
-            "trained again)"
+            f"disk full writing {what}{free}: free space and re-run the same command; every "
+            "search resumes from its journal (trials told so far are kept, the ones in "
+            "flight are trained again)"
         )
         err.errno = errno.ENOSPC
         return err
+    return None
+
+
+def _disk_full_file(exc: BaseException) -> str | None:
+    """The file named by the ``OSError`` in ``exc``'s chain, if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.filename:
+            return str(exc.filename)
+        exc = exc.__cause__ or exc.__context__
     return None
 
 
@@ -167,12 +188,16 @@ def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
-def main(argv: list[str] | None = None, *, make_trainer: TrainerFactory | None = None) -> int:
-    """The ``tune`` command (``argv`` without the ``tune`` word)."""
+def main(argv: list[str] | None = None, *, make_trainer: TrainerFactory | None = None,
+         context: dict[str, Any] | None = None) -> int:
+    """The ``tune`` command (``argv`` without the ``tune`` word); ``context`` receives the
+    ``results_dir`` it writes to (for the one-line errors of :func:`cli`)."""
     import optuna
 
     args = build_parser().parse_args(argv)
     config = load_config(args)
+    if context is not None:
+        context["results_dir"] = config.results_dir
     plans = plan_searches(config, arms=args.arms, datasets=args.datasets, trials=args.trials)
     if args.status:
         return _status(config, plans)
@@ -286,7 +311,9 @@ def _status(config: StudyConfig, plans: list[SearchPlan]) -> int:
 
 def cli(argv: list[str] | None = None, *, make_trainer: TrainerFactory | None = None) -> int:
     """:func:`main` through :func:`dml_study.errors.run_cli` (one-line errors, exit codes)."""
-    return run_cli(lambda a: main(a, make_trainer=make_trainer), argv, translate=_translate)
+    context: dict[str, Any] = {}
+    return run_cli(lambda a: main(a, make_trainer=make_trainer, context=context), argv,
+                   translate=lambda exc: _translate(exc, context.get("results_dir")))
 
 
 if __name__ == "__main__":

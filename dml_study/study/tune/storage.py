@@ -265,9 +265,11 @@ class SafeJournalBackend(JournalFileBackend):
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
-                except BaseException:
+                except BaseException as exc:
                     with contextlib.suppress(OSError):
                         fh.truncate(start)  # no half record left behind (ENOSPC, ...)
+                    if isinstance(exc, OSError) and not exc.filename:
+                        exc.filename = str(self._file_path)
                     raise
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from study_helpers import write_notebook
 
 from dml_study.config import TRAIN_PARAMETERS, load_config
 from dml_study.study.launch.launcher import create_launcher
@@ -19,9 +18,6 @@ from dml_study.study.tune.objective import VALIDATION_PARAMETERS
 from dml_study.study.tune.search import Search
 from dml_study.study.tune.trainers import FineTunedTrialTrainer, train_frozen_batch
 from dml_study.training.run_dir import RunDirectory
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # study_helpers
-from study_helpers import write_notebook
 
 
 def _features():

@@ -217,7 +217,7 @@ def tiny_tuning_study(root: Path, *, trials: int = 4, epochs: int = 4, batch: in
         "datasets": ["icons"],
         "train": {"dataset": "icons", "loss": "proxy_anchor", "device": "cpu",
                   "overrides": {"eval.nmi": False, "eval.ks": [1, 2]}},
-        "frozen": {"train": {"epochs": epochs, "embedding_dim": 8, "batch_size": 16,
+        "frozen": {"views": 2, "train": {"epochs": epochs, "embedding_dim": 8, "batch_size": 16,
                              "m_per_class": 2}},
         "groups": [{"name": "frozen_so", "tier": "frozen", "datasets": ["icons"],
                     "seeds": [0], "variants": {"no_so": {"so_lambda": 0.0},
