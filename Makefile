@@ -1,5 +1,6 @@
 # One entry point for set-up and the two jobs the README names.
 #   make study  - the whole study on the embedded offline dataset (the main job)
+#   make tune   - the study's equal-budget hyperparameter searches (docs/tuning.md); resumable
 #   make test   - the full test suite, slow end-to-end tests included (what CI runs)
 #   make check-report - the committed study's pages: files scanned, every page opened in chromium
 # Each target creates .venv and installs the project into it when missing, so either
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.dml_study-installed
 STUDY ?= studies/embedded.yaml
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install study test test-fast lint bench check-report clean-venv
+.PHONY: install study tune test test-fast lint bench check-report clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,9 @@ install: $(STAMP)
 
 study: $(STAMP)
 	$(BIN)/python -m dml_study.study --config $(STUDY)
+
+tune: $(STAMP)
+	$(BIN)/python -m dml_study.study tune --config $(STUDY)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "slow or not slow"

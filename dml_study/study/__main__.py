@@ -14,6 +14,8 @@ report from the runs that have finished (e.g. after ``--no-wait``).
 ``--smoke`` runs the whole grid and every notebook with a tiny CPU recipe (minutes; checks
 the data root and the pipeline, see :mod:`dml_study.study.plan.smoke`); ``--results-dir DIR``
 writes runs and report under DIR instead of the study's ``results_dir``.
+``tune --config STUDY [...]`` runs the study's equal-budget hyperparameter searches instead
+(:mod:`dml_study.study.tune.cli`; ``make tune``).
 Exit status 1 names every failed run (executed notebook, traceback) or the failing
 notebook and cell; a re-run retries only what failed.
 """
@@ -77,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["tune"]:  # python -m dml_study.study tune --config STUDY (docs/tuning.md)
+        from dml_study.study.tune.cli import cli
+
+        return cli(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

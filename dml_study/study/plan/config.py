@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from dml_study.config import TRAIN_PARAMETERS
+from dml_study.config import IDENTITY_NEUTRAL_KEYS, TRAIN_PARAMETERS, ConfigError, resolve_key
 from dml_study.training.run_dir import runs_root
 from dml_study.typed_fields import coerce, did_you_mean, field_types
 
@@ -267,6 +267,152 @@ class StatsConfig:
     seed: int = 0
 
 
+# --------------------------------------------------------------------------- tuning
+
+
+#: Samplers and pruners of the ``tuning`` section (Optuna's TPE / random search; median rule).
+TUNING_SAMPLERS: tuple[str, ...] = ("tpe", "random")
+TUNING_PRUNERS: tuple[str, ...] = ("median", "none")
+
+#: Default trials per arm and tier: issue #19's budget of the embedded study (>= 24 frozen,
+#: >= 6 fine-tuned trials per arm).
+DEFAULT_TUNING_TRIALS: dict[str, int] = {"frozen": 24, "fine-tuned": 6}
+
+#: Config fields holding a mapping whose entries a search space may name with a third dotted
+#: part (``loss.params.margin`` is the entry ``margin`` of ``loss.params``).
+DICT_CONFIG_FIELDS: tuple[str, ...] = ("loss.params", "model.timm_kwargs")
+
+#: Keys a search space must hold (dotted): the three learning rates of every arm.
+REQUIRED_SEARCH_KEYS: tuple[str, ...] = ("optim.lr", "optim.proxy_lr_mult", "optim.head_lr_mult")
+
+#: Keys that are never searched: epochs (every trial trains the arm's epochs and is scored at
+#: its best validation epoch), what the run is (dataset, seed, split) and result-neutral keys.
+UNSEARCHABLE_KEYS: frozenset[str] = IDENTITY_NEUTRAL_KEYS | {
+    "schedule.epochs", "run.seed", "data.dataset", "data.split", "data.val_folds",
+    "data.val_fold", "data.val_seed",
+}
+
+#: Keys of one search-space entry.
+SEARCH_PARAM_KEYS: tuple[str, ...] = ("low", "high", "log", "step", "int", "choices")
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One searched hyperparameter: a float range (``log`` for log-uniform, ``step`` for a
+    grid), an integer range (``int: true``) or a list of ``choices``.
+
+    YAML: ``{low: 1.0e-5, high: 1.0e-3, log: true}``, ``{low: 2, high: 8, int: true}``,
+    ``{low: 0.0, high: 0.5, step: 0.05}`` or ``{choices: [10, 100, 1000]}``.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    integer: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def kind(self) -> str:
+        """``"categorical"``, ``"int"`` or ``"float"``."""
+        if self.choices is not None:
+            return "categorical"
+        return "int" if self.integer else "float"
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as written in the study file (plus its ``type``)."""
+        if self.choices is not None:
+            return {"type": "categorical", "choices": list(self.choices)}
+        out: dict[str, Any] = {"type": self.kind, "low": self.low, "high": self.high,
+                               "log": self.log}
+        if self.step is not None:
+            out["step"] = self.step
+        return out
+
+
+@dataclass(frozen=True)
+class TuningArmConfig:
+    """One tuned arm: a group's variant, its search space, and (optionally) its own datasets,
+    budget and fixed parameters. One search runs per (dataset, arm)."""
+
+    group: str
+    variant: str
+    #: Searched keys (02_train parameter names, config keys, ``loss.params.<name>``).
+    space: dict[str, SearchParam] = field(default_factory=dict)
+    #: Datasets searched (empty: the group's datasets, else its ``base``/``train`` dataset).
+    datasets: tuple[str, ...] = ()
+    #: Trials of this arm (``None``: ``tuning.trials`` of the group's tier).
+    trials: int | None = None
+    #: Parameters set on top of the variant for every trial (and for the final runs: they
+    #: are part of ``chosen.json``), e.g. the mapping of a constant-margin arm.
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """``"<group>/<variant>"``."""
+        return f"{self.group}/{self.variant}"
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Optuna's sampler: TPE (Bergstra et al., NeurIPS 2011) with a fixed seed, or random."""
+
+    name: str = "tpe"
+    seed: int = 0
+    #: Trials sampled at random before TPE models the results (Optuna's default, 10).
+    startup_trials: int = 10
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    """Optuna's median stopping rule on per-epoch validation values (frozen trials only)."""
+
+    name: str = "median"
+    #: Trials of the arm completed before any is pruned.
+    startup_trials: int = 5
+    #: Epochs of every trial that are never pruned.
+    warmup_epochs: int = 3
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Class-disjoint validation folds of the training classes (contract A of issue #19).
+
+    The objective of a trial is the mean over ``fold_ids`` (MLRC: 4 folds, all of them).
+    """
+
+    folds: int = 4
+    fold_ids: tuple[int, ...] = (0,)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """The ``tuning`` section: equal-budget searches on validation classes (docs/tuning.md)."""
+
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    #: The validation metric maximised at the best validation epoch.
+    objective: str = "MAP@R"
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    #: Trials per arm by tier (an arm's own ``trials`` wins).
+    trials: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TUNING_TRIALS))
+    arms: tuple[TuningArmConfig, ...] = ()
+    #: Training seed of every trial run (the final runs use the groups' seeds).
+    train_seed: int = 0
+    #: Frozen-tier trials asked and trained as one batch (``--batch``).
+    batch_trials: int = 1
+
+    def arm(self, name: str) -> TuningArmConfig:
+        """The arm ``"<group>/<variant>"``."""
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        names = [a.name for a in self.arms]
+        raise StudyConfigError(f"no tuned arm {name!r}; arms: {', '.join(names) or '(none)'}"
+                               f"{did_you_mean(name, names)}")
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """A whole study; see ``studies/embedded.yaml`` for a commented example."""
@@ -299,6 +445,8 @@ class StudyConfig:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    #: Equal-budget hyperparameter searches (``python -m dml_study.study tune``).
+    tuning: TuningConfig | None = None
     #: Absolute path of the file this config was loaded from (``None``: built in code).
     source: Path | None = None
     #: Absolute project root that relative paths were resolved against.
@@ -379,6 +527,8 @@ def study_config_from_dict(
             )
         elif key == "execution":
             values[key] = _build_execution(value, f"{where}: {key}")
+        elif key == "tuning":
+            values[key] = _build_tuning(value, f"{where}: {key}")
         elif key == "claims":
             if not isinstance(value, list):
                 raise StudyConfigError(f"{where}: claims: expected a list, got {value!r}")
@@ -459,6 +609,243 @@ def _build_claim(raw: Any, where: str) -> ClaimConfig:
     return claim
 
 
+def _build_tuning(raw: Any, where: str) -> TuningConfig:
+    """The ``tuning`` section: nested sampler / pruner / validation sections and the arms."""
+    if raw is None:
+        return TuningConfig()
+    if not isinstance(raw, dict):
+        raise StudyConfigError(f"{where}: expected a mapping, got {raw!r}")
+    _check_keys(raw, TuningConfig, where)
+    raw = dict(raw)
+    nested: dict[str, Any] = {}
+    for key, cls in (("sampler", SamplerConfig), ("pruner", PrunerConfig),
+                     ("validation", ValidationConfig)):
+        if key in raw:
+            nested[key] = _build_section(cls, raw.pop(key), f"{where}.{key}")
+    if "trials" in raw:
+        trials = raw.pop("trials")
+        if not isinstance(trials, dict):
+            raise StudyConfigError(f"{where}.trials: expected a mapping tier -> trials, e.g. "
+                                   f"{{frozen: 24, fine-tuned: 6}}, got {trials!r}")
+        for tier, count in trials.items():
+            _check_choice(tier, TIERS, f"{where}.trials")
+            _coerce(count, int, f"{where}.trials.{tier}")
+        nested["trials"] = {**DEFAULT_TUNING_TRIALS, **{k: int(v) for k, v in trials.items()}}
+    if "arms" in raw:
+        arms = raw.pop("arms")
+        if not isinstance(arms, list):
+            raise StudyConfigError(f"{where}.arms: expected a list, got {arms!r}")
+        nested["arms"] = tuple(_build_tuning_arm(a, f"{where}.arms[{i}]")
+                               for i, a in enumerate(arms))
+    tuning = dataclasses.replace(_build_section(TuningConfig, raw, where), **nested)
+    _check_tuning_values(tuning, where)
+    return tuning
+
+
+def _build_tuning_arm(raw: Any, where: str) -> TuningArmConfig:
+    if not isinstance(raw, dict):
+        raise StudyConfigError(f"{where}: expected a mapping {{group, variant, space}}, "
+                               f"got {raw!r}")
+    _check_keys(raw, TuningArmConfig, where)
+    for key in ("group", "variant", "space"):
+        if key not in raw:
+            raise StudyConfigError(f"{where}: missing required key {key!r}")
+    raw = dict(raw)
+    space_raw, fixed = raw.pop("space"), raw.pop("fixed", None) or {}
+    arm = _build_section(TuningArmConfig, raw, where)
+    at = f"{where} ({arm.name})"
+    if not isinstance(space_raw, dict) or not space_raw:
+        raise StudyConfigError(f"{at}.space: expected a non-empty mapping key -> range")
+    if not isinstance(fixed, dict):
+        raise StudyConfigError(f"{at}.fixed: expected a mapping key -> value, got {fixed!r}")
+    space = {str(k): _build_search_param(v, f"{at}.space.{k}") for k, v in space_raw.items()}
+    canonical: dict[str, str] = {}
+    for key in (*space, *fixed):
+        dotted = search_key(key, f"{at}.{'space' if key in space else 'fixed'}")
+        if dotted in canonical:
+            raise StudyConfigError(f"{at}: {canonical[dotted]!r} and {key!r} are the same key "
+                                   f"({dotted}); give it once, in 'space' or in 'fixed'")
+        canonical[dotted] = key
+    missing = [k for k in REQUIRED_SEARCH_KEYS if k not in {search_key(s, at) for s in space}]
+    if missing:
+        raise StudyConfigError(
+            f"{at}.space: every arm searches lr, proxy_lr_mult and head_lr_mult (issue #19); "
+            f"missing {', '.join(k.split('.')[-1] for k in missing)}"
+        )
+    if arm.trials is not None and arm.trials < 1:
+        raise StudyConfigError(f"{at}.trials: must be >= 1, got {arm.trials}")
+    return dataclasses.replace(arm, space=space, fixed=dict(fixed))
+
+
+def search_key(key: str, where: str = "search space") -> str:
+    """The dotted config key a search-space (or ``fixed``) key names.
+
+    ``lr`` -> ``optim.lr`` (02_train parameters and flat config keys resolve as in
+    :func:`dml_study.config.resolve_key`), ``optim.lr`` stays, and ``loss.params.margin`` is
+    the entry ``margin`` of the mapping ``loss.params`` (see :data:`DICT_CONFIG_FIELDS`).
+    Raises :class:`StudyConfigError` for an unknown key (with a did-you-mean) or one that is
+    never searched (:data:`UNSEARCHABLE_KEYS`: epochs, seed, dataset, split, ...).
+    """
+    parts = key.split(".")
+    if len(parts) >= 3 and ".".join(parts[:2]) in DICT_CONFIG_FIELDS:
+        return key
+    if len(parts) >= 3:
+        raise StudyConfigError(
+            f"{where}: {key!r}: only the mappings {', '.join(DICT_CONFIG_FIELDS)} take a third "
+            "dotted part (e.g. loss.params.margin)"
+        )
+    try:
+        dotted = resolve_key(key)
+    except ConfigError as exc:
+        raise StudyConfigError(f"{where}: {exc}") from None
+    if dotted in UNSEARCHABLE_KEYS:
+        why = ("every trial trains the arm's epochs and is scored at its best validation "
+               "epoch, which becomes the chosen epochs" if dotted == "schedule.epochs"
+               else "it says which run this is, not how it trains")
+        raise StudyConfigError(f"{where}: {key!r} ({dotted}) is not searched: {why}")
+    if dotted in DICT_CONFIG_FIELDS:
+        raise StudyConfigError(f"{where}: {key!r} is a mapping; name one of its entries, "
+                               f"e.g. {dotted}.margin")
+    return dotted
+
+
+def _build_search_param(raw: Any, where: str) -> SearchParam:
+    """One search-space entry (see :class:`SearchParam`), checked."""
+    if not isinstance(raw, dict):
+        raise StudyConfigError(
+            f"{where}: expected {{low, high[, log | step | int]}} or {{choices: [...]}}, "
+            f"got {raw!r}"
+        )
+    unknown = sorted(set(raw) - set(SEARCH_PARAM_KEYS))
+    if unknown:
+        raise StudyConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: "
+            f"{', '.join(SEARCH_PARAM_KEYS)}{did_you_mean(unknown[0], SEARCH_PARAM_KEYS)}"
+        )
+    if "choices" in raw:
+        if set(raw) != {"choices"}:
+            raise StudyConfigError(f"{where}: 'choices' stands alone (no low/high/log/step)")
+        choices = raw["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise StudyConfigError(f"{where}.choices: expected a non-empty list, got {choices!r}")
+        if len({repr(c) for c in choices}) != len(choices):
+            raise StudyConfigError(f"{where}.choices: duplicate values in {choices}")
+        for c in choices:
+            if not (c is None or isinstance(c, bool | int | float | str)):
+                raise StudyConfigError(f"{where}.choices: {c!r} is not a number, string, "
+                                       "boolean or null")
+        return SearchParam(choices=tuple(choices))
+    for key in ("low", "high"):
+        if key not in raw:
+            raise StudyConfigError(f"{where}: missing {key!r} (or give 'choices')")
+    integer = _coerce(raw.get("int", False), bool, f"{where}.int")
+    number = int if integer else float
+    low, high = (_coerce(raw[k], number, f"{where}.{k}") for k in ("low", "high"))
+    log = _coerce(raw.get("log", False), bool, f"{where}.log")
+    step = raw.get("step")
+    step = None if step is None else _coerce(step, number, f"{where}.step")
+    if not low < high:
+        raise StudyConfigError(f"{where}: need low < high, got low={low}, high={high}")
+    if log and step is not None:
+        raise StudyConfigError(f"{where}: 'log' and 'step' exclude each other (Optuna)")
+    if log and low <= 0:
+        raise StudyConfigError(f"{where}: a log range needs low > 0, got low={low}")
+    if step is not None and step <= 0:
+        raise StudyConfigError(f"{where}.step: must be > 0, got {step}")
+    return SearchParam(low=low, high=high, log=log, step=step, integer=integer)
+
+
+def _check_tuning_values(tuning: TuningConfig, where: str) -> None:
+    _check_choice(tuning.sampler.name, TUNING_SAMPLERS, f"{where}.sampler.name")
+    _check_choice(tuning.pruner.name, TUNING_PRUNERS, f"{where}.pruner.name")
+    objective = tuning.objective
+    if not (objective in ("MAP@R", "RP") or (objective.startswith("R@")
+                                              and objective[2:].isdigit())):
+        raise StudyConfigError(f"{where}.objective: {objective!r}; valid: MAP@R, RP, R@<k>"
+                               f"{did_you_mean(objective, ('MAP@R', 'RP', 'R@1'))}")
+    for key, value in (("sampler.startup_trials", tuning.sampler.startup_trials),
+                       ("pruner.startup_trials", tuning.pruner.startup_trials),
+                       ("pruner.warmup_epochs", tuning.pruner.warmup_epochs)):
+        if value < 0:
+            raise StudyConfigError(f"{where}.{key}: must be >= 0, got {value}")
+    v = tuning.validation
+    if v.folds < 2:
+        raise StudyConfigError(f"{where}.validation.folds: must be >= 2, got {v.folds}")
+    if not v.fold_ids or len(set(v.fold_ids)) != len(v.fold_ids):
+        raise StudyConfigError(f"{where}.validation.fold_ids: a non-empty list of distinct "
+                               f"folds, got {list(v.fold_ids)}")
+    bad = [f for f in v.fold_ids if not 0 <= f < v.folds]
+    if bad:
+        raise StudyConfigError(f"{where}.validation.fold_ids: {bad} outside 0..{v.folds - 1}")
+    for tier, count in tuning.trials.items():
+        if count < 1:
+            raise StudyConfigError(f"{where}.trials.{tier}: must be >= 1, got {count}")
+    if tuning.batch_trials < 1:
+        raise StudyConfigError(f"{where}.batch_trials: must be >= 1, got {tuning.batch_trials}")
+    names = [a.name for a in tuning.arms]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise StudyConfigError(f"{where}.arms: arm(s) {', '.join(duplicates)} listed twice")
+
+
+def arm_budget(config: StudyConfig, arm: TuningArmConfig) -> int:
+    """Trials of ``arm``: its own ``trials``, else ``tuning.trials`` of its group's tier."""
+    assert config.tuning is not None
+    return arm.trials if arm.trials is not None else \
+        config.tuning.trials[config.group(arm.group).tier]
+
+
+def arm_datasets(config: StudyConfig, arm: TuningArmConfig) -> tuple[str, ...]:
+    """Datasets ``arm`` is searched on: its own, else its group's (one dataset: the group's
+    ``base`` or the study's ``train`` dataset)."""
+    if arm.datasets:
+        return arm.datasets
+    group = config.group(arm.group)
+    if group.datasets:
+        return group.datasets
+    dataset = group.base.get("dataset") or config.train.get("dataset")
+    return (dataset,) if dataset else ()
+
+
+def _validate_tuning(config: StudyConfig, where: str) -> None:
+    """Arms name existing groups / variants; every claim's arms have equal budgets."""
+    assert config.tuning is not None
+    at = f"{where}: tuning"
+    groups = [g.name for g in config.groups]
+    for arm in config.tuning.arms:
+        if arm.group not in groups:
+            raise StudyConfigError(f"{at}.arms ({arm.name}).group: {arm.group!r} is not a group; "
+                                   f"groups: {', '.join(groups)}{did_you_mean(arm.group, groups)}")
+        variants = _variant_names(config.group(arm.group))
+        if arm.variant not in variants:
+            raise StudyConfigError(
+                f"{at}.arms ({arm.name}).variant: {arm.variant!r} is not a variant of group "
+                f"{arm.group!r}; variants: {', '.join(variants)}"
+                f"{did_you_mean(arm.variant, variants)}"
+            )
+        for dataset in arm.datasets:
+            _check_choice(dataset, train_choices()["dataset"], f"{at}.arms ({arm.name}).datasets")
+        if not arm_datasets(config, arm):
+            raise StudyConfigError(f"{at}.arms ({arm.name}): no dataset (give 'datasets')")
+    tuned = {arm.name: arm for arm in config.tuning.arms}
+    for claim in config.claims:
+        roles = ("baseline",) if claim.kind == "correlation" else ("baseline", "treatment")
+        for group in claim.all_groups:
+            names = [f"{group}/{getattr(claim, role)}" for role in roles]
+            budgets = {n: ((arm_budget(config, tuned[n]), arm_datasets(config, tuned[n]))
+                           if n in tuned else None) for n in names}
+            if len(set(budgets.values())) > 1:
+                described = ", ".join(
+                    f"{n} ({'not tuned' if b is None else f'{b[0]} trials on ' + ', '.join(b[1])})"
+                    for n, b in budgets.items())
+                raise StudyConfigError(
+                    f"{at}: claim {claim.name!r} compares {described}: every arm of a claim is "
+                    "tuned with the same number of trials per tier on the same datasets (equal "
+                    "budgets, MLRC); give these arms the same 'trials' and 'datasets', or tune "
+                    "none of them"
+                )
+
+
 def _build_section(cls: type, raw: Any, where: str) -> Any:
     if raw is None:
         return cls()
@@ -475,7 +862,7 @@ def _check_keys(raw: dict[str, Any], cls: type, where: str, exclude: tuple[str, 
     if unknown:
         raise StudyConfigError(
             f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
-            f"valid keys: {', '.join(valid)}"
+            f"valid keys: {', '.join(valid)}{did_you_mean(unknown[0], valid)}"
         )
 
 
@@ -556,6 +943,8 @@ def _validate(config: StudyConfig, where: str) -> None:
         _validate_claim(config, claim, names, where)
     if not 0.0 < config.stats.confidence < 1.0:
         raise StudyConfigError(f"{where}: stats.confidence must lie in (0, 1)")
+    if config.tuning is not None:
+        _validate_tuning(config, where)
 
 
 #: Launchers of the grid (see :mod:`dml_study.study.launch.launcher`).

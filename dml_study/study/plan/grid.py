@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dml_study.config import ExperimentConfig, config_from_parameters, run_name
-from dml_study.study.plan.config import StudyConfig
+from dml_study.study.plan.config import GroupConfig, StudyConfig
 from dml_study.training.run_dir import RunDirectory
 from dml_study.typed_fields import flatten
 
@@ -108,32 +108,50 @@ def frozen_tier_identity(config: StudyConfig, dataset: str | None) -> dict[str, 
     return {"tier": "frozen", **frozen_feature_settings(config, dataset).identity()}
 
 
+def cell_parameters(
+    config: StudyConfig, group: GroupConfig, dataset: str | None,
+    overrides: dict[str, Any], seed: int,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The complete ``02_train`` parameters of one cell, and its tier identity.
+
+    Parameters: the study's ``train``, then (frozen tier) ``frozen.train`` and
+    ``frozen.datasets[<dataset>]``, then the group's ``base``, the variant's ``overrides``
+    and the seed; ``dataset`` (one of the group's ``datasets``, or ``None``: the group's own)
+    and the study's ``data_root`` (when no parameter sets one) last. The tier identity is
+    :func:`frozen_tier_identity` for a frozen group, else ``None``. The grid and the tuner
+    (:mod:`dml_study.study.tune`) both build cells here, so a tuned arm trains the grid's run.
+    """
+    frozen = group.tier == "frozen"
+    shared = {**config.train, **(config.frozen.train if frozen else {})}
+    if dataset is not None:
+        shared["dataset"] = dataset
+    name = group.base.get("dataset") or shared.get("dataset")
+    if frozen and name in config.frozen.datasets:
+        shared.update(config.frozen.datasets[name])
+    tier = frozen_tier_identity(config, name) if frozen else None
+    params = {**shared, **group.base, **overrides, "seed": int(seed)}
+    if dataset is not None:
+        params["dataset"] = dataset
+    if config.data_root is not None and params.get("data_root") is None:
+        params["data_root"] = str(config.data_root)
+    return params, tier
+
+
 def expand_grid(config: StudyConfig) -> list[RunSpec]:
     """Every (group, dataset, variant, seed) cell of the study, in file order.
 
-    Parameters: the study's ``train``, then (frozen tier) ``frozen.train`` and
-    ``frozen.datasets[<dataset>]``, then the group's ``base``, the variant's overrides and
-    the seed. A group with ``datasets`` repeats every cell once per dataset.
+    Parameters: :func:`cell_parameters` (the study's ``train``, then (frozen tier)
+    ``frozen.train`` and ``frozen.datasets[<dataset>]``, then the group's ``base``, the
+    variant's overrides and the seed). A group with ``datasets`` repeats every cell once per
+    dataset.
     """
     specs: list[RunSpec] = []
     for group in config.groups:
         variants = group.variant_overrides()
-        frozen = group.tier == "frozen"
         for dataset in group.datasets or (None,):
-            shared = {**config.train, **(config.frozen.train if frozen else {})}
-            if dataset is not None:
-                shared["dataset"] = dataset
-            name = group.base.get("dataset") or shared.get("dataset")
-            if frozen and name in config.frozen.datasets:
-                shared.update(config.frozen.datasets[name])
-            tier = frozen_tier_identity(config, name) if frozen else None
             for variant, overrides in variants:
                 for seed in group.seeds:
-                    params = {**shared, **group.base, **overrides, "seed": int(seed)}
-                    if dataset is not None:
-                        params["dataset"] = dataset
-                    if config.data_root is not None and params.get("data_root") is None:
-                        params["data_root"] = str(config.data_root)
+                    params, tier = cell_parameters(config, group, dataset, overrides, seed)
                     specs.append(RunSpec(group.name, variant, int(seed), params,
                                          make_run_name(params, tier=tier), group.tier))
     return specs

@@ -2,7 +2,8 @@
 
 ``python -m dml_study.study --config studies/paper.yaml --smoke --results-dir DIR`` runs
 the same groups, variants and notebooks as the real study (seeds trimmed to the first two
-of each group, the least a paired comparison with a confidence interval needs), but every
+of each group, the least a paired comparison with a confidence interval needs; searches of
+the ``tuning`` section trimmed to two trials per arm on one fold), but every
 run trains a randomly initialised two-block DeiT-Tiny on 32-px images for one epoch with
 batches of 8 (4 classes x 2 images) on the CPU. Its numbers mean nothing; what it checks is
 that
@@ -63,6 +64,10 @@ SMOKE_OVERRIDES: dict[str, Any] = {
 #: Seeds kept per group: two, the least a paired comparison with a CI needs.
 SMOKE_MAX_SEEDS = 2
 
+#: Trials per arm of a smoke study's searches (``tune --smoke``): the least that exercises
+#: asking, telling and choosing; one validation fold, no pruning, random start.
+SMOKE_TUNING_TRIALS = 2
+
 #: Title prefix of a smoke study, so no page can be mistaken for results.
 SMOKE_TITLE = "SMOKE TEST (tiny CPU recipe: numbers are meaningless)"
 
@@ -106,9 +111,28 @@ def smoke_study_dict(raw: dict[str, Any], results_dir: Path, root: Path) -> dict
     analysis["tsne_max_points"] = min(int(analysis.get("tsne_max_points", 1500)), 300)
     analysis["tsne_perplexity"] = min(float(analysis.get("tsne_perplexity", 30.0)), 5.0)
     out["analysis"] = analysis
+    if out.get("tuning"):
+        out["tuning"] = smoke_tuning_dict(out["tuning"])
     stats = dict(out.get("stats") or {})
     stats["bootstrap_resamples"] = min(int(stats.get("bootstrap_resamples", 10000)), 1000)
     out["stats"] = stats
+    return out
+
+
+def smoke_tuning_dict(raw: dict[str, Any]) -> dict[str, Any]:
+    """The ``tuning`` section in tiny form: :data:`SMOKE_TUNING_TRIALS` trials per arm and
+    tier, the first validation fold only, no pruner; spaces and arms are kept."""
+    out = copy.deepcopy(raw)
+    out["trials"] = {tier: SMOKE_TUNING_TRIALS for tier in ("frozen", "fine-tuned")}
+    for arm in out.get("arms") or []:
+        arm.pop("trials", None)
+    validation = dict(out.get("validation") or {})
+    validation["fold_ids"] = list(validation.get("fold_ids") or [0])[:1]
+    out["validation"] = validation
+    out["pruner"] = {"name": "none"}
+    sampler = dict(out.get("sampler") or {})
+    sampler["startup_trials"] = min(int(sampler.get("startup_trials", 10)), SMOKE_TUNING_TRIALS)
+    out["sampler"] = sampler
     return out
 
 

@@ -36,7 +36,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -248,9 +248,13 @@ def train_frozen(
     *,
     tier_info: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train head + proxies on cached features; write the run directory; return metrics.
 
+    ``on_epoch`` receives every epoch's history record (metrics included) as soon as it is
+    evaluated; an exception it raises stops the run there, unfinished (the tuner's pruning,
+    :mod:`dml_study.study.tune.trainers`).
     Raises :class:`~dml_study.training.errors.RunExistsError` for a finished run directory
     (unless ``run.overwrite``) and :class:`FrozenTierError` for a non-finite loss.
     """
@@ -323,6 +327,8 @@ def train_frozen(
         record.update(evaluate_now(nmi=last and config.eval.nmi))
         record["time_s"] = time.perf_counter() - epoch_start
         history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
 
     final = _metrics_only(history.records[-1])
     best = max(history.records[1:], key=lambda r: r["R@1"])

@@ -1,0 +1,320 @@
+"""Command line: ``python -m dml_study.study tune --config STUDY`` (and ``make tune``).
+
+Runs one search per (dataset, arm) of the study's ``tuning`` section, one after another,
+each until its budget of trials is spent, with a progress bar per search and a summary
+table at the end; writes ``results/<study>/tuning/`` (docs/tuning.md). Re-running continues
+where it stopped: finished searches are skipped, an interrupted one resumes from its journal
+(interrupted trials are trained again with the same parameters). A second ``tune`` on the
+same study joins as a parallel worker (the budget still holds exactly).
+
+  --arms frozen_so/no_so frozen_so/so     only these arms
+  --datasets glyphs                       only these datasets
+  --trials 48                             every arm's budget (e.g. twice the study's)
+  --batch 4                               frozen trials asked and trained at once
+  --launcher local --max-parallel 2       fine-tuned trials: 2 worker processes at once
+  --launcher slurm --slurm partition=gpu  fine-tuned trials: a SLURM job array per batch
+  --status                                print every search's state, train nothing
+  --smoke                                 tiny searches on the tiny CPU recipe (see --smoke
+                                          of python -m dml_study.study)
+
+Exit status: 0 when every search is complete; 2 for a bad study file or option; 4 for a full
+disk (free space, re-run: it resumes); 5 for a damaged journal; 1 when trials keep failing;
+130 when interrupted (the trials in flight are enqueued again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import errno
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import yaml
+
+from dml_study.errors import EXIT_DISK_FULL, EXIT_USAGE, UserFacingError, one_line, run_cli
+from dml_study.study.plan.config import (
+    LAUNCHERS,
+    StudyConfig,
+    StudyConfigError,
+    build_slurm_config,
+    load_study_config,
+)
+from dml_study.study.tune.plans import SearchPlan, plan_searches, tuning_dir
+from dml_study.study.tune.storage import is_disk_full
+
+#: ``make_trainer(config, plan, launcher) -> TrialTrainer``: how the CLI trains a plan's
+#: trials (tests pass a stand-in; the default is :func:`default_trainer`).
+TrainerFactory = Callable[[StudyConfig, SearchPlan, Any], Any]
+
+
+class TuneUsageError(UserFacingError):
+    """A bad study file or option (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class TuneDiskFullError(UserFacingError, OSError):
+    """``ENOSPC`` while writing a journal or a result (exit 4): free space, re-run."""
+
+    exit_code = EXIT_DISK_FULL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dml_study.study tune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="studies/embedded.yaml",
+                        help="study file with a 'tuning' section (default: %(default)s)")
+    parser.add_argument("--arms", nargs="+", metavar="GROUP/VARIANT",
+                        help="tune only these arms (default: every arm of 'tuning')")
+    parser.add_argument("--datasets", nargs="+", metavar="NAME",
+                        help="tune only on these datasets")
+    parser.add_argument("--trials", type=int, metavar="N",
+                        help="budget of every arm (default: the study file's)")
+    parser.add_argument("--batch", type=int, metavar="N",
+                        help="frozen-tier trials asked and trained at once (default: the "
+                             "study's tuning.batch_trials)")
+    parser.add_argument("--launcher", choices=LAUNCHERS,
+                        help="how fine-tuned trials are trained (default: execution.launcher)")
+    parser.add_argument("--max-parallel", type=int, metavar="N",
+                        help="local launcher: fine-tuned trials trained at once")
+    parser.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of execution.slurm (repeatable)")
+    parser.add_argument("--status", action="store_true",
+                        help="print every search's state (trials done, best) and exit")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny searches with the tiny CPU recipe (checks data + pipeline)")
+    parser.add_argument("--results-dir", metavar="DIR",
+                        help="write searches and runs under DIR (with --smoke: "
+                             "<results_dir>/smoke)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> StudyConfig:
+    """The study of ``--config`` (derived for ``--smoke`` / ``--results-dir``), with the
+    command line's launcher options applied."""
+    config = load_study_config(args.config)
+    if args.smoke or args.results_dir:
+        from dml_study.study.plan.smoke import derived_study_file
+
+        results_dir = args.results_dir or config.results_dir / "smoke"
+        config = load_study_config(derived_study_file(args.config, results_dir,
+                                                      smoke=args.smoke))
+    execution = config.execution
+    changes: dict[str, Any] = {}
+    if args.launcher is not None:
+        changes["launcher"] = args.launcher
+    if args.max_parallel is not None:
+        if args.max_parallel < 1:
+            raise StudyConfigError(f"--max-parallel must be >= 1, got {args.max_parallel}")
+        changes["max_parallel"] = args.max_parallel
+    if args.slurm:
+        overrides = {}
+        for item in args.slurm:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise StudyConfigError(f"--slurm {item!r}: expected KEY=VALUE, e.g. partition=gpu")
+            overrides[key.strip()] = yaml.safe_load(value)
+        changes["slurm"] = build_slurm_config(execution.slurm, overrides, "--slurm")
+    if changes:
+        config = dataclasses.replace(config, execution=dataclasses.replace(execution, **changes))
+    return config
+
+
+def default_trainer(config: StudyConfig, plan: SearchPlan, launcher: Any) -> Any:
+    """The project's trainer of a plan's tier (:mod:`dml_study.study.tune.trainers`)."""
+    from dml_study.study.tune.trainers import FineTunedTrialTrainer, FrozenTrialTrainer
+
+    if plan.tier == "frozen":
+        return FrozenTrialTrainer(config)
+    return FineTunedTrialTrainer(config, launcher, group=plan.group, variant=plan.variant,
+                                 directory=plan.directory)
+
+
+def batch_size(config: StudyConfig, plan: SearchPlan, args: argparse.Namespace) -> int:
+    """Trials asked at once: ``--batch`` / ``tuning.batch_trials`` for frozen arms; the
+    launcher's parallelism (``max_parallel``, SLURM ``array_parallelism``) for fine-tuned."""
+    if plan.tier == "frozen":
+        batch = args.batch if args.batch is not None else config.tuning.batch_trials
+        if batch < 1:
+            raise StudyConfigError(f"--batch must be >= 1, got {batch}")
+        return batch
+    if config.execution.launcher == "slurm":
+        return config.execution.slurm.array_parallelism
+    return config.execution.max_parallel
+
+
+def _translate(exc: BaseException, results_dir: Path | None = None) -> UserFacingError | None:
+    """One-line errors of the tune command (``results_dir``: where it was writing)."""
+    if isinstance(exc, StudyConfigError):
+        return TuneUsageError(one_line(exc))
+    if is_disk_full(exc):
+        name = _disk_full_file(exc)
+        where = Path(name).parent if name else results_dir
+        what = name or (f"under {results_dir}" if results_dir else "a tuning file")
+        free = ""
+        if where is not None:
+            with contextlib.suppress(OSError):
+                free = f" ({shutil.disk_usage(where).free / 1e6:.1f} MB free there)"
+        err = TuneDiskFullError(
+            f"disk full writing {what}{free}: free space and re-run the same command; every "
+            "search resumes from its journal (trials told so far are kept, the ones in "
+            "flight are trained again)"
+        )
+        err.errno = errno.ENOSPC
+        return err
+    return None
+
+
+def _disk_full_file(exc: BaseException) -> str | None:
+    """The file named by the ``OSError`` in ``exc``'s chain, if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.filename:
+            return str(exc.filename)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def main(argv: list[str] | None = None, *, make_trainer: TrainerFactory | None = None,
+         context: dict[str, Any] | None = None) -> int:
+    """The ``tune`` command (``argv`` without the ``tune`` word); ``context`` receives the
+    ``results_dir`` it writes to (for the one-line errors of :func:`cli`)."""
+    import optuna
+
+    args = build_parser().parse_args(argv)
+    config = load_config(args)
+    if context is not None:
+        context["results_dir"] = config.results_dir
+    plans = plan_searches(config, arms=args.arms, datasets=args.datasets, trials=args.trials)
+    if args.status:
+        return _status(config, plans)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from dml_study.study.launch.launcher import launcher_from_config
+    from dml_study.study.tune.results import write_summary
+    from dml_study.study.tune.search import Search
+
+    make_trainer = make_trainer or default_trainer
+    launcher = launcher_from_config(config) if any(p.tier != "frozen" for p in plans) else None
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    outcomes = []
+    frozen_trainer = None
+    try:
+        for plan in plans:
+            if plan.tier == "frozen":
+                frozen_trainer = frozen_trainer or make_trainer(config, plan, launcher)
+                trainer = frozen_trainer
+            else:
+                trainer = make_trainer(config, plan, launcher)
+            trainer.check()
+            with _Bar(plan, enabled=not args.quiet) as bar:
+                search = Search(plan, trainer, batch=batch_size(config, plan, args),
+                                progress=bar.update)
+                outcomes.append(search.run())
+            write_summary(config)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the trials in flight were enqueued again; re-run the same "
+              f"command to resume ({tuning_dir(config)})", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(summary_table(outcomes))
+    print(f"tuning results: {tuning_dir(config)}")
+    return 0
+
+
+class _Bar:
+    """A tqdm bar of one search: trials counted out of the budget, best value so far."""
+
+    def __init__(self, plan: SearchPlan, enabled: bool) -> None:
+        self.plan, self.enabled, self.bar = plan, enabled, None
+
+    def __enter__(self) -> _Bar:
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.plan.budget, desc=self.plan.label, unit="trial",
+                            file=sys.stderr, dynamic_ncols=True, leave=True)
+        return self
+
+    def update(self, counted: int, budget: int, best: float | None) -> None:
+        if self.bar is None:
+            return
+        self.bar.total = budget
+        self.bar.n = counted
+        if best is not None:
+            self.bar.set_postfix_str(f"best {self.plan.objective} {best:.4f}", refresh=False)
+        self.bar.refresh()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def summary_table(outcomes: list[Any]) -> str:
+    """One line per search: trials done / budget, pruned, failed, best value, its epochs and
+    parameters."""
+    header = (f"{'dataset':10s} {'arm':28s} {'tier':10s} {'trials':>7s} {'pruned':>6s} "
+              f"{'failed':>6s} {'value':>7s} {'R@1':>6s} {'epochs':>6s}  params")
+    lines = [header, "-" * len(header)]
+    for o in outcomes:
+        chosen = o.chosen or {}
+        value = "-" if not chosen else f"{chosen['value']:.4f}"
+        r1 = "-" if chosen.get("r_at_1") is None else f"{chosen['r_at_1']:.3f}"
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in (chosen.get("params") or {}).items())
+        lines.append(f"{o.plan.dataset:10s} {o.plan.arm:28s} {o.plan.tier:10s} "
+                     f"{o.counted:>3d}/{o.plan.budget:<3d} {o.pruned:>6d} {o.failed:>6d} "
+                     f"{value:>7s} {r1:>6s} {chosen.get('epochs', '-')!s:>6s}  {params}")
+    return "\n".join(lines)
+
+
+def _status(config: StudyConfig, plans: list[SearchPlan]) -> int:
+    from dml_study.study.tune.results import read_chosen
+
+    for plan in plans:
+        chosen = read_chosen(plan.directory)
+        if not plan.journal.is_file():
+            print(f"{plan.label:44s} not started (budget {plan.budget})")
+            continue
+        import optuna
+
+        from dml_study.study.tune.storage import open_storage
+
+        trials = optuna.load_study(study_name=plan.study_name,
+                                   storage=open_storage(plan.journal)).get_trials(deepcopy=False)
+        states = {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+        done = states["COMPLETE"] + states["PRUNED"]
+        best = "-" if chosen is None else f"{chosen['value']:.4f} (trial {chosen['trial']})"
+        print(f"{plan.label:44s} {done}/{plan.budget} counted, {states['RUNNING']} running, "
+              f"{states['WAITING']} waiting, {states['FAIL']} failed; best {best}")
+    print(f"tuning results: {tuning_dir(config)}")
+    return 0
+
+
+def cli(argv: list[str] | None = None, *, make_trainer: TrainerFactory | None = None) -> int:
+    """:func:`main` through :func:`dml_study.errors.run_cli` (one-line errors, exit codes)."""
+    context: dict[str, Any] = {}
+    return run_cli(lambda a: main(a, make_trainer=make_trainer, context=context), argv,
+                   translate=lambda exc: _translate(exc, context.get("results_dir")))
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
