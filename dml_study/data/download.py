@@ -131,6 +131,7 @@ class SourceFile:
         unpack: ``tar`` or ``zip`` archive, or a plain ``file``.
         place: ``(path inside the archive, destination under the data root)`` pairs; for a
             plain file the source path is ``""``.
+        optional: paths of ``place`` that an archive may lack (extras nothing reads).
     """
 
     name: str
@@ -142,6 +143,7 @@ class SourceFile:
     size: int | None = None
     sha256_verified: bool = False
     checksum_note: str = ""
+    optional: tuple[str, ...] = ()
 
     @property
     def checksum(self) -> tuple[str, str] | None:
@@ -184,6 +186,7 @@ SOURCES: dict[str, BenchmarkSource] = {
             unpack="tar",
             place=(("CUB_200_2011", "CUB_200_2011"),
                    ("attributes.txt", "CUB_200_2011/attributes.txt")),
+            optional=("attributes.txt",),
             checksum_note="sha256 and size: tensorflow/datasets url_checksums/"
                           "caltech_birds2011.txt (same sha256 in torchvision's prototype "
                           "cub200 dataset); md5: torchvision-style loaders; " + _NOT_VERIFIED,
@@ -507,6 +510,8 @@ def extract_into(root: Path, name: str, files: Mapping[str, Path],
                 processor(str(archive), "download", None)
             for inside, dest in source.place:
                 src = unpacked / (inside or source.name)
+                if not src.exists() and inside in source.optional:
+                    continue
                 if not src.exists():
                     raise DownloadError(
                         f"{archive} has no {inside or source.name}: it is not the official "

@@ -362,3 +362,28 @@ def test_the_source_table_covers_the_benchmarks_and_says_what_is_verified() -> N
     assert download.SOURCES["cars196"].files[0].mirrors[0].automatic is False
     assert download.SOURCES["inshop"].files[0].sha256 is None
     assert "sha256_verified=False" in download.describe_sources(["cub200"])
+
+
+def test_an_archive_without_optional_extras_still_extracts(server, tmp_path: Path) -> None:
+    """CUB's top-level attributes.txt is an extra nothing reads: its absence is no error,
+    while a missing dataset folder is."""
+    import tarfile
+
+    base, state = server
+    tree = fixtures.write_cub_fixture(tmp_path / "tree")
+    bare = tmp_path / "bare" / "CUB_200_2011.tgz"
+    bare.parent.mkdir()
+    with tarfile.open(bare, "w:gz") as tar:
+        tar.add(tree / "CUB_200_2011", arcname="CUB_200_2011")
+    sources = loopback_sources("cub200", {"CUB_200_2011.tgz": bare}, base, state)
+    result = download_benchmark("cub200", tmp_path / "data", archives=[bare], sources=sources,
+                                progress=False, log=lambda m: None)
+    assert result.splits == _expected("cub200", tmp_path)
+    wrong = tmp_path / "wrong" / "CUB_200_2011.tgz"
+    wrong.parent.mkdir()
+    with tarfile.open(wrong, "w:gz") as tar:
+        tar.add(tree / "CUB_200_2011" / "classes.txt", arcname="classes.txt")
+    sources = loopback_sources("cub200", {"CUB_200_2011.tgz": wrong}, base, state)
+    with pytest.raises(DownloadError, match=r"has no CUB_200_2011: it is not the official"):
+        download_benchmark("cub200", tmp_path / "data3", archives=[wrong], sources=sources,
+                           progress=False, log=lambda m: None)
