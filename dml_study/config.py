@@ -131,11 +131,15 @@ class DataConfig:
     #: Area range of the training RandomResizedCrop (torchvision's default is (0.08, 1)).
     crop_scale: tuple[float, float] = (0.08, 1.0)
     eval_batch_size: int = 256
-    #: A corrupt (undecodable) image: ``raise`` = error naming the file when it is loaded,
-    #: ``skip`` = decode every image up front and drop bad ones with a warning.
+    #: A corrupt (undecodable) image: ``raise`` = one error naming every bad file before
+    #: training (or naming the file when it is loaded, with ``check_images: false``),
+    #: ``skip`` = drop bad images with a warning.
     on_corrupt: Literal["raise", "skip"] = "raise"
-    #: Decode every image up front, before the run directory is created, so a corrupt file
-    #: fails (or is skipped) at start-up rather than mid-epoch; ``None`` → only with ``skip``.
+    #: Screen every image of every split before the run directory is created, so corrupt
+    #: files fail (or are skipped) at start-up rather than mid-epoch. ``None`` (the default)
+    #: and ``true`` screen; files unchanged since an earlier screening (same size and mtime,
+    #: ``<cache>/verified/<dataset>.json``) are not decoded again. ``false`` skips it. (The
+    #: default stays ``None`` rather than ``true`` so that run identities do not change.)
     check_images: bool | None = None
 
 

@@ -8,9 +8,11 @@ NCCL on CUDA). Prints the final metrics as JSON on rank 0.
 
 Exit status: 0 finished; 1 training error (one line naming cause and fix: run locked by
 another process, finished run without ``--overwrite true``, non-finite loss, ...);
-2 bad config; 130/143 interrupted by SIGINT/SIGTERM after checkpointing the current step
-("interrupted at step N; re-run the same command to resume"); a second SIGINT stops at
-once (130, no new checkpoint).
+2 bad config; 3 data (one line: e.g. every image that does not decode, found before the
+first epoch, with the ``--on_corrupt skip`` fix; see :mod:`dml_study.errors`); 130/143
+interrupted by SIGINT/SIGTERM after checkpointing the current step ("interrupted at step
+N; re-run the same command to resume"); a second SIGINT stops at once (130, no new
+checkpoint).
 """
 
 from __future__ import annotations
@@ -85,4 +87,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dml_study.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import colorsys
 import os
+import shutil
+import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +208,61 @@ def write_inshop_fixture(
     lines = [str(len(rows)), "image_name item_id evaluation_status", *rows]
     (base / "Eval" / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+def _tar(path: Path, base: Path, members: dict[str, str]) -> Path:
+    """``path`` (.tgz) holding ``base/<src>`` under the archive name ``<arcname>``."""
+    with tarfile.open(path, "w:gz") as tar:
+        for src, arcname in members.items():
+            tar.add(base / src, arcname=arcname)
+    return path
+
+
+def _zip(path: Path, base: Path, folder: str, arc_root: str) -> Path:
+    """``path`` (.zip) holding the tree ``base/folder`` as ``arc_root/...`` (with folders)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        top = base / folder
+        archive.write(top, arc_root)
+        for file in sorted(top.rglob("*")):
+            archive.write(file, f"{arc_root}/{file.relative_to(top).as_posix()}")
+    return path
+
+
+def write_benchmark_archives(name: str, out_dir: str | os.PathLike[str], **kw) -> dict[str, Path]:
+    """The files a benchmark is published as, holding a fixture in the official layout.
+
+    ``{published file name: path}`` for ``name`` in ``cub200`` (``CUB_200_2011.tgz`` with
+    ``CUB_200_2011/`` and ``attributes.txt``), ``cars196`` (``car_ims.tgz`` + the plain
+    ``cars_annos.mat``), ``sop`` (``Stanford_Online_Products.zip``) and ``inshop``
+    (``img.zip`` with ``img/...`` + the plain ``list_eval_partition.txt``); ``kw`` go to the
+    ``write_*_fixture`` function.
+    """
+    out = Path(out_dir)
+    tree = out / f".{name}-tree"
+    out.mkdir(parents=True, exist_ok=True)
+    if name == "cub200":
+        write_cub_fixture(tree, **kw)
+        (tree / "attributes.txt").write_text("1 has_bill_shape::curved\n")
+        files = {"CUB_200_2011.tgz": _tar(out / "CUB_200_2011.tgz", tree, {
+            "CUB_200_2011": "CUB_200_2011", "attributes.txt": "attributes.txt"})}
+    elif name == "cars196":
+        write_cars_fixture(tree, **kw)
+        files = {"car_ims.tgz": _tar(out / "car_ims.tgz", tree / "cars196",
+                                     {"car_ims": "car_ims"}),
+                 "cars_annos.mat": Path(shutil.copy(tree / "cars196" / "cars_annos.mat",
+                                                    out / "cars_annos.mat"))}
+    elif name == "sop":
+        write_sop_fixture(tree, **kw)
+        files = {"Stanford_Online_Products.zip": _zip(
+            out / "Stanford_Online_Products.zip", tree, "Stanford_Online_Products",
+            "Stanford_Online_Products")}
+    elif name == "inshop":
+        write_inshop_fixture(tree, **kw)
+        base = tree / "Inshop_Clothes"
+        files = {"img.zip": _zip(out / "img.zip", base / "Img", "img", "img"),
+                 "list_eval_partition.txt": Path(shutil.copy(
+                     base / "Eval" / "list_eval_partition.txt", out / "list_eval_partition.txt"))}
+    else:
+        raise ValueError(f"no fixture archives for {name!r}")
+    shutil.rmtree(tree)
+    return files

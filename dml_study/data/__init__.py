@@ -8,6 +8,10 @@
   literature's transforms (the last is the trainer's pair, from the run config).
 - :class:`MPerClassBatchSampler` / :class:`RandomBatchSampler`: seeded, DDP-sharded batches.
 - :func:`build_dataloader` and the :class:`DecodedImageCache` for decode-free epochs.
+- ``python -m dml_study.data download|verify|sources``: fetch a benchmark from its official
+  source into its official layout (:mod:`~dml_study.data.download`), decode every image once
+  and list the unreadable ones (:mod:`~dml_study.data.verify`, through the one screening path
+  :mod:`~dml_study.data.screening`).
 """
 
 from .base import (

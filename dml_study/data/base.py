@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 from PIL import Image
-from tqdm.auto import tqdm
 
 from .cache import DecodedImageCache
-from .images import CorruptImageError, load_rgb
+from .images import load_rgb
+from .screening import CorruptImagesError, records_file, screen_paths
 
 ON_CORRUPT_CHOICES = ("raise", "skip")
 
@@ -194,22 +194,26 @@ class DMLDataset(torch.utils.data.Dataset):
 
 
 def screen_images(
-    paths: Sequence[Path], on_corrupt: str, progress: bool, desc: str
+    paths: Sequence[Path],
+    on_corrupt: str,
+    progress: bool,
+    desc: str,
+    records: Path | None = None,
+    dataset: str = "dataset",
 ) -> list[bool]:
-    """Which images decode; ``on_corrupt="skip"`` warns per bad file, ``"raise"`` raises."""
+    """Which images decode (:func:`~dml_study.data.screening.screen_paths`, the one
+    screening path). Every file is decoded once (or answered by ``records``); with
+    ``on_corrupt="raise"`` a :class:`~dml_study.data.screening.CorruptImagesError` names
+    *all* the bad files at once, with ``"skip"`` each is dropped with a warning."""
     if on_corrupt not in ON_CORRUPT_CHOICES:
         raise ValueError(f"on_corrupt must be one of {ON_CORRUPT_CHOICES}, got {on_corrupt!r}")
-    ok: list[bool] = []
-    for path in tqdm(paths, desc=desc, disable=not progress, leave=False):
-        try:
-            load_rgb(path)
-            ok.append(True)
-        except CorruptImageError as err:
-            if on_corrupt == "raise":
-                raise
-            warnings.warn(f"skipping corrupt image: {err}", stacklevel=3)
-            ok.append(False)
-    return ok
+    result = screen_paths(paths, records=records, progress=progress, desc=desc)
+    if result.bad and on_corrupt == "raise":
+        raise CorruptImagesError(dataset, result.bad)
+    for bad in result.bad:
+        warnings.warn(f"skipping corrupt image: {bad}", stacklevel=3)
+    dropped = {b.path for b in result.bad}
+    return [Path(p) not in dropped for p in paths]
 
 
 def _require_files(name: str, split: str, paths: Sequence[Path]) -> None:
@@ -253,10 +257,13 @@ def make_dataset(
     """Relabel ``records`` to 0-based contiguous labels and wrap them in a :class:`DMLDataset`.
 
     Args:
-        on_corrupt: ``"raise"`` (default): a corrupt file raises :class:`CorruptImageError`
-            naming it when it is loaded; ``"skip"``: every image is decoded once up front and
-            unreadable ones are dropped with a warning.
-        check_images: decode every image up front (default: only when ``on_corrupt="skip"``).
+        on_corrupt: ``"raise"`` (default): a corrupt file raises
+            :class:`~dml_study.data.images.CorruptImageError` naming it when it is loaded (or,
+            screened up front, one error naming every corrupt file); ``"skip"``: every image is
+            screened up front and unreadable ones are dropped with a warning.
+        check_images: screen every image up front (default: only when ``on_corrupt="skip"``),
+            through the records in ``<cache>/verified/<name>.json`` (unchanged files are not
+            decoded again; see :mod:`dml_study.data.screening`).
         cache_decoded: keep resized decoded images in memory (see :class:`DecodedImageCache`).
         cache_size: shorter side of cached images (``None`` keeps the full resolution).
         label_space: sorted raw class ids defining the labels (In-Shop query and gallery share
@@ -269,7 +276,8 @@ def make_dataset(
     if check_images is None:
         check_images = on_corrupt == "skip"
     if check_images:
-        ok = screen_images(paths, on_corrupt, progress, desc=f"check {name}/{split}")
+        ok = screen_images(paths, on_corrupt, progress, desc=f"check {name}/{split}",
+                           records=records_file(name), dataset=name)
         paths = [p for p, keep in zip(paths, ok, strict=True) if keep]
         class_ids = [c for c, keep in zip(class_ids, ok, strict=True) if keep]
     shared_space = label_space is not None

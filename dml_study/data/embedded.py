@@ -18,7 +18,14 @@ image). What every embedded dataset shares lives here:
   ``json.dumps(manifest, indent=1, sort_keys=True)`` so two builds give identical bytes;
 - :func:`read_manifest` / :func:`verify_manifest` — a dataset counts as built only when every
   listed file exists; ``verify`` re-checks the sha256 of each;
-- :func:`check_positive` — build arguments are validated before anything is downloaded.
+- :func:`check_positive` — build arguments are validated before anything is downloaded;
+- :func:`using_intermediates` / :func:`remove_intermediates` — the lean cache: a builder
+  holds the shared lock ``intermediate.lock`` while it fetches and reads ``.deb`` files and
+  unpacked trees, and once its dataset is published *and verified* (every image's sha256
+  equals the manifest) it removes that material (``--keep-intermediate`` keeps it). Removal
+  takes the lock exclusively without waiting, so material another build is reading is never
+  deleted: the last builder out cleans up. A later re-build downloads the ``.deb`` files again
+  with ``apt-get download``.
 
 The dataset-specific part (which packages, how to turn their files into images, classes and
 split) stays in :mod:`dml_study.data.icons` and :mod:`dml_study.data.glyphs`.
@@ -27,6 +34,7 @@ split) stays in :mod:`dml_study.data.icons` and :mod:`dml_study.data.glyphs`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import hashlib
 import importlib.metadata
@@ -36,14 +44,15 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from dml_study.paths import CACHE_ENV, cache_root
+from dml_study.paths import CACHE_ENV, DEBS_DIR, INTERMEDIATE_LOCK, cache_root
 
 from .base import EmbeddedBuildError
 
@@ -262,6 +271,82 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], num_workers: in
 
 
 
+# --------------------------------------------------------------------------- lean cache
+
+
+@contextlib.contextmanager
+def intermediate_lock(root: Path, exclusive: bool, wait: bool = True) -> Iterator[bool]:
+    """Hold ``<root>/intermediate.lock`` (shared or exclusive); yields whether it was taken.
+
+    ``wait=False`` does not block: it yields ``False`` at once when another process holds
+    the lock in a conflicting mode. The lock is :func:`fcntl.flock`-based, so it is released
+    when its holder exits, however it exits.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / INTERMEDIATE_LOCK, "a") as fh:
+        flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fh, flags)
+        except BlockingIOError:
+            taken = False
+        else:
+            taken = True
+        try:
+            yield taken
+        finally:
+            if taken:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def using_intermediates(root: Path) -> contextlib.AbstractContextManager[bool]:
+    """The shared lock a builder holds while it fetches, unpacks and reads intermediates."""
+    return intermediate_lock(root, exclusive=False)
+
+
+def deb_files(deb_dir: Path, packages: Sequence[str]) -> list[Path]:
+    """The cached ``<package>_*.deb`` files of ``packages`` in ``deb_dir``."""
+    return sorted({deb for p in packages for deb in deb_dir.glob(f"{p}_*.deb")})
+
+
+def remove_intermediates(root: Path, paths: Sequence[Path]) -> list[Path] | None:
+    """Delete ``paths`` (files or trees) unless another process uses the intermediates.
+
+    Takes ``intermediate.lock`` exclusively without waiting: when a build (or another
+    cleaner) holds it, nothing is removed and ``None`` is returned; otherwise the paths that
+    existed and were removed. An emptied ``<root>/debs`` folder is removed too.
+    """
+    with intermediate_lock(root, exclusive=True, wait=False) as taken:
+        if not taken:
+            return None
+        removed = []
+        for path in paths:
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+            elif path.is_dir():
+                shutil.rmtree(path)
+            else:
+                continue
+            removed.append(path)
+        with contextlib.suppress(OSError):  # not empty: other packages' .debs remain
+            (root / DEBS_DIR).rmdir()
+        return removed
+
+
+def clean_after_build(root: Path, out_dir: Path, manifest: dict,
+                      intermediates: Sequence[Path]) -> list[Path] | None:
+    """Remove ``intermediates`` once the dataset in ``out_dir`` is verified against
+    ``manifest`` (every image's sha256); a dataset that does not verify keeps them (and a
+    warning names the files), so a re-build does not have to download anything again.
+    Returns what :func:`remove_intermediates` returns (``None`` also when not verified)."""
+    bad = verify_manifest(out_dir, manifest)
+    if bad:
+        warnings.warn(f"{len(bad)} file(s) in {out_dir} differ from its manifest (e.g. "
+                      f"{bad[:3]}); the downloaded and unpacked packages are kept",
+                      stacklevel=2)
+        return None
+    return remove_intermediates(root, intermediates)
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -328,7 +413,7 @@ def build_main(
     errors: tuple[type[BaseException], ...] = (EmbeddedBuildError,),
 ) -> int:
     """``python -m <module> build [--cache-dir D] [--size N] <options> [--workers N] [--force]
-    [--clean-sources] [--quiet]``: build (or verify) an embedded dataset; the exit code.
+    [--keep-intermediate] [--quiet]``: build (or verify) an embedded dataset; the exit code.
 
     ``add_options`` adds the dataset's own options (after ``--size``); ``build(args)``
     returns ``(out_dir, manifest)``. An error of a type in ``errors``, or a file that differs
@@ -343,8 +428,9 @@ def build_main(
     add_options(b)
     b.add_argument("--workers", type=int, default=2, help="render processes")
     b.add_argument("--force", action="store_true", help="rebuild even if complete")
-    b.add_argument("--clean-sources", action="store_true",
-                   help=f"delete the unpacked {sources} after building (the .debs are kept)")
+    b.add_argument("--keep-intermediate", action="store_true",
+                   help=f"keep the downloaded .debs and the unpacked {sources} after a verified "
+                        f"build (default: removed; a re-build downloads them again)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -372,21 +458,26 @@ __all__ = [
     "cached_deb",
     "check_positive",
     "class_files",
+    "clean_after_build",
     "complete_or_build",
+    "deb_files",
     "deb_version",
     "fetch_debs",
     "install_hint",
     "installed_version",
+    "intermediate_lock",
     "library_versions",
     "locked_build",
     "manifest_bytes",
     "parallel_map",
     "publish",
     "read_manifest",
+    "remove_intermediates",
     "run",
     "sha256_bytes",
     "sha256_file",
     "split_summary",
     "unpack_deb",
+    "using_intermediates",
     "verify_manifest",
 ]

@@ -70,6 +70,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
+from dml_study.paths import DEBS_DIR, GLYPH_FONTS_DIR
+
 from . import embedded
 from .base import EmbeddedBuildError, SplitRecords
 from .embedded import cache_root
@@ -713,14 +715,17 @@ def build_glyphs(
     num_workers: int = 2,
     progress: bool = True,
     force: bool = False,
-    keep_sources: bool = True,
+    keep_intermediate: bool = False,
 ) -> tuple[Path, dict]:
     """Build (or find) the glyph dataset; returns ``(dataset dir, manifest)``.
 
     A complete dataset with the same size, ``min_designs``, ``num_classes`` and
     ``max_designs`` is reused as is
-    (no-op). Downloaded .debs stay in ``<cache>/debs`` and the unpacked fonts in
-    ``<cache>/glyph-fonts`` (``keep_sources=False`` removes the latter).
+    (no-op). The fonts' and Unihan's .debs (``<cache>/debs``) and the unpacked files
+    (``<cache>/glyph-fonts``) are read by nothing once the dataset is published (class names
+    are in the manifest); after the published images verify against the manifest they are
+    removed (:func:`dml_study.data.embedded.clean_after_build`), unless
+    ``keep_intermediate``. A re-build fetches them again with ``apt-get download``.
     """
     _check_args(size, min_designs, num_classes, max_designs)
     embedded.check_positive(num_workers=num_workers)
@@ -742,18 +747,21 @@ def build_glyphs(
                 f"no glyph dataset in {out_dir} and fonttools is missing to build it: "
                 f"`pip install fonttools` (or install the project with the [offline] extra)"
             ) from err
-        work_dir = root / "glyph-fonts"
-        try:
-            sources, unicode_dir, packages = fetch_sources(faces, work_dir, root / "debs",
-                                                           progress, num_workers)
-        except EmbeddedBuildError as err:
-            raise EmbeddedBuildError(f"cannot build the glyph dataset in {out_dir}: {err}") \
-                from err
-        manifest = build_from_sources(sources, read_unihan(unicode_dir), out_dir, size,
-                                      min_designs, num_classes, max_designs, packages,
-                                      num_workers, progress)
-        if not keep_sources:
-            shutil.rmtree(work_dir, ignore_errors=True)
+        work_dir, deb_dir = root / GLYPH_FONTS_DIR, root / DEBS_DIR
+        with embedded.using_intermediates(root):
+            try:
+                sources, unicode_dir, packages = fetch_sources(faces, work_dir, deb_dir,
+                                                               progress, num_workers)
+            except EmbeddedBuildError as err:
+                raise EmbeddedBuildError(
+                    f"cannot build the glyph dataset in {out_dir}: {err}") from err
+            manifest = build_from_sources(sources, read_unihan(unicode_dir), out_dir, size,
+                                          min_designs, num_classes, max_designs, packages,
+                                          num_workers, progress)
+        if not keep_intermediate:
+            used = sorted({f.package for f in faces} | {UNIHAN_PACKAGE})
+            embedded.clean_after_build(root, out_dir, manifest,
+                                       [work_dir, *embedded.deb_files(deb_dir, used)])
         return manifest
 
     return out_dir, embedded.locked_build(root, f"{NAME}-{size}", existing, build)
@@ -841,7 +849,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.cache_dir, size=args.size, min_designs=args.min_designs,
             num_classes=args.classes, max_designs=args.max_designs,
             num_workers=args.workers, progress=not args.quiet,
-            force=args.force, keep_sources=not args.clean_sources,
+            force=args.force, keep_intermediate=args.keep_intermediate,
         )
 
     return embedded.build_main(

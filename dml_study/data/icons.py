@@ -38,7 +38,6 @@ import argparse
 import io
 import os
 import re
-import shutil
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -48,6 +47,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
+
+from dml_study.paths import DEBS_DIR, ICON_THEMES_DIR
 
 from . import embedded
 from .base import IconBuildError, SplitRecords
@@ -408,14 +409,16 @@ def build_icons(
     num_workers: int = 2,
     progress: bool = True,
     force: bool = False,
-    keep_sources: bool = True,
+    keep_intermediate: bool = False,
 ) -> tuple[Path, dict]:
     """Build (or find) the icon dataset; returns ``(dataset dir, manifest)``.
 
     A complete dataset with the same ``size``/``min_instances`` is reused as is (no-op).
-    Downloaded .debs stay in ``<cache>/debs`` and the unpacked themes in
-    ``<cache>/icon-themes`` (deleting ~100k small files takes longer than unpacking them;
-    ``keep_sources=False`` removes them).
+    The themes' .debs (``<cache>/debs``) and the unpacked themes (``<cache>/icon-themes``,
+    ~0.9 GB for ~0.02 GB of images) are read by nothing once the dataset is published; after
+    the published images verify against the manifest they are removed
+    (:func:`dml_study.data.embedded.clean_after_build`), unless ``keep_intermediate``. A
+    re-build fetches them again with ``apt-get download``.
     """
     embedded.check_positive(size=size, min_instances=min_instances, num_workers=num_workers)
     root = cache_root(cache_dir)
@@ -428,7 +431,7 @@ def build_icons(
 
     def build() -> dict:
         return _build_locked(root, out_dir, size, min_instances, themes, num_workers,
-                             progress, keep_sources)[1]
+                             progress, keep_intermediate)[1]
 
     return out_dir, embedded.locked_build(root, f"icons-{size}", existing, build)
 
@@ -441,9 +444,10 @@ def _build_locked(
     themes: Sequence[IconTheme],
     num_workers: int,
     progress: bool,
-    keep_sources: bool,
+    keep_intermediate: bool,
 ) -> tuple[Path, dict]:
-    """Fetch the themes and render them (the caller holds the build lock)."""
+    """Fetch the themes and render them (the caller holds the build lock), then remove
+    the .debs and unpacked themes unless ``keep_intermediate``."""
     try:
         import cairosvg  # noqa: F401
     except ImportError as err:
@@ -451,14 +455,17 @@ def _build_locked(
             f"no icon dataset in {out_dir} and cairosvg is missing to build it: "
             f"`pip install cairosvg` (or install the project with the [offline] extra)"
         ) from err
-    work_dir = root / "icon-themes"
-    try:
-        sources = fetch_themes(themes, work_dir, root / "debs", progress, num_workers)
-    except IconBuildError as err:
-        raise IconBuildError(f"cannot build the icon dataset in {out_dir}: {err}") from err
-    manifest = build_from_sources(sources, out_dir, size, min_instances, num_workers, progress)
-    if not keep_sources:
-        shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir, deb_dir = root / ICON_THEMES_DIR, root / DEBS_DIR
+    with embedded.using_intermediates(root):
+        try:
+            sources = fetch_themes(themes, work_dir, deb_dir, progress, num_workers)
+        except IconBuildError as err:
+            raise IconBuildError(f"cannot build the icon dataset in {out_dir}: {err}") from err
+        manifest = build_from_sources(sources, out_dir, size, min_instances, num_workers,
+                                      progress)
+    if not keep_intermediate:
+        debs = embedded.deb_files(deb_dir, [t.package for t in themes])
+        embedded.clean_after_build(root, out_dir, manifest, [work_dir, *debs])
     return out_dir, manifest
 
 
@@ -513,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return build_icons(
             args.cache_dir, size=args.size, min_instances=args.min_instances,
             num_workers=args.workers, progress=not args.quiet, force=args.force,
-            keep_sources=not args.clean_sources,
+            keep_intermediate=args.keep_intermediate,
         )
 
     return embedded.build_main(

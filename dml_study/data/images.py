@@ -12,9 +12,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dml_study.errors import EXIT_DATA, UserFacingError
 
-class CorruptImageError(OSError):
-    """An image file that cannot be decoded (truncated, not an image, unreadable)."""
+
+class CorruptImageError(OSError, UserFacingError):
+    """An image file that cannot be decoded (truncated, not an image, unreadable).
+
+    A :class:`~dml_study.errors.UserFacingError`: a command line prints its message as one
+    line and exits with code 3 (data).
+    """
+
+    exit_code = EXIT_DATA
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

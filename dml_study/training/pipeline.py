@@ -35,6 +35,7 @@ from dml_study.data import (
     default_recall_ks,
     get_dataset,
 )
+from dml_study.data.verify import screen_datasets
 
 SampleKey = tuple[int, int, int, int, int]  # (index, epoch, batch, repeat, seed)
 
@@ -120,25 +121,42 @@ def load_datasets(
     """Training split and evaluation splits of ``config.data.dataset`` (no transforms yet).
 
     Missing data raises the data layer's error (naming the expected layout) right here,
-    before any model is built or run directory created; so does a corrupt image when
-    ``data.check_images`` (or ``data.on_corrupt: skip``, which drops it) screens them.
+    before any model is built or run directory created. Then, unless
+    ``data.check_images: false``, every image of every split is screened once
+    (:func:`dml_study.data.verify.screen_datasets`; files unchanged since an earlier
+    screening are not decoded again): with ``data.on_corrupt: raise`` one
+    :class:`~dml_study.data.screening.CorruptImagesError` names every unreadable file and the
+    ``--on_corrupt skip`` fix; with ``skip`` the splits are loaded again without them (each
+    dropped with a warning; the records answer, nothing is decoded twice).
     """
     d = config.data
-    kw: dict[str, Any] = {"progress": progress, "on_corrupt": d.on_corrupt}
-    if d.check_images is not None:
-        kw["check_images"] = d.check_images
+    kw: dict[str, Any] = {"progress": progress, "on_corrupt": d.on_corrupt,
+                          "check_images": False}
     if d.cache_decoded:
         kw["cache_decoded"] = True
         # Cache at the eval resize size: the random crop and the centre crop both start there.
         kw["cache_size"] = round(d.image_size * d.resize_ratio)
-    train = get_dataset(d.dataset, "train", d.data_root, **kw)
-    if dataset_protocol(d.dataset) == "query_gallery":
-        query = get_dataset(d.dataset, "query", d.data_root, **kw)
-        gallery: DMLDataset | None = get_dataset(d.dataset, "gallery", d.data_root, **kw)
-    else:
-        query, gallery = get_dataset(d.dataset, "test", d.data_root, **kw), None
+    splits = _load_splits(config, kw)
+    if d.check_images is not False:
+        report = screen_datasets(d.dataset, splits, progress=progress, data_root=d.data_root)
+        if not report.ok:
+            if d.on_corrupt == "raise":
+                raise report.error()
+            splits = _load_splits(config, {**kw, "check_images": True})
     ks = config.eval.ks if config.eval.ks is not None else default_recall_ks(d.dataset)
-    return train, EvalSets(query, gallery, tuple(ks))
+    return splits["train"], EvalSets(splits["query"], splits.get("gallery"), tuple(ks))
+
+
+def _load_splits(config: ExperimentConfig, kw: dict[str, Any]) -> dict[str, DMLDataset]:
+    """``{"train", "query"[, "gallery"]}`` datasets of the config's dataset."""
+    d = config.data
+    out = {"train": get_dataset(d.dataset, "train", d.data_root, **kw)}
+    if dataset_protocol(d.dataset) == "query_gallery":
+        out["query"] = get_dataset(d.dataset, "query", d.data_root, **kw)
+        out["gallery"] = get_dataset(d.dataset, "gallery", d.data_root, **kw)
+    else:
+        out["query"] = get_dataset(d.dataset, "test", d.data_root, **kw)
+    return out
 
 
 def embedder_arguments(config: ExperimentConfig) -> dict[str, Any]:

@@ -349,6 +349,8 @@ def test_build_from_debs_end_to_end(fake_sources, tmp_path: Path, monkeypatch) -
                        packages=[{"package": f.package, "version": "1.0"} for f in faces]
                        + [{"package": "unicode-data", "version": "1.0"}])
     assert embedded.manifest_bytes(manifest) == embedded.manifest_bytes(reference)
+    # Lean cache: after the verified build the .debs and unpacked fonts are gone.
+    assert not (tmp_path / "cache" / "glyph-fonts").exists() and not debs.exists()
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dml_study.data import get_dataset, icons
+from dml_study.data import embedded, get_dataset, icons
 from dml_study.data.icons import (
     IconBuildError,
     IconTheme,
@@ -153,7 +153,7 @@ def test_incomplete_cache_is_not_trusted(built_cache: Path) -> None:
 def test_clear_error_without_packages_or_cache(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     real_which = shutil.which
-    monkeypatch.setattr(icons.shutil, "which",
+    monkeypatch.setattr(embedded.shutil, "which",
                         lambda cmd: None if cmd in ("apt-get", "dpkg-query") else real_which(cmd))
     with pytest.raises(IconBuildError, match=r"(?s)apt-get is not available.*apt-get install "
                                              r"adwaita-icon-theme"):
