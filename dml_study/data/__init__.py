@@ -8,6 +8,9 @@
   literature's transforms (the last is the trainer's pair, from the run config).
 - :class:`MPerClassBatchSampler` / :class:`RandomBatchSampler`: seeded, DDP-sharded batches.
 - :func:`build_dataloader` and the :class:`DecodedImageCache` for decode-free epochs.
+- :mod:`dml_study.data.splits`: class-disjoint validation folds (:func:`validation_split`),
+  seeded per-class subsets (:func:`subset_per_class`) and the test-split guard
+  (:func:`forbid_test_split`, ``$DML_STUDY_FORBID_TEST``).
 """
 
 from .base import (
@@ -33,6 +36,15 @@ from .registry import (
     list_datasets,
 )
 from .samplers import MPerClassBatchSampler, RandomBatchSampler
+from .splits import (
+    FORBID_TEST_ENV,
+    TestSplitForbiddenError,
+    forbid_test_split,
+    is_test_split_forbidden,
+    subset_per_class,
+    validation_split,
+    validation_view,
+)
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -45,6 +57,7 @@ __all__ = [
     "DATASETS",
     "DATA_ROOT_ENV",
     "DEFAULT_DATASET",
+    "FORBID_TEST_ENV",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CorruptImageError",
@@ -57,15 +70,21 @@ __all__ = [
     "IconBuildError",
     "MPerClassBatchSampler",
     "RandomBatchSampler",
+    "TestSplitForbiddenError",
     "build_dataloader",
     "build_transforms",
     "dataset_info",
     "dataset_protocol",
     "default_recall_ks",
+    "forbid_test_split",
     "get_dataset",
     "is_dataset",
+    "is_test_split_forbidden",
     "list_datasets",
     "model_transforms",
     "resolve_data_root",
+    "subset_per_class",
     "transforms_for_model",
+    "validation_split",
+    "validation_view",
 ]
