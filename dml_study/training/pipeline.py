@@ -35,6 +35,12 @@ from dml_study.data import (
     default_recall_ks,
     get_dataset,
 )
+from dml_study.data.splits import (
+    EVAL_SUBSET_SEED,
+    TRAIN_SUBSET_SEED,
+    subset_per_class,
+    validation_view,
+)
 
 SampleKey = tuple[int, int, int, int, int]  # (index, epoch, batch, repeat, seed)
 
@@ -100,11 +106,19 @@ class EpochBatches(torch.utils.data.Sampler[list[SampleKey]]):
 
 @dataclass
 class EvalSets:
-    """Evaluation splits: ``query`` (and ``gallery`` for query/gallery protocols)."""
+    """Evaluation splits: ``query`` (and ``gallery`` for query/gallery protocols).
+
+    ``split`` is the run's ``data.split``: ``"test"`` (the test split, or In-Shop's query
+    and gallery) or ``"validation"`` (``query`` holds the training images of the held-out
+    classes; ``validation`` is then the ``validation_classes.json`` record of
+    :meth:`dml_study.data.splits.ValidationView.record`).
+    """
 
     query: DMLDataset
     gallery: DMLDataset | None
     ks: tuple[int, ...]
+    split: str = "test"
+    validation: dict[str, Any] | None = None
 
     @property
     def splits(self) -> dict[str, DMLDataset]:
@@ -119,26 +133,77 @@ def load_datasets(
 ) -> tuple[DMLDataset, EvalSets]:
     """Training split and evaluation splits of ``config.data.dataset`` (no transforms yet).
 
+    ``data.split: test``: the training split, and the test split (or query and gallery).
+    ``data.split: validation``: only the training split is opened (the test split is not
+    even listed); its images are cut by :func:`dml_study.data.splits.validation_view` into
+    the classes outside fold ``data.val_fold`` (the training set, labels re-indexed
+    ``0..C'-1`` in sorted class order, class names following) and the held-out classes'
+    images (the evaluation set, split ``"validation"``, self-retrieval). The per-class
+    subsets ``data.max_train_per_class`` (before the validation cut) and
+    ``data.max_test_per_class`` (of the evaluation images) are seeded by
+    :data:`~dml_study.data.splits.TRAIN_SUBSET_SEED` / ``EVAL_SUBSET_SEED``. Every DDP rank
+    computes the same split from the same config.
+
     Missing data raises the data layer's error (naming the expected layout) right here,
     before any model is built or run directory created; so does a corrupt image when
     ``data.check_images`` (or ``data.on_corrupt: skip``, which drops it) screens them.
     """
     d = config.data
-    kw: dict[str, Any] = {"progress": progress, "on_corrupt": d.on_corrupt}
-    if d.check_images is not None:
-        kw["check_images"] = d.check_images
-    if d.cache_decoded:
+    kw = dataset_kwargs(config, progress)
+    # Cache at the eval resize size: the random crop and the centre crop both start there.
+    cache_size = round(d.image_size * d.resize_ratio)
+    subsets = (d.split == "validation" or d.max_train_per_class is not None
+               or d.max_test_per_class is not None)
+    if d.cache_decoded and not subsets:
         kw["cache_decoded"] = True
-        # Cache at the eval resize size: the random crop and the centre crop both start there.
-        kw["cache_size"] = round(d.image_size * d.resize_ratio)
+        kw["cache_size"] = cache_size
+    ks = tuple(config.eval.ks if config.eval.ks is not None else default_recall_ks(d.dataset))
     train = get_dataset(d.dataset, "train", d.data_root, **kw)
+    if subsets:
+        # Subsets first, decoding after: only the images a run uses are decoded.
+        keep = subset_per_class(train.labels, d.max_train_per_class, TRAIN_SUBSET_SEED)
+        everything = np.arange(train.num_classes)
+        if d.split == "validation":
+            view = validation_view(
+                train.labels[keep], d.val_folds, d.val_fold, d.val_seed,
+                max_eval_per_class=d.max_test_per_class,
+            )
+            full = train
+            train = full.subset(keep[view.train_indices], view.train_classes)
+            query = full.subset(keep[view.eval_indices], view.validation_classes,
+                                split="validation")
+            sets = EvalSets(query, None, ks, "validation", view.record(full.class_names))
+        else:
+            train = train.subset(keep, everything) if d.max_train_per_class is not None else train
+            sets = _test_sets(config, kw, ks)
+            if d.max_test_per_class is not None:
+                q = sets.query
+                rows = subset_per_class(q.labels, d.max_test_per_class, EVAL_SUBSET_SEED)
+                sets.query = q.subset(rows, np.arange(q.num_classes))
+        if d.cache_decoded:
+            for ds in (train, *sets.splits.values()):
+                ds.enable_decoded_cache(size=cache_size, progress=progress)
+        return train, sets
+    return train, _test_sets(config, kw, ks)
+
+
+def dataset_kwargs(config: ExperimentConfig, progress: bool = True) -> dict[str, Any]:
+    """Keyword arguments of :func:`~dml_study.data.get_dataset` for ``config`` (no cache)."""
+    kw: dict[str, Any] = {"progress": progress, "on_corrupt": config.data.on_corrupt}
+    if config.data.check_images is not None:
+        kw["check_images"] = config.data.check_images
+    return kw
+
+
+def _test_sets(config: ExperimentConfig, kw: dict[str, Any], ks: tuple[int, ...]) -> EvalSets:
+    """The test split, or query and gallery (opening them is refused under the guard)."""
+    d = config.data
     if dataset_protocol(d.dataset) == "query_gallery":
         query = get_dataset(d.dataset, "query", d.data_root, **kw)
         gallery: DMLDataset | None = get_dataset(d.dataset, "gallery", d.data_root, **kw)
     else:
         query, gallery = get_dataset(d.dataset, "test", d.data_root, **kw), None
-    ks = config.eval.ks if config.eval.ks is not None else default_recall_ks(d.dataset)
-    return train, EvalSets(query, gallery, tuple(ks))
+    return EvalSets(query, gallery, ks)
 
 
 def build_batch_sampler(
