@@ -81,6 +81,7 @@ from dml_study.training.pipeline import (
     load_datasets,
 )
 from dml_study.training.run_dir import (
+    SELECTION_METRICS,
     RunDirectory,
     RunState,
     atomic_save_npy,
@@ -279,9 +280,9 @@ class Trainer:
 
     @property
     def selection_metric(self) -> str:
-        """The metric the best epoch is chosen by: validation MAP@R (MLRC's checkpoint
-        choice), or test R@1 (Proxy Anchor's code; metrics.json ``best_test_selected``)."""
-        return "MAP@R" if self.eval_sets.split == "validation" else "R@1"
+        """The metric the best epoch is chosen by (:data:`~.run_dir.SELECTION_METRICS`):
+        validation MAP@R, or test R@1 (metrics.json ``best_test_selected``)."""
+        return SELECTION_METRICS[self.eval_sets.split]
 
     def _build_loss(self) -> ProxyLoss:
         return create_loss_from_config(

@@ -80,6 +80,22 @@ def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
 BEST_KEYS: dict[str, str] = {"validation": "best", "test": "best_test_selected"}
 
 
+#: The metric a run's best epoch is chosen by, per ``data.split``: validation MAP@R (MLRC's
+#: checkpoint choice); test R@1 (Proxy Anchor's code).
+SELECTION_METRICS: dict[str, str] = {"validation": "MAP@R", "test": "R@1"}
+
+
+def best_record(records: list[dict[str, Any]], split: str) -> dict[str, Any] | None:
+    """The record with the highest :data:`SELECTION_METRICS` value (ties: the earliest);
+    records without the metric (unevaluated epochs) are skipped; ``None`` if none has it."""
+    metric = SELECTION_METRICS[split]
+    best: dict[str, Any] | None = None
+    for record in records:
+        if metric in record and (best is None or record[metric] > best[metric]):
+            best = record
+    return best
+
+
 def best_key(split: str) -> str:
     """The ``metrics.json`` key of the best epoch of a ``split`` run (:data:`BEST_KEYS`)."""
     return BEST_KEYS[split]

@@ -162,8 +162,7 @@ def test_the_command_line_under_the_guard_env_trains_validation_and_refuses_test
 
 
 @pytest.mark.slow
-def test_papermill_02_train_validation_run_under_the_guard(cub_root, tmp_path,
-                                                           requested_splits):
+def test_papermill_02_train_validation_run_under_the_guard(cub_root, tmp_path):
     import papermill
 
     notebook = Path(__file__).resolve().parents[2] / "notebooks" / "02_train.ipynb"
@@ -185,3 +184,27 @@ def test_papermill_02_train_validation_run_under_the_guard(cub_root, tmp_path,
     assert metrics["split"] == "validation" and metrics["best"]["epoch"] == 1
     assert json.loads((run / "validation_classes.json").read_text())["fold"] == 2
     assert not (run / "test_embeddings.npz").exists()
+
+
+@pytest.mark.parametrize(("split", "key", "epoch"), [("validation", "best", 2),
+                                                      ("test", "best_test_selected", 1)])
+def test_the_trainer_selects_the_best_epoch_by_the_splits_metric(tiny_config, monkeypatch,
+                                                                 split, key, epoch):
+    # Scripted evaluations: R@1 peaks at epoch 1, MAP@R at epoch 2 (tied by epoch 3).
+    from dml_study.training.engine import Trainer
+
+    scores = iter([(0.1, 0.1), (0.9, 0.2), (0.5, 0.4), (0.9, 0.4)])
+
+    def scripted(self):
+        r1, map_r = next(scores)
+        self.last_embeddings = {"query": (np.zeros((2, 4), np.float32), np.array([0, 1]))}
+        return {"R@1": r1, "MAP@R": map_r}
+
+    monkeypatch.setattr(Trainer, "evaluate_model", scripted)
+    result = train(tiny_config(run_name=f"sel-{split}", split=split, epochs=3))
+    metrics = json.loads(result.run_dir.metrics.read_text())
+    r1, map_r = [(0.9, 0.2), (0.5, 0.4)][epoch - 1]
+    assert metrics[key] == {"epoch": epoch, "R@1": r1, "MAP@R": map_r}
+    assert metrics["split"] == split
+    assert ({"best", "best_test_selected"} - {key}).isdisjoint(metrics)
+    assert result.best_epoch == epoch

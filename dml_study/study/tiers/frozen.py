@@ -73,7 +73,7 @@ from dml_study.study.plan.grid import (
 )
 from dml_study.training.history import History
 from dml_study.training.optim import build_optimizer, build_param_groups, build_scheduler, group_lrs
-from dml_study.training.run_dir import RunDirectory, best_key
+from dml_study.training.run_dir import RunDirectory, best_key, best_record
 
 #: Version of the feature cache layout (part of the cache key). 2: the training-split and
 #: test-split features are separate files (``…-train.npz``, ``…-test.npz``), so a
@@ -478,8 +478,8 @@ def train_frozen(
         history.append(record)
 
     final = _metrics_only(history.records[-1])
-    selection = "MAP@R" if features.split == "validation" else "R@1"
-    best = max(history.records[1:], key=lambda r: r[selection])  # first of equals: earliest
+    best = best_record(history.records[1:], features.split)
+    assert best is not None  # every epoch is evaluated
     train_recall = per_class_recall_at_1(_embed(head, features.train_eval), features.train_labels)
     proxies = loss_fn.proxies.detach().numpy()
     test_emb = _embed(head, features.test)
