@@ -64,6 +64,12 @@ TRAIN_PARAMETERS: tuple[str, ...] = (
     "lr",
     "image_size",
     "seed",
+    "split",
+    "val_folds",
+    "val_fold",
+    "val_seed",
+    "max_train_per_class",
+    "max_test_per_class",
     "run_name",
     "results_dir",
     "device",
@@ -92,6 +98,19 @@ RESULT_NEUTRAL_KEYS: frozenset[str] = frozenset({
 #: whether other files under another root are the same data, and the name is the directory.
 IDENTITY_NEUTRAL_KEYS: frozenset[str] = RESULT_NEUTRAL_KEYS | {"data.data_root", "run.run_name"}
 
+#: Keys added after runs were named, left out of a run's identity while they hold the value
+#: that reproduces the runs before them (so those runs keep their names): evaluating the
+#: test split, no per-class subsets. Any other value is part of the identity.
+IDENTITY_OMITTED_DEFAULTS: dict[str, Any] = {
+    "data.split": "test", "data.max_train_per_class": None, "data.max_test_per_class": None,
+}
+
+#: Keys that only a ``data.split: validation`` run reads (which fold of which folds under
+#: which seed): a test-split run leaves them out of its identity, since they cannot change it.
+VALIDATION_ONLY_KEYS: frozenset[str] = frozenset({
+    "data.val_folds", "data.val_fold", "data.val_seed",
+})
+
 #: Keys that may differ between a run and its resumption (the trainer refuses other
 #: changes): the result-neutral ones plus run-control switches a resumed process may need
 #: to change — evaluation batch size and decoded-image cache (memory), up-front image
@@ -116,6 +135,27 @@ class DataConfig:
     dataset: str = "icons"
     #: Root of the on-disk datasets; ``None`` → env ``DML_DATA_ROOT`` or ``./data``.
     data_root: str | None = None
+    #: What a run evaluates (:data:`dml_study.data.splits.SPLITS`, docs/validation.md):
+    #: ``"test"`` trains on every training class and evaluates the test split (In-Shop:
+    #: query vs gallery); ``"validation"`` trains on the training classes outside fold
+    #: ``val_fold`` and evaluates retrieval among the training images of that fold's
+    #: classes (class-disjoint validation, the Metric Learning Reality Check protocol:
+    #: Musgrave, Belongie & Lim, ECCV 2020); the test split is then never opened.
+    split: str = "test"
+    #: Class-disjoint folds of the training classes, i.e. 1/val_folds of them held out
+    #: [MLRC: 4 folds (powerful-benchmarker ``num_training_partitions: 4``), 25 %].
+    val_folds: int = 4
+    #: The validation fold, ``0 <= val_fold < val_folds`` [MLRC: each of the 4 in turn].
+    val_fold: int = 0
+    #: Seed of the class permutation the folds are cut from [ours: 0].
+    val_seed: int = 0
+    #: At most this many images per training class (seeded, every class kept; ``None`` =
+    #: all): the frozen tier's glyph subset rule (:func:`dml_study.data.subset_per_class`,
+    #: seed 0 = its default ``feature_seed``); applied before the validation cut.
+    max_train_per_class: int | None = None
+    #: At most this many images per evaluated class (seed 1 = the frozen tier's
+    #: ``feature_seed + 1``): of the test split, or of the held-out validation classes.
+    max_test_per_class: int | None = None
     image_size: int = 224
     #: Eval resize = round(image_size * resize_ratio) followed by a centre crop.
     resize_ratio: float = 256 / 224
@@ -494,13 +534,24 @@ def config_from_parameters(params: dict[str, Any]) -> ExperimentConfig:
 
 def run_identity(config: ExperimentConfig) -> dict[str, Any]:
     """Every setting that affects a run's result: the flat config without
-    :data:`IDENTITY_NEUTRAL_KEYS` (preset values included)."""
-    return {k: v for k, v in flatten(config.to_dict()).items() if k not in IDENTITY_NEUTRAL_KEYS}
+    :data:`IDENTITY_NEUTRAL_KEYS` (preset values included), without the
+    :data:`VALIDATION_ONLY_KEYS` of a test-split run, and without the keys of
+    :data:`IDENTITY_OMITTED_DEFAULTS` that hold their omitted value (so a run that evaluates
+    the test split without subsets has the identity, and name, it had before these keys)."""
+    identity = {
+        k: v for k, v in flatten(config.to_dict()).items() if k not in IDENTITY_NEUTRAL_KEYS
+    }
+    if config.data.split != "validation":
+        identity = {k: v for k, v in identity.items() if k not in VALIDATION_ONLY_KEYS}
+    for key, omitted in IDENTITY_OMITTED_DEFAULTS.items():
+        if key in identity and identity[key] == omitted:
+            del identity[key]
+    return identity
 
 
 def run_name(config: ExperimentConfig, tier: dict[str, Any] | None = None) -> str:
     """The one run-naming scheme: ``<dataset>-<loss>-so<λ>[-gdims][-nonorm][-<init>]-d<dim>
-    -s<seed>-<hash8>``.
+    [-val<fold>]-s<seed>-<hash8>`` (``val<fold>``: a ``data.split: validation`` run).
 
     The hash (SHA-1 of :func:`run_identity`, 8 hex digits) is the identity: a run is reused
     only if every setting that affects its result is the same, so changing a dataset preset
@@ -529,6 +580,8 @@ def run_name(config: ExperimentConfig, tier: dict[str, Any] | None = None) -> st
         parts.append(lo.proxy_init)
     if dim is not None:
         parts.append(f"d{dim}")
+    if config.data.split == "validation":
+        parts.append(f"val{config.data.val_fold}")
     parts += [f"s{config.run.seed}", digest]
     return "-".join(parts)
 
@@ -629,6 +682,30 @@ def _validate_data(d: DataConfig) -> None:
     )
     _require(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
     _require(d.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
+    _validate_split(d)
+
+
+def _validate_split(d: DataConfig) -> None:
+    """``data.split`` and its folds; the per-class limits (retrieval needs pairs)."""
+    from dml_study.data.registry import dataset_protocol
+    from dml_study.data.splits import SPLITS
+
+    check_choice(d.split, SPLITS, "data.split", ConfigError)
+    _require(d.val_folds >= 2, "data.val_folds", f"must be >= 2, got {d.val_folds}")
+    _require(0 <= d.val_fold < d.val_folds, "data.val_fold",
+             f"must lie in [0, val_folds={d.val_folds}), got {d.val_fold}")
+    for key in ("max_train_per_class", "max_test_per_class"):
+        limit = getattr(d, key)
+        if limit is not None:
+            _require(limit >= 2, f"data.{key}",
+                     f"must be >= 2 (retrieval needs pairs) or null for all, got {limit}")
+    if d.max_test_per_class is not None and d.split == "test":
+        _require(
+            dataset_protocol(d.dataset) == "self", "data.max_test_per_class",
+            f"{d.dataset!r} is evaluated as query vs gallery, whose per-class subsets would "
+            "not pair up; leave it null (or use split: validation, which evaluates "
+            "self-retrieval among training images)",
+        )
 
 
 def _validate_model_and_loss(m: ModelConfig, lo: LossConfig) -> None:

@@ -8,11 +8,12 @@ NCCL on CUDA). Prints the final metrics as JSON on rank 0.
 
 Exit status: 0 finished; 1 training error (one line naming cause and fix: run locked by
 another process, finished run without ``--overwrite true``, non-finite loss, ...);
-2 bad config; 3 data (one line: e.g. every image that does not decode, found before the
-first epoch, with the ``--on_corrupt skip`` fix; see :mod:`dml_study.errors`); 130/143
-interrupted by SIGINT/SIGTERM after checkpointing the current step ("interrupted at step
-N; re-run the same command to resume"); a second SIGINT stops at once (130, no new
-checkpoint).
+2 bad config (also: the test split asked for under the test-split guard,
+``DML_STUDY_FORBID_TEST=1``, docs/validation.md); 3 data (one line: e.g. every image that
+does not decode, found before the first epoch, with the ``--on_corrupt skip`` fix; see
+:mod:`dml_study.errors`); 130/143 interrupted by SIGINT/SIGTERM after checkpointing the
+current step ("interrupted at step N; re-run the same command to resume"); a second SIGINT
+stops at once (130, no new checkpoint).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import sys
 
 from dml_study.config import ConfigError, dotted_keys, flat_keys, load_config, parse_cli_value
+from dml_study.errors import UserFacingError, one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
+    except UserFacingError as err:  # e.g. the test split under the tuner's guard
+        print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
+        return err.exit_code
     if main_rank:
         print(json.dumps({"run_dir": str(result.run_dir.path), **result.metrics,
                           "untrained": result.untrained}, indent=2))

@@ -12,6 +12,9 @@
   source into its official layout (:mod:`~dml_study.data.download`), decode every image once
   and list the unreadable ones (:mod:`~dml_study.data.verify`, through the one screening path
   :mod:`~dml_study.data.screening`).
+- :mod:`dml_study.data.splits`: class-disjoint validation folds (:func:`validation_split`),
+  seeded per-class subsets (:func:`subset_per_class`) and the test-split guard
+  (:func:`forbid_test_split`, ``$DML_STUDY_FORBID_TEST``).
 """
 
 from .base import (
@@ -37,6 +40,15 @@ from .registry import (
     list_datasets,
 )
 from .samplers import MPerClassBatchSampler, RandomBatchSampler
+from .splits import (
+    FORBID_TEST_ENV,
+    TestSplitForbiddenError,
+    forbid_test_split,
+    is_test_split_forbidden,
+    subset_per_class,
+    validation_split,
+    validation_view,
+)
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -49,6 +61,7 @@ __all__ = [
     "DATASETS",
     "DATA_ROOT_ENV",
     "DEFAULT_DATASET",
+    "FORBID_TEST_ENV",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CorruptImageError",
@@ -61,15 +74,21 @@ __all__ = [
     "IconBuildError",
     "MPerClassBatchSampler",
     "RandomBatchSampler",
+    "TestSplitForbiddenError",
     "build_dataloader",
     "build_transforms",
     "dataset_info",
     "dataset_protocol",
     "default_recall_ks",
+    "forbid_test_split",
     "get_dataset",
     "is_dataset",
+    "is_test_split_forbidden",
     "list_datasets",
     "model_transforms",
     "resolve_data_root",
+    "subset_per_class",
     "transforms_for_model",
+    "validation_split",
+    "validation_view",
 ]

@@ -173,6 +173,35 @@ class DMLDataset(torch.utils.data.Dataset):
             image = self.transform(image)
         return image, int(self.labels[i])
 
+    def subset(
+        self, indices: Sequence[int] | np.ndarray, classes: Sequence[int] | np.ndarray,
+        split: str | None = None,
+    ) -> DMLDataset:
+        """The images at ``indices`` as a dataset over the classes ``classes``.
+
+        ``classes`` are labels of this dataset, sorted; label ``classes[j]`` becomes ``j``
+        and the class names (text modality) follow in the same order, so a loss that
+        embeds class names sees the names of the new labels. Every image of ``indices``
+        must belong to one of ``classes`` and every class must keep an image. A decoded
+        cache is subset with the images (no decoding). ``split`` renames the split.
+        """
+        from .splits import relabel
+
+        indices = np.asarray(indices, dtype=np.int64)
+        classes = np.asarray(classes, dtype=np.int64)
+        if len(classes) > 1 and np.any(np.diff(classes) <= 0):
+            raise ValueError("subset classes must be sorted and distinct")
+        labels = relabel(self.labels[indices], classes)
+        cache = None
+        if self.cache is not None:
+            cache = DecodedImageCache([self.cache.arrays[i] for i in indices], self.cache.size)
+        return DMLDataset(
+            self.name, split or self.split, [self.paths[i] for i in indices], labels,
+            [self.class_names[c] for c in classes], transform=self.transform,
+            raw_class_names=[self.raw_class_names[c] for c in classes], cache=cache,
+            display_names=[self.display_names[c] for c in classes],
+        )
+
     def enable_decoded_cache(
         self, size: int | None = 256, num_threads: int = 2, progress: bool = True
     ) -> DecodedImageCache:

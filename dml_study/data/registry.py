@@ -14,6 +14,7 @@ from PIL import Image
 from . import cars, cub, inshop, sop
 from .base import DMLDataset, SplitRecords, check_expected_size, make_dataset
 from .layout import resolve_data_root
+from .splits import check_test_split_allowed
 
 DEFAULT_DATASET = "icons"
 
@@ -184,9 +185,15 @@ def get_dataset(
             ``cache_size`` (shorter side, default 256), ``progress``; embedded datasets also
             take their loader's arguments: ``cache_dir`` and ``build`` for both, ``icon_size``
             for ``"icons"``, ``size`` and ``num_classes`` for ``"glyphs"``.
+
+    Raises :class:`~dml_study.data.splits.TestSplitForbiddenError` for any split but
+    ``"train"`` under the test-split guard (:func:`dml_study.data.splits.forbid_test_split`,
+    ``$DML_STUDY_FORBID_TEST=1``), before anything of that split is listed or read.
     """
     info = dataset_info(name)
     _check_split(info, split)
+    if split != "train":
+        check_test_split_allowed(f"the {split!r} split of dataset {name!r}")
     common = {k: kw.pop(k) for k in _COMMON_KW if k in kw}
     if info.embedded is None and kw:
         raise TypeError(f"unexpected keyword(s) for {name}: {sorted(kw)}")

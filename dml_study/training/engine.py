@@ -8,6 +8,14 @@ evaluates every ``eval.every_n_epochs`` epochs, and writes everything to the run
 ``torchrun`` (see :mod:`dml_study.training.distributed` for why the loss is computed on the
 all-gathered global batch).
 
+What is evaluated is ``data.split`` (:func:`~dml_study.training.pipeline.load_datasets`):
+the test split, or, with ``validation``, the training images of held-out training classes
+(class-disjoint validation, docs/validation.md; the run then writes
+``validation_classes.json``, the test split is never opened). ``metrics.json`` records the
+split; its best epoch is ``"best"`` (by validation MAP@R, ties to the earliest epoch) in a
+validation run and ``"best_test_selected"`` (by test R@1, Proxy Anchor's protocol, for
+comparison only) in a test run.
+
 Reproducibility: model/proxy initialisation is seeded; augmentation is seeded per sample
 (:mod:`dml_study.training.pipeline`); the batch order depends only on ``(seed, epoch)``; the
 checkpoint holds optimiser, scheduler, position and RNG states. A run killed mid-epoch and
@@ -27,6 +35,7 @@ from its last checkpoint with a lower learning rate (``run.allow_lr_change``, se
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import math
 import random
 import time
@@ -73,12 +82,14 @@ from dml_study.training.pipeline import (
     load_datasets,
 )
 from dml_study.training.run_dir import (
+    SELECTION_METRICS,
     RunDirectory,
     RunState,
     atomic_save_npy,
     atomic_save_npz,
     atomic_write_json,
     atomic_write_text,
+    best_key,
 )
 from dml_study.training.state import TrainState, expose_state_fields
 
@@ -96,6 +107,9 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed: bool = False
     train_time_s: float = 0.0
+    #: ``data.split``: ``"test"`` or ``"validation"`` (then the metrics and the best epoch,
+    #: chosen by MAP@R, are those of the held-out validation classes).
+    split: str = "test"
 
 
 class TrainModule(nn.Module):
@@ -128,8 +142,11 @@ def seed_everything(seed: int) -> None:
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    flat_a = {f"{s}.{k}": v for s, sec in a.items() for k, v in sec.items()}
-    flat_b = {f"{s}.{k}": v for s, sec in b.items() for k, v in sec.items()}
+    """Keys (not resume-mutable) whose values differ; a key missing from one config (a
+    checkpoint written before the key existed) counts as its default value."""
+    defaults = ExperimentConfig().flat()
+    flat_a = {**defaults, **{f"{s}.{k}": v for s, sec in a.items() for k, v in sec.items()}}
+    flat_b = {**defaults, **{f"{s}.{k}": v for s, sec in b.items() for k, v in sec.items()}}
     keys = sorted(set(flat_a) | set(flat_b))
     return [k for k in keys if k not in RESUME_MUTABLE_KEYS and flat_a.get(k) != flat_b.get(k)]
 
@@ -160,6 +177,7 @@ class Trainer:
 
         # Data first: a missing dataset fails here, before any run directory exists.
         self.train_set, self.eval_sets = load_datasets(self.config, progress=not self.quiet)
+        self._check_same_data_on_every_rank()
         validate_against_labels(self.config, self.train_set.labels)
 
         seed_everything(self.config.run.seed)
@@ -187,6 +205,26 @@ class Trainer:
 
     def _build_embedder(self) -> Embedder:
         return create_embedder(**embedder_arguments(self.config))
+
+    def _check_same_data_on_every_rank(self) -> None:
+        """Under DDP, every rank must have cut the same split (same classes, same images).
+
+        :func:`load_datasets` is deterministic in the config, so this only fails when the
+        ranks see different data (another data root, a dataset rebuilt in between).
+        """
+        if not self.ctx.distributed:
+            return
+        digest = hashlib.sha1()
+        for ds in (self.train_set, *self.eval_sets.splits.values()):
+            digest.update(np.asarray(ds.labels, dtype=np.int64).tobytes())
+            digest.update("\n".join(p.name for p in ds.paths).encode("utf-8"))
+        mine = (self.eval_sets.split, digest.hexdigest())
+        everyone = D.all_gather_objects(mine, self.ctx)
+        if any(other != everyone[0] for other in everyone):
+            raise TrainingError(
+                f"the DDP ranks loaded different training/evaluation data ({everyone}); "
+                "every rank must read the same dataset (same data root and build)"
+            )
 
     def _build_loaders(self) -> None:
         """Transforms, the resumable training batch stream and this rank's eval loaders."""
@@ -227,6 +265,12 @@ class Trainer:
             return mode == "on"
         convolutional = not hasattr(self.embedder.backbone, "patch_embed")
         return self.device.type == "cuda" or convolutional
+
+    @property
+    def selection_metric(self) -> str:
+        """The metric the best epoch is chosen by (:data:`~.run_dir.SELECTION_METRICS`):
+        validation MAP@R, or test R@1 (metrics.json ``best_test_selected``)."""
+        return SELECTION_METRICS[self.eval_sets.split]
 
     def _build_loss(self) -> ProxyLoss:
         return create_loss_from_config(
@@ -568,6 +612,8 @@ class Trainer:
 
     def _run(self) -> RunResult:
         state = self._prepare_run_dir()
+        if self.ctx.is_main and self.eval_sets.validation is not None:
+            atomic_write_json(self.run_dir.validation_classes, self.eval_sets.validation)
         if state is RunState.RESUMABLE:
             self._resume()
             self._log(
@@ -596,7 +642,8 @@ class Trainer:
                 metrics = self.evaluate_model()
                 record.update(metrics)
                 self.last_metrics = metrics
-                if self.best_metrics is None or metrics["R@1"] > self.best_metrics["R@1"]:
+                key = self.selection_metric
+                if self.best_metrics is None or metrics[key] > self.best_metrics[key]:
                     self.best_epoch, self.best_metrics = epoch + 1, metrics
                     self._save_best()
             self.history.append(record)
@@ -635,10 +682,13 @@ class Trainer:
                     arrays[f"{prefix}embeddings"], arrays[f"{prefix}labels"] = emb, lab
                 arrays["class_names"] = np.asarray(self.eval_sets.query.class_names)
                 arrays["display_names"] = np.asarray(self.eval_sets.query.display_names)
-                atomic_save_npz(rd.test_embeddings, **arrays)
+                atomic_save_npz(rd.eval_embeddings(self.eval_sets.split), **arrays)
             metrics: dict[str, Any] = dict(self.last_metrics)
             metrics["untrained"] = self.untrained
-            metrics["best"] = {"epoch": self.best_epoch, **(self.best_metrics or {})}
+            metrics["split"] = self.eval_sets.split
+            metrics[best_key(self.eval_sets.split)] = {
+                "epoch": self.best_epoch, **(self.best_metrics or {})
+            }
             metrics["epochs"] = self.config.schedule.epochs
             metrics["global_steps"] = self.global_step
             metrics["train_time_s"] = self.train_time_s
@@ -657,6 +707,7 @@ class Trainer:
             history=list(self.history.records),
             resumed=self.resumed,
             train_time_s=self.train_time_s,
+            split=self.eval_sets.split,
         )
 
 

@@ -35,6 +35,12 @@ from dml_study.data import (
     default_recall_ks,
     get_dataset,
 )
+from dml_study.data.splits import (
+    EVAL_SUBSET_SEED,
+    TRAIN_SUBSET_SEED,
+    subset_per_class,
+    validation_view,
+)
 from dml_study.data.verify import screen_datasets
 
 SampleKey = tuple[int, int, int, int, int]  # (index, epoch, batch, repeat, seed)
@@ -101,11 +107,19 @@ class EpochBatches(torch.utils.data.Sampler[list[SampleKey]]):
 
 @dataclass
 class EvalSets:
-    """Evaluation splits: ``query`` (and ``gallery`` for query/gallery protocols)."""
+    """Evaluation splits: ``query`` (and ``gallery`` for query/gallery protocols).
+
+    ``split`` is the run's ``data.split``: ``"test"`` (the test split, or In-Shop's query
+    and gallery) or ``"validation"`` (``query`` holds the training images of the held-out
+    classes; ``validation`` is then the ``validation_classes.json`` record of
+    :meth:`dml_study.data.splits.ValidationView.record`).
+    """
 
     query: DMLDataset
     gallery: DMLDataset | None
     ks: tuple[int, ...]
+    split: str = "test"
+    validation: dict[str, Any] | None = None
 
     @property
     def splits(self) -> dict[str, DMLDataset]:
@@ -120,6 +134,17 @@ def load_datasets(
 ) -> tuple[DMLDataset, EvalSets]:
     """Training split and evaluation splits of ``config.data.dataset`` (no transforms yet).
 
+    ``data.split: test``: the training split, and the test split (or query and gallery).
+    ``data.split: validation``: only the training split is opened (the test split is not
+    even listed); its images are cut by :func:`dml_study.data.splits.validation_view` into
+    the classes outside fold ``data.val_fold`` (the training set, labels re-indexed
+    ``0..C'-1`` in sorted class order, class names following) and the held-out classes'
+    images (the evaluation set, split ``"validation"``, self-retrieval). The per-class
+    subsets ``data.max_train_per_class`` (before the validation cut) and
+    ``data.max_test_per_class`` (of the evaluation images) are seeded by
+    :data:`~dml_study.data.splits.TRAIN_SUBSET_SEED` / ``EVAL_SUBSET_SEED``. Every DDP rank
+    computes the same split from the same config.
+
     Missing data raises the data layer's error (naming the expected layout) right here,
     before any model is built or run directory created. Then, unless
     ``data.check_images: false``, every image of every split is screened once
@@ -130,12 +155,15 @@ def load_datasets(
     dropped with a warning; the records answer, nothing is decoded twice).
     """
     d = config.data
-    kw: dict[str, Any] = {"progress": progress, "on_corrupt": d.on_corrupt,
-                          "check_images": False}
-    if d.cache_decoded:
+    kw = dataset_kwargs(config, progress, check_images=False)  # screened below, once
+    # Cache at the eval resize size: the random crop and the centre crop both start there.
+    cache_size = round(d.image_size * d.resize_ratio)
+    subsets = (d.split == "validation" or d.max_train_per_class is not None
+               or d.max_test_per_class is not None)
+    if d.cache_decoded and not subsets:
         kw["cache_decoded"] = True
-        # Cache at the eval resize size: the random crop and the centre crop both start there.
-        kw["cache_size"] = round(d.image_size * d.resize_ratio)
+        kw["cache_size"] = cache_size
+    ks = tuple(config.eval.ks if config.eval.ks is not None else default_recall_ks(d.dataset))
     splits = _load_splits(config, kw)
     if d.check_images is not False:
         report = screen_datasets(d.dataset, splits, progress=progress, data_root=d.data_root)
@@ -143,14 +171,57 @@ def load_datasets(
             if d.on_corrupt == "raise":
                 raise report.error()
             splits = _load_splits(config, {**kw, "check_images": True})
-    ks = config.eval.ks if config.eval.ks is not None else default_recall_ks(d.dataset)
-    return splits["train"], EvalSets(splits["query"], splits.get("gallery"), tuple(ks))
+    train = splits["train"]
+    if not subsets:
+        return train, EvalSets(splits["query"], splits.get("gallery"), ks)
+    # Subsets first, decoding after: only the images a run uses are decoded.
+    keep = subset_per_class(train.labels, d.max_train_per_class, TRAIN_SUBSET_SEED)
+    everything = np.arange(train.num_classes)
+    if d.split == "validation":
+        view = validation_view(
+            train.labels[keep], d.val_folds, d.val_fold, d.val_seed,
+            max_eval_per_class=d.max_test_per_class,
+        )
+        full = train
+        train = full.subset(keep[view.train_indices], view.train_classes)
+        query = full.subset(keep[view.eval_indices], view.validation_classes,
+                            split="validation")
+        sets = EvalSets(query, None, ks, "validation", view.record(full.class_names))
+    else:
+        train = train.subset(keep, everything) if d.max_train_per_class is not None else train
+        sets = EvalSets(splits["query"], splits.get("gallery"), ks)
+        if d.max_test_per_class is not None:
+            q = sets.query
+            rows = subset_per_class(q.labels, d.max_test_per_class, EVAL_SUBSET_SEED)
+            sets.query = q.subset(rows, np.arange(q.num_classes))
+    if d.cache_decoded:
+        for ds in (train, *sets.splits.values()):
+            ds.enable_decoded_cache(size=cache_size, progress=progress)
+    return train, sets
+
+
+def dataset_kwargs(
+    config: ExperimentConfig, progress: bool = True, check_images: bool | None = None
+) -> dict[str, Any]:
+    """Keyword arguments of :func:`~dml_study.data.get_dataset` for ``config`` (no cache).
+
+    ``check_images`` overrides ``data.check_images`` (the trainer screens once itself).
+    """
+    kw: dict[str, Any] = {"progress": progress, "on_corrupt": config.data.on_corrupt}
+    value = config.data.check_images if check_images is None else check_images
+    if value is not None:
+        kw["check_images"] = value
+    return kw
 
 
 def _load_splits(config: ExperimentConfig, kw: dict[str, Any]) -> dict[str, DMLDataset]:
-    """``{"train", "query"[, "gallery"]}`` datasets of the config's dataset."""
+    """``{"train"[, "query"[, "gallery"]]}`` of the config's dataset; with ``data.split:
+    validation`` only the training split (the test split is never opened: under the
+    test-split guard opening it is refused)."""
     d = config.data
     out = {"train": get_dataset(d.dataset, "train", d.data_root, **kw)}
+    if d.split == "validation":
+        return out
     if dataset_protocol(d.dataset) == "query_gallery":
         out["query"] = get_dataset(d.dataset, "query", d.data_root, **kw)
         out["gallery"] = get_dataset(d.dataset, "gallery", d.data_root, **kw)

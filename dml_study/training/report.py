@@ -26,7 +26,7 @@ from torchvision.utils import make_grid
 
 from dml_study.config import ExperimentConfig
 from dml_study.study.analysis.per_class import cosine_matrix
-from dml_study.training.run_dir import RunDirectory, RunState
+from dml_study.training.run_dir import RunDirectory, RunState, best_epoch_metrics, run_split
 
 #: Metric columns in display order (those present are shown).
 METRIC_ORDER = ("R@1", "R@2", "R@4", "R@8", "R@10", "R@16", "R@20", "R@30", "R@32", "R@40",
@@ -42,6 +42,11 @@ class RunRecord:
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
     trained_now: bool
+
+    @property
+    def split(self) -> str:
+        """``"test"`` or ``"validation"`` (what the run's metrics were measured on)."""
+        return run_split(self.metrics)
 
     @property
     def final(self) -> dict[str, float]:
@@ -84,9 +89,16 @@ def config_table(config: ExperimentConfig) -> pd.DataFrame:
 
 
 def metrics_table(metrics: dict[str, Any]) -> pd.DataFrame:
-    """Rows = metrics; columns = untrained / final / best (in %) and the final − untrained gain."""
+    """Rows = metrics; columns = untrained / final / best epoch (in %) and the final −
+    untrained gain.
+
+    The best-epoch column says how it was chosen: ``"best (validation)"`` in a
+    ``data.split: validation`` run (by validation MAP@R), ``"best (test-selected)"`` in a
+    test run (by test R@1, Proxy Anchor's reporting protocol: not a legitimate estimate).
+    """
+    best = "best (validation)" if run_split(metrics) == "validation" else "best (test-selected)"
     columns = {"untrained": metrics.get("untrained") or {}, "final": metrics,
-               "best": metrics.get("best") or {}}
+               best: best_epoch_metrics(metrics)}
     keys = [k for k in METRIC_ORDER if k in metrics]
     table = pd.DataFrame(
         {name: [100 * float(src[k]) if k in src else np.nan for k in keys]
@@ -157,8 +169,9 @@ def history_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(history).set_index("epoch")
 
 
-def plot_training_curves(history: list[dict[str, Any]]):
-    """2×2 panel: loss terms, SO penalty, proxy orthogonality, retrieval metrics per epoch."""
+def plot_training_curves(history: list[dict[str, Any]], split: str = "test"):
+    """2×2 panel: loss terms, SO penalty, proxy orthogonality, retrieval metrics per epoch
+    (of the ``split`` the run evaluates: ``"test"`` or ``"validation"``)."""
     frame = history_frame(history)
     sns.set_theme(style="whitegrid", context="notebook")
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
@@ -194,7 +207,7 @@ def plot_training_curves(history: list[dict[str, Any]]):
         if column in frame:
             values = frame[column].dropna()
             sns.lineplot(x=values.index, y=100 * values, marker="o", ax=axes[1, 1], label=column)
-    axes[1, 1].set(title="test retrieval (epoch 0 = untrained)", xlabel="epoch", ylabel="%")
+    axes[1, 1].set(title=f"{split} retrieval (epoch 0 = untrained)", xlabel="epoch", ylabel="%")
     for ax in axes.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
@@ -226,7 +239,8 @@ def summary(record: RunRecord) -> dict[str, Any]:
         "trained_now": record.trained_now,
         "final": record.final,
         "untrained": {k: v for k, v in untrained.items() if k in METRIC_ORDER},
-        "best_epoch": (record.metrics.get("best") or {}).get("epoch"),
+        "split": run_split(record.metrics),
+        "best_epoch": best_epoch_metrics(record.metrics).get("epoch"),
         "train_time_s": record.metrics.get("train_time_s"),
     }
 

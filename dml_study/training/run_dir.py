@@ -5,12 +5,17 @@ Layout::
     config.yaml          resolved ExperimentConfig
     provenance.json      dml_study.env.environment_report() (+ start time, world size)
     history.json/.csv    one record per epoch (loss terms, SO, orthogonality stats, metrics)
-    metrics.json         final metrics + "untrained" baseline; its presence = run FINISHED
+    metrics.json         final metrics + "untrained" baseline + "split" + the best epoch
+                         ("best" in validation runs, "best_test_selected" in test runs,
+                         see BEST_KEYS); its presence = run FINISHED
     checkpoints/last.pt  full training state (resume)
-    checkpoints/best.pt  weights at the best R@1
+    checkpoints/best.pt  weights at the best epoch (validation MAP@R; test R@1)
     proxies_init.npy     proxies before training
     proxies.npy          final proxies
-    test_embeddings.npz  final test embeddings and labels (+ class and display names)
+    test_embeddings.npz  final test embeddings, labels, class and display names
+                         (data.split: test)
+    validation_embeddings.npz  final embeddings of the held-out classes (data.split: validation)
+    validation_classes.json  the class-disjoint validation split (data.split: validation)
     train_class_recall.npy  R@1 of every training class (eval.train_class_recall; frozen tier)
     head.safetensors     frozen tier: the trained head (its backbone is the pretrained one)
     .lock                held by the training process (see :mod:`dml_study.training.lock`)
@@ -70,6 +75,51 @@ def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     atomic_write_with(path, lambda fh: np.savez(fh, **arrays))
 
 
+#: ``metrics.json`` key of the best evaluated epoch, by the run's ``data.split``: a
+#: validation run's ``"best"`` (by validation MAP@R, ties to the earliest epoch) is what a
+#: tuner may read; a test run's best epoch is chosen on the test split (by R@1, Proxy
+#: Anchor's reporting protocol), so it is ``"best_test_selected"``, kept for comparison only.
+BEST_KEYS: dict[str, str] = {"validation": "best", "test": "best_test_selected"}
+
+
+#: The metric a run's best epoch is chosen by, per ``data.split``: validation MAP@R (MLRC's
+#: checkpoint choice); test R@1 (Proxy Anchor's code).
+SELECTION_METRICS: dict[str, str] = {"validation": "MAP@R", "test": "R@1"}
+
+
+def best_record(records: list[dict[str, Any]], split: str) -> dict[str, Any] | None:
+    """The record with the highest :data:`SELECTION_METRICS` value (ties: the earliest);
+    records without the metric (unevaluated epochs) are skipped; ``None`` if none has it."""
+    metric = SELECTION_METRICS[split]
+    best: dict[str, Any] | None = None
+    for record in records:
+        if metric in record and (best is None or record[metric] > best[metric]):
+            best = record
+    return best
+
+
+def best_key(split: str) -> str:
+    """The ``metrics.json`` key of the best epoch of a ``split`` run (:data:`BEST_KEYS`)."""
+    return BEST_KEYS[split]
+
+
+def run_split(metrics: dict[str, Any]) -> str:
+    """``metrics.json["split"]``; files written before the key existed are test runs."""
+    return str(metrics.get("split", "test"))
+
+
+def best_epoch_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The best-epoch record of a run's ``metrics.json`` (``{}`` when absent).
+
+    Validation runs: ``"best"``; test runs: ``"best_test_selected"``, or, in files written
+    before the split was recorded, their ``"best"`` (which was test-selected).
+    """
+    split = run_split(metrics)
+    if split == "test" and "split" not in metrics:
+        return dict(metrics.get("best") or {})
+    return dict(metrics.get(best_key(split)) or {})
+
+
 class RunState(str, Enum):
     """What is in a run directory."""
 
@@ -100,8 +150,15 @@ class RunDirectory:
     proxies = property(lambda self: self.path / "proxies.npy")
     proxies_init = property(lambda self: self.path / "proxies_init.npy")
     test_embeddings = property(lambda self: self.path / "test_embeddings.npz")
+    validation_embeddings = property(lambda self: self.path / "validation_embeddings.npz")
+    validation_classes = property(lambda self: self.path / "validation_classes.json")
     train_class_recall = property(lambda self: self.path / "train_class_recall.npy")
     head_weights = property(lambda self: self.path / "head.safetensors")
+
+    def eval_embeddings(self, split: str) -> Path:
+        """Where the final embeddings of the evaluation split go: ``test_embeddings.npz``
+        (``data.split: test``) or ``validation_embeddings.npz`` (``validation``)."""
+        return self.validation_embeddings if split == "validation" else self.test_embeddings
 
     def is_finished(self) -> bool:
         """True when ``metrics.json`` exists: the trainer writes it last, so the run is done."""

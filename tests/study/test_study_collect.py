@@ -60,8 +60,20 @@ def test_metrics_flatten_nested_baselines(tmp_path: Path):
                                         "epochs": 60, "note": "text"})
     metrics = load_metrics(path)
     assert metrics["R@1"] == 0.7 and metrics["untrained/R@1"] == 0.2
-    assert metrics["best/epoch"] == 3 and np.isnan(metrics["NMI"])
-    assert "note" not in metrics
+    # written before the split was recorded: a test run, its "best" was test-selected
+    assert metrics["best_test_selected/epoch"] == 3 and np.isnan(metrics["NMI"])
+    assert "best/epoch" not in metrics and "note" not in metrics
+
+
+def test_metrics_keep_a_validation_runs_best_and_name_a_test_runs_best(tmp_path: Path):
+    val = _run(tmp_path, "v", NESTED, {"R@1": 0.7, "split": "validation",
+                                       "best": {"epoch": 2, "MAP@R": 0.4}})
+    test = _run(tmp_path, "t", NESTED, {"R@1": 0.7, "split": "test",
+                                        "best_test_selected": {"epoch": 5, "R@1": 0.8}})
+    assert load_metrics(val)["best/MAP@R"] == 0.4
+    assert load_metrics(test)["best_test_selected/epoch"] == 5
+    table = collect_runs(tmp_path).set_index("run_name")
+    assert table.loc["v", "split"] == "validation" and table.loc["t", "split"] == "test"
 
 
 def test_collect_runs_lists_only_finished_runs(tmp_path: Path):

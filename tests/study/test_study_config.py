@@ -132,3 +132,5 @@ def test_training_choices_are_the_registries(tmp_path: Path):
     assert config.train["dataset"] == "glyphs"
     message = _error(tmp_path, train={"dataset": "cub200", "proxy_init": "orthognal"})
     assert "did you mean 'orthogonal'" in message
+    assert choices["split"] == ("test", "validation")
+    assert "did you mean 'validation'" in _error(tmp_path, train={"split": "validaton"})

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from dml_study.config import load_config
+from dml_study.config import load_config, replace
+from dml_study.data.splits import (
+    FORBID_TEST_ENV,
+    TestSplitForbiddenError,
+    forbid_test_split,
+    validation_split,
+)
 from dml_study.losses import create_loss_from_config
 from dml_study.study.analysis.collect import collect_runs, load_history
 from dml_study.study.plan.config import StudyConfigError, study_config_from_dict
@@ -152,19 +161,6 @@ def test_frozen_groups_expand_per_dataset_with_their_own_parameters(tmp_path):
                                                   raw["groups"][0]]}, root=tmp_path)
 
 
-def test_per_class_subset_keeps_every_class_and_is_seeded():
-    labels = np.repeat(np.arange(5), [3, 8, 2, 10, 4])
-    keep = frozen.per_class_subset(labels, 3, seed=0)
-    counts = np.bincount(labels[keep], minlength=5)
-    assert counts.tolist() == [3, 3, 2, 3, 3]
-    assert np.all(np.diff(keep) > 0)
-    np.testing.assert_array_equal(keep, frozen.per_class_subset(labels, 3, seed=0))
-    assert not np.array_equal(keep, frozen.per_class_subset(labels, 3, seed=1))
-    np.testing.assert_array_equal(frozen.per_class_subset(labels, None, 0), np.arange(27))
-    with pytest.raises(frozen.FrozenTierError, match=">= 2"):
-        frozen.per_class_subset(labels, 1, 0)
-
-
 def test_feature_cache_key_depends_on_the_settings(tmp_path):
     config = _config(tmp_path)
     base = frozen.feature_cache_path(config, frozen.FeatureSettings(), tmp_path)
@@ -185,3 +181,185 @@ def test_frozen_specs_refuse_to_become_02_train_runs(tmp_path):
     spec = expand_grid(study_config_from_dict(raw, root=tmp_path))[0]
     with pytest.raises(ValueError, match="run_frozen_tier"):
         spec.notebook_parameters(tmp_path)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _train_file(classes: int = 16, per_class: int = 5, dim: int = 16, views: int = 2,
+                noise: float = 0.8) -> frozen.TrainFeatures:
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(classes, dim))
+    labels = rng.permutation(np.repeat(np.arange(classes), per_class))
+
+    def sample(shape):
+        return (centres[labels] + noise * rng.normal(size=shape)).astype(np.float16)
+
+    return frozen.TrainFeatures(
+        views=sample((views, len(labels), dim)), eval=sample((len(labels), dim)),
+        labels=labels, class_names=tuple(f"class {i}" for i in range(classes)), key="synth",
+    )
+
+
+def test_validation_features_cut_the_training_file_by_class():
+    train = _train_file()
+    features = frozen.validation_features(train, 4, 1, 2, max_eval_per_class=3)
+    kept, held_out = validation_split(train.labels, 4, 1, 2)
+    assert features.split == "validation" and features.num_classes == 12
+    assert features.class_names == tuple(train.class_names[c] for c in kept)
+    rows = np.flatnonzero(np.isin(train.labels, kept))
+    np.testing.assert_array_equal(features.train_views, train.views[:, rows])
+    np.testing.assert_array_equal(features.train_eval, train.eval[rows])
+    np.testing.assert_array_equal(features.train_labels,
+                                  np.searchsorted(kept, train.labels[rows]))
+    # evaluated: the held-out classes' evaluation views, at most 3 each, labels 0..V-1
+    assert np.bincount(features.test_labels).tolist() == [3, 3, 3, 3]
+    held_rows = np.flatnonzero(np.isin(train.labels, held_out))
+    assert {tuple(r) for r in features.test.tolist()} <= {
+        tuple(r) for r in train.eval[held_rows].tolist()}
+    assert features.validation["validation_classes"] == [train.class_names[c] for c in held_out]
+    assert features.validation["train_classes"] == list(features.class_names)
+
+
+def test_a_frozen_validation_run_trains_on_kept_classes_and_selects_on_validation(tmp_path):
+    features = frozen.validation_features(_train_file(per_class=8), 4, 0, 0)
+    config = _config(tmp_path, run_name="fz-val", split="validation", epochs=4)
+    run = RunDirectory.for_run(tmp_path, "fz-val")
+    metrics = frozen.train_frozen(config, features, run)
+    stored = json.loads(run.metrics.read_text())
+    assert stored["split"] == metrics["split"] == "validation"
+    assert "best_test_selected" not in stored
+    history = load_history(run.path).iloc[1:]
+    best = history.iloc[int(np.argmax(history["MAP@R"].to_numpy()))]  # earliest on ties
+    assert stored["best"]["epoch"] == best["epoch"]
+    assert stored["best"]["MAP@R"] == best["MAP@R"] and stored["best"]["R@1"] == best["R@1"]
+    assert json.loads(run.validation_classes.read_text()) == features.validation
+    assert np.load(run.proxies).shape == (12, 4)  # C' = 12 of the 16 training classes
+    assert np.load(run.train_class_recall).shape == (12,)
+    embeddings = np.load(run.validation_embeddings)
+    assert sorted(set(embeddings["labels"].tolist())) == [0, 1, 2, 3]
+    assert not run.test_embeddings.exists()
+    # a test run of the same recipe is another run, and refuses validation features
+    with pytest.raises(frozen.FrozenTierError, match="split 'validation'"):
+        frozen.train_frozen(_config(tmp_path, run_name="fz-test"), features,
+                            RunDirectory.for_run(tmp_path, "fz-test"))
+    assert config.default_run_name() != replace(config, split="test").default_run_name()
+
+
+def test_a_test_runs_best_epoch_is_labelled_test_selected(tmp_path):
+    config = _config(tmp_path, run_name="fz-t", epochs=3)
+    frozen.train_frozen(config, _features(), RunDirectory.for_run(tmp_path, "fz-t"))
+    stored = json.loads((tmp_path / "runs" / "fz-t" / "metrics.json").read_text())
+    history = load_history(tmp_path / "runs" / "fz-t").iloc[1:]
+    assert stored["split"] == "test" and "best" not in stored
+    assert stored["best_test_selected"]["R@1"] == history["R@1"].max()
+
+
+def test_frozen_subsets_come_from_the_feature_settings(tmp_path):
+    settings = frozen.FeatureSettings(max_train_per_class=4)
+    frozen.check_subset_settings(_config(tmp_path, max_train_per_class=4), settings)
+    frozen.check_subset_settings(_config(tmp_path), settings)
+    with pytest.raises(frozen.FrozenTierError, match=r"frozen\.features\.icons"):
+        frozen.check_subset_settings(_config(tmp_path, max_train_per_class=5), settings)
+
+
+# ------------------------------------------------------------ feature cache and the guard
+
+
+@pytest.fixture(scope="module")
+def cub_root(tmp_path_factory):
+    from fixture_datasets import write_cub_fixture
+
+    return write_cub_fixture(tmp_path_factory.mktemp("cub"), num_classes=32, images_per_class=5)
+
+
+#: A random-init EfficientNet-Lite0 at 32 px on the CUB fixture (16 train classes).
+TINY_CUB = {"backbone": "efficientnet_lite0", "pretrained": False, "image_size": 32,
+            "embedding_dim": 8, "epochs": 2, "batch_size": 16, "m_per_class": 2, "lr": 1e-3,
+            "nmi": False, "ks": [1, 2], "eval_batch_size": 64, "num_workers": 0, "quiet": True}
+
+
+def _cub_config(cub_root, results, **kw):
+    return load_config("cub200", data_root=str(cub_root), results_dir=str(results),
+                       **{**TINY_CUB, **kw})
+
+
+SETTINGS = frozen.FeatureSettings(views=2, max_test_per_class=4)
+
+
+def test_feature_cache_is_split_and_a_validation_run_reads_only_training_data(
+    cub_root, tmp_path, monkeypatch
+):
+    from dml_study.data import registry
+
+    seen: list[str] = []
+    records = registry._records
+    monkeypatch.setattr(registry, "_records",
+                        lambda name, split, *a, **k: (seen.append(split), records(
+                            name, split, *a, **k))[1])
+    val_config = _cub_config(cub_root, tmp_path, split="validation")
+    test_config = _cub_config(cub_root, tmp_path)
+    only_train, both = tmp_path / "a", tmp_path / "b"
+    with forbid_test_split():
+        val = frozen.extract_features(val_config, SETTINGS, only_train)
+    assert seen == ["train"]  # the validation run's extraction read training images only
+    files = sorted(p.name for p in (only_train / "frozen_features").iterdir())
+    assert len(files) == 1 and files[0].endswith("-train.npz")
+    assert frozen.feature_cache_path(val_config, SETTINGS, only_train, "train").is_file()
+
+    full = frozen.extract_features(test_config, SETTINGS, both)
+    names = sorted(p.name for p in (both / "frozen_features").iterdir())
+    assert [n.rsplit("-", 1)[1] for n in names] == ["test.npz", "train.npz"]
+    assert names[0].rsplit("-", 1)[0] == names[1].rsplit("-", 1)[0] == full.key
+    assert full.split == "test" and full.num_classes == 16
+    assert full.train_views.shape[:2] == (2, 80) and full.test.shape[0] == 16 * 4
+    # the training file is the same whichever run extracted it (one seeded backbone) ...
+    for name in ("train_views", "train_eval", "train_labels", "class_names"):
+        a = np.load(frozen.feature_cache_path(val_config, SETTINGS, only_train, "train"))
+        b = np.load(frozen.feature_cache_path(test_config, SETTINGS, both, "train"))
+        np.testing.assert_array_equal(a[name], b[name])
+    # ... and a validation run's features are that file's validation view
+    again = frozen.validation_features(frozen.load_train_features(test_config, SETTINGS, both),
+                                       4, 0, 0, max_eval_per_class=4, eval_subset_seed=1)
+    np.testing.assert_array_equal(val.test, again.test)
+    np.testing.assert_array_equal(val.train_views, again.train_views)
+    assert val.validation == again.validation and val.num_classes == 12
+    # under the guard a test run can neither read cached test features nor extract them
+    with forbid_test_split():
+        with pytest.raises(TestSplitForbiddenError, match=r"test features .*-test\.npz"):
+            frozen.extract_features(test_config, SETTINGS, both)
+        with pytest.raises(TestSplitForbiddenError, match="'test' split of dataset"):
+            frozen.extract_features(test_config, SETTINGS, only_train)
+    assert sorted(p.name for p in (only_train / "frozen_features").iterdir()) == files
+
+
+@pytest.mark.slow
+def test_frozen_runs_in_a_guarded_process_validation_trains_test_fails(cub_root, tmp_path):
+    script = (
+        "import sys\n"
+        "from dml_study.config import load_config\n"
+        "from dml_study.study.tiers import frozen\n"
+        "from dml_study.training.run_dir import RunDirectory\n"
+        "split, results = sys.argv[1], sys.argv[2]\n"
+        f"config = load_config('cub200', split=split, data_root={str(cub_root)!r}, "
+        f"results_dir=results, **{TINY_CUB!r})\n"
+        "settings = frozen.FeatureSettings(views=2, max_test_per_class=4)\n"
+        "features = frozen.extract_features(config, settings, results)\n"
+        "frozen.train_frozen(config, features, RunDirectory.for_run(results, split))\n"
+    )
+    env = {**os.environ, FORBID_TEST_ENV: "1", "OMP_NUM_THREADS": "1"}
+
+    def run(split):
+        return subprocess.run([sys.executable, "-c", script, split, str(tmp_path)], env=env,
+                              capture_output=True, text=True, timeout=900)
+
+    ok = run("validation")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert json.loads((tmp_path / "runs" / "validation" / "metrics.json").read_text())[
+        "split"] == "validation"
+    assert (tmp_path / "runs" / "validation" / "validation_classes.json").is_file()
+    refused = run("test")
+    assert refused.returncode != 0 and "TestSplitForbiddenError" in refused.stderr
+    assert "data.split: validation" in refused.stderr
+    assert not (tmp_path / "runs" / "test").exists()
+

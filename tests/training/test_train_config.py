@@ -97,6 +97,14 @@ def test_yaml_round_trip(tmp_path):
         ({"run_name": "../x"}, r"run\.run_name: '\.\./x' must be a plain directory name"),
         ({"betas": [0.9]}, r"optim\.betas: expected 2 values"),
         ({"crop_scale": [0.9, 0.1]}, r"data\.crop_scale"),
+        ({"split": "valid"}, r"data\.split: 'valid' is not one of 'test', 'validation' "
+                             r"\(did you mean 'validation'\?\)"),
+        ({"split": "validation", "val_folds": 1}, r"data\.val_folds: must be >= 2"),
+        ({"val_folds": 4, "val_fold": 4}, r"data\.val_fold: must lie in \[0, val_folds=4\)"),
+        ({"val_fold": -1}, r"data\.val_fold: must lie in"),
+        ({"max_train_per_class": 1}, r"data\.max_train_per_class: must be >= 2"),
+        ({"max_test_per_class": 0}, r"data\.max_test_per_class: must be >= 2"),
+        ({"dataset": "inshop", "max_test_per_class": 3}, r"query vs gallery"),
     ],
 )
 def test_invalid_configs_name_the_key_and_choices(overrides, message):
@@ -158,3 +166,46 @@ def test_a_run_started_by_hand_and_the_study_cell_share_one_name():
     assert other.default_run_name() == make_run_name(params)
     assert load_config("icons", so_lambda=0.1, seed=3, epochs=3).default_run_name() != \
         make_run_name(params)
+
+
+def test_validation_keys_are_run_identity_and_defaults_keep_the_old_names():
+    from dml_study.config import IDENTITY_OMITTED_DEFAULTS, VALIDATION_ONLY_KEYS, run_identity
+
+    base = load_config("icons", so_lambda=0.1, seed=3)
+    new_keys = set(IDENTITY_OMITTED_DEFAULTS) | VALIDATION_ONLY_KEYS
+    assert new_keys == {"data.split", "data.val_folds", "data.val_fold", "data.val_seed",
+                        "data.max_train_per_class", "data.max_test_per_class"}
+    # A test-split run without subsets has exactly the identity (so the name) it had before
+    # these keys existed: none of them is in it.
+    assert not new_keys & set(run_identity(base))
+    name = base.default_run_name()
+    # ... whatever its (unused) fold settings
+    assert load_config("icons", so_lambda=0.1, seed=3, val_fold=2, val_seed=9,
+                       val_folds=5).default_run_name() == name
+    # Everything else about the split is a different run.
+    val = load_config("icons", so_lambda=0.1, seed=3, split="validation")
+    assert {"data.split", "data.val_folds", "data.val_fold", "data.val_seed"} <= \
+        set(run_identity(val))
+    names = {name, val.default_run_name()}
+    for kw in ({"val_fold": 1}, {"val_seed": 1}, {"val_folds": 5}, {"max_train_per_class": 4},
+               {"max_test_per_class": 4}):
+        names.add(load_config("icons", so_lambda=0.1, seed=3, split="validation",
+                              **kw).default_run_name())
+    names.add(load_config("icons", so_lambda=0.1, seed=3, max_train_per_class=4)
+              .default_run_name())
+    assert len(names) == 8
+    assert "-val0-s3-" in val.default_run_name()
+    assert "-val1-s3-" in replace(val, val_fold=1).default_run_name()
+
+
+def test_a_checkpoint_from_before_the_split_keys_still_resumes():
+    from dml_study.training.engine import _config_diff
+
+    new = load_config("icons", epochs=2).to_dict()
+    old = {section: dict(values) for section, values in new.items()}
+    for key in ("split", "val_folds", "val_fold", "val_seed", "max_train_per_class",
+                "max_test_per_class"):
+        del old["data"][key]
+    assert _config_diff(old, new) == []
+    assert _config_diff(old, load_config("icons", epochs=2, split="validation").to_dict()) == [
+        "data.split"]

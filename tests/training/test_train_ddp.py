@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from dml_study.data.splits import FORBID_TEST_ENV
 from dml_study.training import train
 
 pytestmark = pytest.mark.slow
@@ -64,3 +65,29 @@ def test_ddp_two_gloo_processes_match_single_process(tiny_config, tmp_path):
     single_recall = np.load(single.run_dir.train_class_recall)
     assert recall.shape == single_recall.shape
     assert np.nanmean(recall) == pytest.approx(np.nanmean(single_recall), abs=0.02)
+
+
+def test_ddp_validation_run_cuts_the_same_split_on_every_rank(tiny_config, tmp_path):
+    # Both ranks cut the folds themselves (no communication); the trainer checks that they
+    # agree, and the result equals the single-process validation run. Under the guard, so
+    # neither rank may open the test split.
+    common = {"epochs": 1, "augment": False, "nmi": False, "split": "validation",
+              "val_fold": 3, "val_seed": 5}
+    single = train(tiny_config(run_name="single-val", batch_size=32, **common))
+    cfg = tiny_config(run_name="ddp-val", batch_size=16, **common)
+    overrides = {k: v for k, v in cfg.flat().items() if v is not None}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", FORBID_TEST_ENV: "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "dml_study.train", *_cli_args(overrides)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "results" / "runs" / "ddp-val"
+    assert json.loads((run / "validation_classes.json").read_text()) == json.loads(
+        single.run_dir.validation_classes.read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["split"] == "validation" and metrics["best"]["epoch"] == 1
+    for key in ("R@1", "MAP@R"):
+        assert metrics[key] == pytest.approx(single.metrics[key], abs=1e-3), key
+    emb = np.load(run / "validation_embeddings.npz")
+    np.testing.assert_array_equal(emb["labels"], np.load(single.run_dir.validation_embeddings)
+                                  ["labels"])

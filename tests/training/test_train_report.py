@@ -16,7 +16,12 @@ def test_run_or_load_trains_once_then_loads(tiny_config):
     assert not second.trained_now and second.metrics == first.metrics
 
     table = report.metrics_table(first.metrics)
-    assert list(table.columns) == ["untrained", "final", "best", "gain"]
+    # a test run's best epoch is chosen on the test split, and the table says so
+    assert list(table.columns) == ["untrained", "final", "best (test-selected)", "gain"]
+    assert table.loc["R@1", "best (test-selected)"] == pytest.approx(
+        100 * first.metrics["best_test_selected"]["R@1"], abs=0.01)
+    validation = {**first.metrics, "split": "validation", "best": {"epoch": 1, "R@1": 0.5}}
+    assert report.metrics_table(validation).loc["R@1", "best (validation)"] == 50.0
     assert table.loc["R@1", "final"] == pytest.approx(100 * first.metrics["R@1"], abs=0.01)
     assert table.loc["MAP@R", "gain"] == pytest.approx(
         100 * (first.metrics["MAP@R"] - first.metrics["untrained"]["MAP@R"]), abs=0.02
@@ -35,6 +40,8 @@ def test_run_or_load_trains_once_then_loads(tiny_config):
     assert np.array_equal(heat.axes[1].collections[0].get_array().reshape(trained.shape), trained)
     summary = report.summary(first)
     assert summary["final"]["R@1"] == first.metrics["R@1"]
+    assert summary["split"] == "test"
+    assert summary["best_epoch"] == first.metrics["best_test_selected"]["epoch"]
     assert summary["untrained"]["R@1"] == first.metrics["untrained"]["R@1"]
 
 

@@ -109,3 +109,19 @@ def test_history_round_trips_through_the_run_directory(tmp_path):
     assert not rd.is_finished()
     rd.metrics.write_text("{}")
     assert rd.is_finished() and rd.state() is RunState.FINISHED
+
+
+def test_best_record_uses_the_splits_metric_and_the_earliest_of_ties():
+    from dml_study.training.run_dir import best_epoch_metrics, best_record
+
+    records = [{"epoch": 1, "R@1": 0.9, "MAP@R": 0.2}, {"epoch": 2, "R@1": 0.5, "MAP@R": 0.4},
+               {"epoch": 3}, {"epoch": 4, "R@1": 0.9, "MAP@R": 0.4}]
+    assert best_record(records, "validation")["epoch"] == 2  # MAP@R; 4 ties, 2 is earlier
+    assert best_record(records, "test")["epoch"] == 1  # R@1
+    assert best_record([{"epoch": 1}], "test") is None
+    # metrics.json: best in validation runs, best_test_selected in test runs, legacy best
+    assert best_epoch_metrics({"split": "validation", "best": {"epoch": 2}}) == {"epoch": 2}
+    assert best_epoch_metrics({"split": "test", "best_test_selected": {"epoch": 1}}) == {
+        "epoch": 1}
+    assert best_epoch_metrics({"best": {"epoch": 3}}) == {"epoch": 3}  # before "split"
+    assert best_epoch_metrics({"split": "test", "best": {"epoch": 3}}) == {}

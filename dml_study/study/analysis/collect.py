@@ -23,7 +23,7 @@ import yaml
 from dml_study.study.plan.config import STUDY_TRAIN_PARAMETERS
 from dml_study.study.plan.grid import RunSpec
 from dml_study.training.history import History
-from dml_study.training.run_dir import RunDirectory, runs_root
+from dml_study.training.run_dir import RunDirectory, run_split, runs_root
 from dml_study.typed_fields import flatten
 
 #: Columns describing a run's configuration, in display order.
@@ -55,8 +55,17 @@ def finished_run_dirs(results_dir: str | Path) -> list[Path]:
 
 
 def load_metrics(path: str | Path) -> dict[str, float]:
-    """Final metrics of a run, flat; the untrained baseline as ``untrained/<metric>``."""
+    """Final metrics of a run, flat; the untrained baseline as ``untrained/<metric>``.
+
+    The best epoch is ``best/<metric>`` in a validation run (chosen on validation MAP@R)
+    and ``best_test_selected/<metric>`` in a test run (chosen on test R@1); a
+    ``metrics.json`` written before the split was recorded is a test run, so its ``best``
+    is read as ``best_test_selected`` (:func:`~dml_study.training.run_dir.best_epoch_metrics`).
+    The split itself is :func:`run_split_of`.
+    """
     raw = RunDirectory(path).read_json("metrics.json")
+    if "split" not in raw and "best" in raw:
+        raw["best_test_selected"] = raw.pop("best")
     flat: dict[str, float] = {}
     for key, value in raw.items():
         if isinstance(value, dict):
@@ -116,6 +125,11 @@ def run_recipe(params: dict[str, Any]) -> str:
     return "full" if full else "cpu"
 
 
+def run_split_of(path: str | Path) -> str:
+    """``"validation"`` or ``"test"``: what the run evaluated (``metrics.json["split"]``)."""
+    return run_split(RunDirectory(path).read_json("metrics.json"))
+
+
 def run_tier(path: str | Path) -> str:
     """``"frozen"`` for frozen-backbone runs (``metrics.json`` says so), else ``"fine-tuned"``."""
     raw = RunDirectory(path).read_json("metrics.json")
@@ -123,7 +137,8 @@ def run_tier(path: str | Path) -> str:
 
 
 def collect_runs(results_dir: str | Path) -> pd.DataFrame:
-    """One row per finished run: run name, parameters, recipe, tier, metrics (fractions)."""
+    """One row per finished run: run name, parameters, recipe, tier, split, metrics
+    (fractions)."""
     rows = []
     for path in finished_run_dirs(results_dir):
         params = run_parameters(load_run_config(path))
@@ -131,9 +146,10 @@ def collect_runs(results_dir: str | Path) -> pd.DataFrame:
         row.update({k: params.get(k) for k in PARAM_COLUMNS})
         row["recipe"] = run_recipe(params)
         row["tier"] = run_tier(path)
+        row["split"] = run_split_of(path)
         _add_metrics(row, load_metrics(path))
         rows.append(row)
-    columns = ["run_name", *PARAM_COLUMNS, "recipe", "tier"]
+    columns = ["run_name", *PARAM_COLUMNS, "recipe", "tier", "split"]
     if not rows:
         return pd.DataFrame(columns=columns)
     frame = pd.DataFrame(rows)

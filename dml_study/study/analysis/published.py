@@ -20,7 +20,10 @@ show the flag beside it. Each row also states the backbone, embedding size, imag
 (``train.py``: ``best_recall``/``best_epoch``; its README numbers are those checkpoints),
 whereas Hyp-ViT's configs evaluate once, at the last epoch (``--eval_ep "[<epochs>]"``).
 This study reports both its final epoch and its best (test-selected) epoch
-(``metrics.json`` → ``best``), labelled, in :func:`comparison_table`.
+(``metrics.json`` → ``best_test_selected``: chosen on the test split, so not a legitimate
+estimate, shown only to compare with Proxy Anchor's protocol), labelled, in
+:func:`comparison_table`. (A validation run's ``best`` is chosen on held-out training
+classes; those runs tune hyperparameters and never appear here.)
 """
 
 from __future__ import annotations
@@ -227,7 +230,8 @@ def comparison_table(
         results: per-cell results with ``group``, ``variant``, ``seed``, the training
             parameters and the metrics as fractions, i.e.
             :func:`dml_study.study.analysis.collect.grid_results`; the best-epoch metric is the
-            ``best/<metric>`` column (from ``metrics.json`` → ``best``).
+            ``best_test_selected/<metric>`` column (from ``metrics.json`` →
+            ``best_test_selected``).
         dataset: benchmark key (``cub200``, ``cars196``, ``sop``, ``inshop``).
         metric: ``"R@1"`` (the metric the papers report).
         recipe: label of our rows (e.g. ``"full"``/``"cpu"``); default: each run's recipe by
@@ -259,7 +263,8 @@ def comparison_table(
         for (group, variant), cells in mine.groupby(["group", "variant"], sort=False):
             first = pd.Series(_resolved_params(cells, results_dir))
             label = recipe or run_recipe(first.to_dict())
-            for epoch, column in ((FINAL_EPOCH, metric), (BEST_EPOCH, f"best/{metric}")):
+            for epoch, column in ((FINAL_EPOCH, metric),
+                                  (BEST_EPOCH, f"best_test_selected/{metric}")):
                 values = (
                     pd.to_numeric(cells[column], errors="coerce") * 100.0
                     if column in cells else pd.Series(dtype=float)

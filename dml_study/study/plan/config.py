@@ -58,12 +58,14 @@ def train_choices() -> dict[str, tuple[str, ...]]:
     a study file needs only once it validates names.
     """
     from dml_study.data.registry import list_datasets
+    from dml_study.data.splits import SPLITS
     from dml_study.losses.base import list_proxy_inits
     from dml_study.losses.registry import list_losses
     from dml_study.losses.soft_orthogonality import GRAMS, REDUCTIONS
 
     return {
         "dataset": tuple(list_datasets()),
+        "split": SPLITS,
         "loss": tuple(list_losses()),
         "so_gram": GRAMS,
         "so_reduction": REDUCTIONS,

@@ -12,17 +12,23 @@ parameter groups and schedule (:mod:`dml_study.training.optim`) and evaluation
    training augmentation (view ``v`` of image ``i`` is always the same crop) plus one
    evaluation view of every training and test image, through the pretrained backbone
    (pooled pre-logits), and caches the arrays under
-   ``$DML_STUDY_CACHE/frozen_features/`` keyed by dataset, backbone, size and views.
+   ``$DML_STUDY_CACHE/frozen_features/`` keyed by dataset, backbone, size and views, in
+   two files: ``…-train.npz`` (training views, labels, class names) and ``…-test.npz``
+   (test views and labels). A ``data.split: validation`` run reads only the training file
+   and cuts it into kept and held-out classes (:func:`validation_features`, the rule of
+   :mod:`dml_study.data.splits` that the fine-tuned tier uses too); reading a test file
+   under the test-split guard raises.
 2. :func:`train_frozen` trains ``head + proxies`` for ``schedule.epochs`` epochs of
    m-per-class batches; each sample of an epoch uses one of its cached views (drawn from
-   ``(seed, epoch)``). After every epoch it evaluates the test split and logs loss terms,
-   learning rates, proxy orthogonality statistics and metrics, then writes a normal run
-   directory (``config.yaml``, ``history.json/csv``, ``metrics.json`` with ``"tier":
-   "frozen"``, ``proxies*.npy``, ``test_embeddings.npz``) plus ``train_class_recall.npy``
-   (R@1 of every training class on the evaluation view of the training images, for the
-   SO paper's motivation analysis) and ``head.safetensors`` (the trained head, which
-   ``python -m dml_study.export`` joins to the pretrained backbone), so
-   :mod:`~dml_study.study.analysis.collect` reads both tiers.
+   ``(seed, epoch)``). After every epoch it evaluates the test split (validation runs: the
+   held-out classes) and logs loss terms, learning rates, proxy orthogonality statistics
+   and metrics, then writes a normal run directory (``config.yaml``, ``history.json/csv``,
+   ``metrics.json`` with ``"tier": "frozen"`` and ``"split"``, ``proxies*.npy``,
+   ``test_embeddings.npz``; validation runs: ``validation_embeddings.npz`` and
+   ``validation_classes.json``) plus ``train_class_recall.npy`` (R@1 of every training
+   class on the evaluation view of the training images, for the SO paper's motivation
+   analysis) and ``head.safetensors`` (the trained head, which ``python -m
+   dml_study.export`` joins to the pretrained backbone), so :mod:`~dml_study.study.analysis.collect` reads both tiers.
 
 The features are those of the pretrained backbone (BatchNorm in eval mode), i.e. the model
 the fine-tuned tier starts from, so the tier answers "what do SO / adaptive margins do to a
@@ -47,6 +53,12 @@ from torch import nn
 
 from dml_study.atomic_io import atomic_write_json, atomic_write_text, atomic_write_with
 from dml_study.config import ExperimentConfig
+from dml_study.data.splits import (
+    EVAL_SUBSET_SEED,
+    check_test_split_allowed,
+    subset_per_class,
+    validation_view,
+)
 from dml_study.evaluation import embed, evaluate
 from dml_study.evaluation.per_class import per_class_recall_at_1
 from dml_study.losses import create_loss_from_config, orthogonality_stats
@@ -62,10 +74,16 @@ from dml_study.study.plan.grid import (
 )
 from dml_study.training.history import History
 from dml_study.training.optim import build_optimizer, build_param_groups, build_scheduler, group_lrs
-from dml_study.training.run_dir import RunDirectory
+from dml_study.training.run_dir import RunDirectory, best_key, best_record
 
-#: Version of the feature cache layout (part of the cache key).
-FEATURE_CACHE_VERSION = 1
+#: Version of the feature cache layout (part of the cache key). 2: the training-split and
+#: test-split features are separate files (``…-train.npz``, ``…-test.npz``), so a
+#: validation run reads no test feature; their arrays are those of version 1's single file.
+FEATURE_CACHE_VERSION = 2
+
+#: The two files of a feature cache entry.
+FEATURE_PARTS: tuple[str, ...] = ("train", "test")
+
 
 class FrozenTierError(ValueError):
     """A frozen-tier run that cannot be built; the message names the cause and the fix."""
@@ -76,15 +94,25 @@ class FrozenTierError(ValueError):
 
 @dataclass(frozen=True)
 class FrozenFeatures:
-    """Cached backbone features of one dataset (float16 on disk, float32 in batches)."""
+    """Backbone features one run trains and evaluates on (float16 on disk, float32 in batches).
+
+    ``split == "test"``: ``train_*`` are the training split (every class), ``test*`` the
+    test split. ``split == "validation"`` (:func:`validation_features`): ``train_*`` are
+    the training classes outside the validation fold, relabelled ``0..C'-1``
+    (``class_names`` follow), and ``test``/``test_labels`` are the evaluation views of the
+    held-out classes' training images; ``validation`` is their ``validation_classes.json``
+    record. :func:`train_frozen` trains on ``train_*`` and evaluates on ``test*`` either way.
+    """
 
     train_views: np.ndarray  # (V, N, F) augmented views of the training images
     train_eval: np.ndarray  # (N, F) evaluation view of the training images
     train_labels: np.ndarray  # (N,)
-    test: np.ndarray  # (M, F) evaluation view of the test images
+    test: np.ndarray  # (M, F) evaluation view of the evaluated images
     test_labels: np.ndarray  # (M,)
     class_names: tuple[str, ...]  # training class names (proxies)
     key: str
+    split: str = "test"
+    validation: dict[str, Any] | None = None
 
     @property
     def feature_dim(self) -> int:
@@ -93,6 +121,17 @@ class FrozenFeatures:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class TrainFeatures:
+    """The training-split file of a feature cache entry (every class, its subset of images)."""
+
+    views: np.ndarray  # (V, N, F)
+    eval: np.ndarray  # (N, F)
+    labels: np.ndarray  # (N,) labels of the whole training split
+    class_names: tuple[str, ...]
+    key: str
 
 
 def feature_identity(config: ExperimentConfig, settings: FeatureSettings) -> dict[str, Any]:
@@ -108,29 +147,44 @@ def feature_identity(config: ExperimentConfig, settings: FeatureSettings) -> dic
 
 
 def feature_cache_path(
-    config: ExperimentConfig, settings: FeatureSettings, cache_dir: str | Path | None = None
+    config: ExperimentConfig, settings: FeatureSettings, cache_dir: str | Path | None = None,
+    part: str = "train",
 ) -> Path:
-    """``<cache>/frozen_features/<dataset>-<backbone>-<size>px-v<views>-<hash>.npz``."""
+    """``<cache>/frozen_features/<dataset>-<backbone>-<size>px-v<views>-<hash>-<part>.npz``.
+
+    ``part`` is ``"train"`` (augmented and evaluation views of the training images, their
+    labels and the class names) or ``"test"`` (evaluation views of the test images and
+    their labels); both files of one entry share the stem before ``-<part>``.
+    """
     from dml_study.paths import cache_root
 
+    if part not in FEATURE_PARTS:
+        raise ValueError(f"feature cache part must be one of {FEATURE_PARTS}, got {part!r}")
     identity = feature_identity(config, settings)
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     root = cache_root(cache_dir)
     name = (f"{config.data.dataset}-{config.model.backbone}-{config.data.image_size}px"
-            f"-v{settings.views}-{digest}.npz")
+            f"-v{settings.views}-{digest}-{part}.npz")
     return root / "frozen_features" / name
 
 
-def per_class_subset(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
-    """Sorted indices keeping at most ``limit`` images of every class (seeded choice)."""
-    labels = np.asarray(labels)
-    if limit is None:
-        return np.arange(len(labels))
-    if limit < 2:
-        raise FrozenTierError(f"max_*_per_class must be >= 2 (retrieval needs pairs), got {limit}")
-    rng = np.random.default_rng([seed, limit])
-    keep = [rng.permutation(np.flatnonzero(labels == c))[:limit] for c in np.unique(labels)]
-    return np.sort(np.concatenate(keep))
+def _entry_key(path: Path) -> str:
+    """The cache entry's name shared by its two files (the stem without ``-<part>``)."""
+    return path.stem.rsplit("-", 1)[0]
+
+
+def check_subset_settings(config: ExperimentConfig, settings: FeatureSettings) -> None:
+    """A frozen run's per-class subsets are the feature settings' (the study's
+    ``frozen.features.<dataset>``); a config asking for other ones is refused."""
+    for key in ("max_train_per_class", "max_test_per_class"):
+        asked, cached = getattr(config.data, key), getattr(settings, key)
+        if asked is not None and asked != cached:
+            raise FrozenTierError(
+                f"data.{key}={asked} but the frozen tier's features of "
+                f"{config.data.dataset!r} use {key}={cached}: frozen runs take their subsets "
+                f"from the study's frozen.features.{config.data.dataset} (set {key} there) "
+                f"or leave data.{key} unset"
+            )
 
 
 def extract_features(
@@ -139,27 +193,98 @@ def extract_features(
     cache_dir: str | Path | None = None,
     progress: bool = False,
 ) -> FrozenFeatures:
-    """Backbone features of ``config``'s dataset, from the cache or computed and cached.
+    """The features a run of ``config`` trains and evaluates on, from the cache or computed.
+
+    ``data.split: test``: the training and the test file (:func:`feature_cache_path`),
+    each extracted if missing. ``data.split: validation``: only the training file (its
+    extraction reads only training images), cut by :func:`validation_features`; the test
+    file is neither read nor written.
 
     View ``v`` of training image ``i`` is the training transform drawn under the seed
     ``(feature_seed, v, 0, i, 0)`` of :func:`dml_study.training.pipeline.sample_seed`.
     Only self-retrieval datasets (train/test splits) are supported.
     """
     settings = settings or FeatureSettings()
+    check_subset_settings(config, settings)
+    d = config.data
+    if d.split == "validation":
+        train = load_train_features(config, settings, cache_dir, progress)
+        return validation_features(
+            train, d.val_folds, d.val_fold, d.val_seed,
+            max_eval_per_class=settings.max_test_per_class,
+            eval_subset_seed=settings.feature_seed + 1,
+        )
+    _extract_missing(config, settings, cache_dir, progress, FEATURE_PARTS)
+    train = _load_train(feature_cache_path(config, settings, cache_dir, "train"))
+    test_path = feature_cache_path(config, settings, cache_dir, "test")
+    test, test_labels = _load_test(test_path)
+    return FrozenFeatures(
+        train_views=train.views, train_eval=train.eval, train_labels=train.labels,
+        test=test, test_labels=test_labels, class_names=train.class_names, key=train.key,
+    )
+
+
+def load_train_features(
+    config: ExperimentConfig,
+    settings: FeatureSettings | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> TrainFeatures:
+    """The training-split file of ``config``'s features (extracted first if missing; only
+    training images are read)."""
+    settings = settings or FeatureSettings()
+    _extract_missing(config, settings, cache_dir, progress, ("train",))
+    return _load_train(feature_cache_path(config, settings, cache_dir, "train"))
+
+
+def validation_features(
+    train: TrainFeatures,
+    folds: int,
+    fold: int,
+    seed: int,
+    *,
+    max_eval_per_class: int | None = None,
+    eval_subset_seed: int = EVAL_SUBSET_SEED,
+) -> FrozenFeatures:
+    """A validation run's :class:`FrozenFeatures` from the training file alone.
+
+    :func:`dml_study.data.splits.validation_view` (the fine-tuned tier's rule) cuts the
+    training classes: the kept classes' views and evaluation views become ``train_*``
+    (labels ``0..C'-1``, names in the same order), the held-out classes' evaluation views
+    (at most ``max_eval_per_class`` each) become ``test``, labelled ``0..V-1``.
+    """
+    view = validation_view(train.labels, folds, fold, seed,
+                           max_eval_per_class=max_eval_per_class,
+                           eval_subset_seed=eval_subset_seed)
+    kept = view.train_indices
+    return FrozenFeatures(
+        train_views=train.views[:, kept], train_eval=train.eval[kept],
+        train_labels=view.train_labels(train.labels),
+        test=train.eval[view.eval_indices], test_labels=view.eval_labels(train.labels),
+        class_names=tuple(train.class_names[c] for c in view.train_classes),
+        key=f"{train.key}-val{folds}.{fold}.{seed}", split="validation",
+        validation=view.record(train.class_names),
+    )
+
+
+def _extract_missing(
+    config: ExperimentConfig,
+    settings: FeatureSettings,
+    cache_dir: str | Path | None,
+    progress: bool,
+    parts: tuple[str, ...],
+) -> None:
+    """Compute and cache the files of ``parts`` that are not cached yet (one backbone)."""
     if settings.views < 1:
         raise FrozenTierError(f"frozen views must be >= 1, got {settings.views}")
-    path = feature_cache_path(config, settings, cache_dir)
-    if path.is_file():
-        return _load_features(path)
-    from dml_study.config import replace
-    from dml_study.data import build_dataloader, dataset_protocol
+    paths = {part: feature_cache_path(config, settings, cache_dir, part) for part in parts}
+    missing = [part for part, path in paths.items() if not path.is_file()]
+    if not missing:
+        return
+    from dml_study.data import build_dataloader, dataset_protocol, get_dataset
     from dml_study.data.transforms import model_transforms
     from dml_study.models import create_embedder
-    from dml_study.training.pipeline import (
-        SeededAugmentation,
-        _Transformed,
-        load_datasets,
-    )
+    from dml_study.training.pipeline import SeededAugmentation, _Transformed, dataset_kwargs
 
     if dataset_protocol(config.data.dataset) != "self":
         raise FrozenTierError(
@@ -167,37 +292,48 @@ def extract_features(
             f"{config.data.dataset!r} uses {dataset_protocol(config.data.dataset)!r}: "
             "run it in the fine-tuned tier"
         )
+    d, m = config.data, config.model
     # Images are read once per view: the decoded-image cache would only cost memory.
-    train_set, eval_sets = load_datasets(replace(config, cache_decoded=False), progress=progress)
-    m = config.model
-    backbone = create_embedder(
-        backbone=m.backbone, embedding_dim=None, pretrained=m.pretrained,
-        pretrained_path=m.pretrained_path, freeze_backbone=True, **dict(m.timm_kwargs),
-    ).eval()
+    kw = dataset_kwargs(config, progress)
+    # The test split is opened only if its file is missing (and refused under the guard).
+    sets = {part: get_dataset(d.dataset, part, d.data_root, **kw) for part in missing}
+    # Seeded, so that the two files of an entry come from one backbone even when they are
+    # extracted in different processes (this matters only without pretrained weights).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.feature_seed)
+        backbone = create_embedder(
+            backbone=m.backbone, embedding_dim=None, pretrained=m.pretrained,
+            pretrained_path=m.pretrained_path, freeze_backbone=True, **dict(m.timm_kwargs),
+        ).eval()
     train_tf, eval_tf = model_transforms(config, backbone.data_config)
-    batch = config.data.eval_batch_size
+    batch = d.eval_batch_size
 
     def run(dataset: torch.utils.data.Dataset) -> np.ndarray:
-        loader = build_dataloader(dataset, batch_size=batch, num_workers=config.data.num_workers)
+        loader = build_dataloader(dataset, batch_size=batch, num_workers=d.num_workers)
         return embed(backbone, loader, "cpu", progress=progress)[0].astype(np.float16)
 
     seed = settings.feature_seed
-    train_idx = per_class_subset(train_set.labels, settings.max_train_per_class, seed)
-    test_set = eval_sets.query
-    test_idx = per_class_subset(test_set.labels, settings.max_test_per_class, seed + 1)
-    augmented = SeededAugmentation(train_set, train_tf)
-    features = {
-        "train_views": np.stack([run(_ViewDataset(augmented, train_idx, view, seed))
-                                 for view in range(settings.views)]),
-        "train_eval": run(_Transformed(train_set, train_idx, eval_tf)),
-        "train_labels": np.asarray(train_set.labels, dtype=np.int64)[train_idx],
-        "test": run(_Transformed(test_set, test_idx, eval_tf)),
-        "test_labels": np.asarray(test_set.labels, dtype=np.int64)[test_idx],
-        "class_names": np.asarray(list(train_set.class_names)),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_with(path, lambda fh: np.savez(fh, **features))
-    return _load_features(path)
+    for part in missing:
+        ds = sets[part]
+        if part == "train":
+            idx = subset_per_class(ds.labels, settings.max_train_per_class, seed)
+            augmented = SeededAugmentation(ds, train_tf)
+            features = {
+                "train_views": np.stack([run(_ViewDataset(augmented, idx, view, seed))
+                                         for view in range(settings.views)]),
+                "train_eval": run(_Transformed(ds, idx, eval_tf)),
+                "train_labels": np.asarray(ds.labels, dtype=np.int64)[idx],
+                "class_names": np.asarray(list(ds.class_names)),
+            }
+        else:
+            idx = subset_per_class(ds.labels, settings.max_test_per_class, seed + 1)
+            features = {
+                "test": run(_Transformed(ds, idx, eval_tf)),
+                "test_labels": np.asarray(ds.labels, dtype=np.int64)[idx],
+            }
+        path = paths[part]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_with(path, lambda fh, arrays=features: np.savez(fh, **arrays))
 
 
 class _ViewDataset(torch.utils.data.Dataset):
@@ -213,14 +349,19 @@ class _ViewDataset(torch.utils.data.Dataset):
         return self.augmented[(int(self.indices[i]), self.view, 0, 0, self.seed)]
 
 
-def _load_features(path: Path) -> FrozenFeatures:
+def _load_train(path: Path) -> TrainFeatures:
     with np.load(path) as data:
-        return FrozenFeatures(
-            train_views=data["train_views"], train_eval=data["train_eval"],
-            train_labels=data["train_labels"], test=data["test"],
-            test_labels=data["test_labels"],
-            class_names=tuple(str(c) for c in data["class_names"]), key=path.stem,
+        return TrainFeatures(
+            views=data["train_views"], eval=data["train_eval"], labels=data["train_labels"],
+            class_names=tuple(str(c) for c in data["class_names"]), key=_entry_key(path),
         )
+
+
+def _load_test(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(test, test_labels)`` of a test feature file (refused under the test-split guard)."""
+    check_test_split_allowed(f"the frozen tier's test features {path}")
+    with np.load(path) as data:
+        return data["test"], data["test_labels"]
 
 
 # --------------------------------------------------------------------------- training
@@ -252,15 +393,29 @@ def train_frozen(
 ) -> dict[str, Any]:
     """Train head + proxies on cached features; write the run directory; return metrics.
 
+    ``features`` come from :func:`extract_features` for ``config`` (its ``split`` must be
+    ``config.data.split``): after every epoch the ``test``/``test_labels`` part is
+    evaluated, i.e. the test split, or in a validation run the held-out classes. The
+    best epoch is stored as ``metrics.json["best"]`` (by validation MAP@R) or
+    ``["best_test_selected"]`` (by test R@1); ties go to the earliest epoch.
+
     ``on_epoch`` receives every epoch's history record (metrics included) as soon as it is
     evaluated; an exception it raises stops the run there, unfinished (the tuner's pruning,
     :mod:`dml_study.study.tune.trainers`).
+
     Raises :class:`~dml_study.training.errors.RunExistsError` for a finished run directory
-    (unless ``run.overwrite``) and :class:`FrozenTierError` for a non-finite loss.
+    (unless ``run.overwrite``) and :class:`FrozenTierError` for a non-finite loss or
+    features of another split than the config's.
     """
     from dml_study.training.engine import seed_everything
     from dml_study.training.pipeline import build_batch_sampler
 
+    if features.split != config.data.split:
+        raise FrozenTierError(
+            f"run {run_dir.path.name} has data.split={config.data.split!r} but its features "
+            f"{features.key} are for split {features.split!r}: build them with "
+            "extract_features(config, settings) for this config"
+        )
     started = time.perf_counter()
     run_dir.prepare(config.run.overwrite)
     seed = config.run.seed
@@ -331,14 +486,17 @@ def train_frozen(
             on_epoch(record)
 
     final = _metrics_only(history.records[-1])
-    best = max(history.records[1:], key=lambda r: r["R@1"])
+    best = best_record(history.records[1:], features.split)
+    assert best is not None  # every epoch is evaluated
     train_recall = per_class_recall_at_1(_embed(head, features.train_eval), features.train_labels)
     proxies = loss_fn.proxies.detach().numpy()
     test_emb = _embed(head, features.test)
     metrics: dict[str, Any] = {
         **final,
         "untrained": _metrics_only(untrained),
-        "best": {"epoch": best["epoch"], **{k: best[k] for k in final if k in best}},
+        "split": features.split,
+        best_key(features.split): {"epoch": best["epoch"],
+                                   **{k: best[k] for k in final if k in best}},
         "train_time_s": time.perf_counter() - started,
         "tier": "frozen",
         "num_classes": features.num_classes,
@@ -359,7 +517,9 @@ def train_frozen(
 
         head_bytes = safetensors_bytes(head.state_dict())
         atomic_write_with(run_dir.head_weights, lambda fh: fh.write(head_bytes))
-    atomic_write_with(run_dir.test_embeddings, lambda fh: np.savez(
+    if features.validation is not None:
+        atomic_write_json(run_dir.validation_classes, features.validation)
+    atomic_write_with(run_dir.eval_embeddings(features.split), lambda fh: np.savez(
         fh, embeddings=test_emb, labels=features.test_labels))
     atomic_write_json(run_dir.metrics, metrics)  # last: its presence marks the run finished
     return metrics
@@ -373,6 +533,16 @@ def _metrics_only(record: dict[str, Any]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- grid
+
+
+def features_key(config: ExperimentConfig, settings: FeatureSettings) -> str:
+    """Which :class:`FrozenFeatures` a run uses: the cache entry and, for a validation run,
+    its fold (runs with equal keys can share one :func:`extract_features` result)."""
+    key = _entry_key(feature_cache_path(config, settings))
+    d = config.data
+    if d.split == "validation":
+        key += f"-val{d.val_folds}.{d.val_fold}.{d.val_seed}"
+    return key
 
 
 def train_frozen_runs(
@@ -395,12 +565,13 @@ def train_frozen_runs(
         run_dir = RunDirectory.for_run(results_dir, run_name)
         if run_dir.metrics.is_file():
             continue
-        key = str(feature_cache_path(config, settings))
+        key = features_key(config, settings)
         if key not in cache:
             began = time.perf_counter()
             cache.clear()  # one dataset's features in memory at a time
             cache[key] = extract_features(config, settings)
-            _say(stream, f"frozen features {Path(key).name}: {time.perf_counter() - began:.0f} s")
+            _say(stream, f"frozen features {cache[key].key}: "
+                         f"{time.perf_counter() - began:.0f} s")
         if provenance is None:
             provenance = environment_report()
         began = time.perf_counter()
