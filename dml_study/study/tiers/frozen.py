@@ -28,7 +28,8 @@ parameter groups and schedule (:mod:`dml_study.training.optim`) and evaluation
    ``validation_classes.json``) plus ``train_class_recall.npy`` (R@1 of every training
    class on the evaluation view of the training images, for the SO paper's motivation
    analysis) and ``head.safetensors`` (the trained head, which ``python -m
-   dml_study.export`` joins to the pretrained backbone), so :mod:`~dml_study.study.analysis.collect` reads both tiers.
+   dml_study.export`` joins to the pretrained backbone), so
+   :mod:`~dml_study.study.analysis.collect` reads both tiers.
 
 The features are those of the pretrained backbone (BatchNorm in eval mode), i.e. the model
 the fine-tuned tier starts from, so the tier answers "what do SO / adaptive margins do to a
