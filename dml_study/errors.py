@@ -42,7 +42,9 @@ import re
 import shutil
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 #: Environment variable that makes :func:`run_cli` print tracebacks (like ``--debug``).
@@ -374,7 +376,9 @@ def run_cli(
 ) -> int:
     """Run ``main(argv)``; a :class:`UserFacingError` becomes one line and its exit code.
 
-    ``--debug`` is removed from ``argv`` before ``main`` sees it. ``translate`` (default: the
+    ``--debug`` is removed from ``argv`` before ``main`` sees it; without it, warnings of
+    dml_study's own categories print as one ``warning: ...`` line (:func:`one_line_warnings`).
+    ``translate`` (default: the
     shared :func:`translate`) may turn other exceptions (an ``OSError`` with ``ENOSPC``, a
     library's error) into a :class:`UserFacingError`; what it returns ``None`` for is raised
     unchanged (a real bug keeps its traceback).
@@ -383,7 +387,8 @@ def run_cli(
     debug = debug_requested(args)
     args = [a for a in args if a != "--debug"]
     try:
-        return int(main(args) or 0)
+        with one_line_warnings(enabled=not debug):
+            return int(main(args) or 0)
     except UserFacingError as err:
         return _report(err, debug)
     except Exception as exc:
@@ -393,6 +398,31 @@ def run_cli(
         if debug:
             traceback.print_exception(exc)
         return _report(error, debug=False)
+
+
+@contextmanager
+def one_line_warnings(enabled: bool = True) -> Iterator[None]:
+    """Print warnings whose category is defined in dml_study as ``warning: <one line>``.
+
+    Python's default format adds the file, line and source line of the ``warnings.warn``
+    call, which says nothing to a user (``CheckpointFallbackWarning`` names the files
+    itself). Other categories keep the default format.
+    """
+    if not enabled:
+        yield
+        return
+    default = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if getattr(category, "__module__", "").startswith("dml_study"):
+            return f"warning: {one_line(message)}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = default
 
 
 def _report(err: UserFacingError, debug: bool) -> int:

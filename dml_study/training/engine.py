@@ -16,7 +16,11 @@ CPU (tested: resume with ``num_workers=0``; identical results with 0 and 2 worke
 
 Reliability: the process holds the run's lock (:mod:`dml_study.training.lock`) from opening
 the run directory to writing ``metrics.json``, so a second process on the same run name
-fails at once naming the holder. SIGINT/SIGTERM finish the current step, write ``last.pt``
+fails at once naming the holder. Each checkpoint rotates ``last.pt`` → ``prev.pt``; a resume
+verifies ``last.pt`` and falls back to ``prev.pt`` when it is damaged
+(:mod:`dml_study.training.checkpoint`). A full disk raises
+:class:`~dml_study.errors.DiskFullError` naming the file, the bytes needed and free, and the
+step a re-run resumes from. SIGINT/SIGTERM finish the current step, write ``last.pt``
 and raise :class:`~dml_study.training.errors.TrainingInterrupted`
 (:mod:`dml_study.training.interrupt`). ``train_time_s`` counts the time of every optimiser
 step in the checkpointed state, across resumes. After a non-finite loss, a run can continue

@@ -12,6 +12,7 @@ import errno
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,18 @@ def test_run_cli_prints_one_line_and_debug_adds_the_traceback(capsys, tmp_path: 
     assert E.run_cli(main, ["--debug"]) == E.EXIT_DISK_FULL
     err = capsys.readouterr().err
     assert "Traceback" in err and err.rstrip().splitlines()[-1].startswith("error: disk full")
+
+
+def test_dml_study_warnings_print_as_one_line():
+    from dml_study.training.checkpoint import CheckpointFallbackWarning
+
+    message = "last.pt is damaged\n(truncated)"
+    with E.one_line_warnings():
+        ours = warnings.formatwarning(message, CheckpointFallbackWarning, "engine.py", 3)
+        theirs = warnings.formatwarning("x", UserWarning, "engine.py", 3)
+    assert ours == "warning: last.pt is damaged (truncated)\n"
+    assert theirs.startswith("engine.py:3: UserWarning: x")
+    assert warnings.formatwarning(message, CheckpointFallbackWarning, "e.py", 3) != ours
 
 
 # ---------------------------------------------------------------------- real processes
