@@ -272,8 +272,12 @@ def corrupt_image_error(exc: BaseException, hint: str = "--on_corrupt skip") -> 
     """
     matches = list(_CORRUPT_IMAGE.finditer(str(exc)))
     match = matches[-1] if matches else None
-    what = (f"corrupt image {match['path']}: {one_line(match['reason'])}" if match
-            else one_line(str(exc).strip().splitlines()[-1] if str(exc).strip() else exc))
+    if match:
+        path = match["path"]
+        reason = one_line(match["reason"]).replace(f" '{path}'", "").replace(f" {path}", "")
+        what = f"corrupt image {path}: {reason}"
+    else:
+        what = one_line(str(exc).strip().splitlines()[-1] if str(exc).strip() else exc)
     return CorruptImageFileError(
         f"{what}; replace or delete the file, or re-run with {hint} to drop unreadable images "
         "with a warning (add --check_images true to screen every image before training)"

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dml_study.errors import one_line
+from dml_study.errors import DiskFullError, format_bytes, one_line
 from dml_study.training.errors import DamagedCheckpointError, TrainingError
 from dml_study.training.run_dir import atomic_write_with
 
@@ -148,10 +148,18 @@ def save_checkpoint(
 
     With ``keep_previous`` the file at ``path`` becomes ``keep_previous`` in the same step
     (the rotation described in the module docstring). A full disk raises
-    :class:`~dml_study.errors.DiskFullError` and leaves both files as they were.
+    :class:`~dml_study.errors.DiskFullError` and leaves both files as they were; with
+    rotation its message adds the space all three files need.
     """
     payload = {"version": CHECKPOINT_VERSION, **state}
-    atomic_write_with(path, lambda fh: torch.save(payload, fh), keep_previous=keep_previous)
+    try:
+        atomic_write_with(path, lambda fh: torch.save(payload, fh), keep_previous=keep_previous)
+    except DiskFullError as err:
+        if keep_previous is not None and err.needed and not err.note:
+            # Freeing just this much is not enough for the next rotation: say the total.
+            err.note = (f"a run's checkpoints need ~{format_bytes(3 * err.needed)} in all: "
+                        "last.pt, prev.pt and the one being written")
+        raise
 
 
 # ---------------------------------------------------------------------- verify and load

@@ -80,8 +80,8 @@ def test_corrupt_image_from_a_dataloader_worker_is_one_line(tmp_path: Path):
 
     bad = tmp_path / "images" / "001.Bird" / "x.jpg"
     try:
-        raise CorruptImageError(f"cannot decode image {bad}: image file is truncated. "
-                                "Re-download/replace the file, or drop ...")
+        raise CorruptImageError(f"cannot decode image {bad}: cannot identify image file "
+                                f"'{bad}'. Re-download/replace the file, or drop ...")
     except CorruptImageError:
         wrapper = ExceptionWrapper(where="in DataLoader worker process 0")
     with pytest.raises(CorruptImageError) as info:
@@ -89,7 +89,7 @@ def test_corrupt_image_from_a_dataloader_worker_is_one_line(tmp_path: Path):
     assert "Traceback" in str(info.value)  # what the user saw before
     err = E.translate(info.value)
     assert isinstance(err, E.CorruptImageFileError) and err.exit_code == E.EXIT_DATA
-    assert str(err).startswith(f"corrupt image {bad}: image file is truncated; ")
+    assert str(err).startswith(f"corrupt image {bad}: cannot identify image file; ")
     assert "--on_corrupt skip" in str(err) and "Traceback" not in str(err)
 
 

@@ -34,10 +34,9 @@ def test_disk_full_during_a_checkpoint_then_free_space_and_resume(
 ):
     fs = tmpfs(256 * 10**6)
     results = fs.path / "results"
-    recipe = {"results_dir": str(results), "run_name": "full", "epochs": REFERENCE_EPOCHS,
-              "checkpoint_every_steps": 1}
+    recipe = {"run_name": "full", "epochs": REFERENCE_EPOCHS, "checkpoint_every_steps": 1}
     with pytest.raises(StopRequested):  # steps 1-2 written: last.pt = 2, prev.pt = 1
-        train(tiny_config(**recipe, stop_after_steps=2))
+        train(tiny_config(**recipe, results_dir=str(results), stop_after_steps=2))
     rd = RunDirectory.for_run(results, "full")
     size = rd.last_checkpoint.stat().st_size
     filler = fs.fill(leave_free=size // 2)  # step 3's checkpoint cannot be written
@@ -45,9 +44,12 @@ def test_disk_full_during_a_checkpoint_then_free_space_and_resume(
     out = run_train_cli(cub_root, results, **recipe)
     assert out.returncode == EXIT_DISK_FULL, out.stderr
     line = one_error_line(out.stderr, f"disk full writing {rd.last_checkpoint}: ",
-                          "free space and re-run the same command: it resumes from step 2")
+                          "free space and re-run the same command: it resumes from step 2",
+                          "in all: last.pt, prev.pt and the one being written")
     needed, free, mount = _SIZES.search(line).groups()
     assert float(needed) == pytest.approx(size / 1e6, abs=0.15)  # step 3's ≈ step 2's size
+    total = float(re.search(r"checkpoints need ~([\d.]+) MB in all", line).group(1))
+    assert total == pytest.approx(3 * float(needed), abs=0.15)
     assert float(free) == pytest.approx(fs.free() / 1e6, abs=0.15)
     assert mount == str(fs.path)
     # Nothing half-written, nothing claiming success, both checkpoints intact.
@@ -57,7 +59,7 @@ def test_disk_full_during_a_checkpoint_then_free_space_and_resume(
     assert read_checkpoint(rd.prev_checkpoint)["global_step"] == 1
 
     filler.unlink()  # free space, re-run: resumes from step 2 and ends as if never stopped
-    resumed = train(tiny_config(**recipe))
+    resumed = train(tiny_config(**recipe, results_dir=str(results)))
     assert resumed.resumed and rd.metrics.is_file()
     for key in RETRIEVAL_KEYS:
         assert resumed.metrics[key] == reference_run.metrics[key], key
