@@ -24,7 +24,11 @@ CPU (tested: resume with ``num_workers=0``; identical results with 0 and 2 worke
 
 Reliability: the process holds the run's lock (:mod:`dml_study.training.lock`) from opening
 the run directory to writing ``metrics.json``, so a second process on the same run name
-fails at once naming the holder. SIGINT/SIGTERM finish the current step, write ``last.pt``
+fails at once naming the holder. Each checkpoint rotates ``last.pt`` → ``prev.pt``; a resume
+verifies ``last.pt`` and falls back to ``prev.pt`` when it is damaged
+(:mod:`dml_study.training.checkpoint`). A full disk raises
+:class:`~dml_study.errors.DiskFullError` naming the file, the bytes needed and free, and the
+step a re-run resumes from. SIGINT/SIGTERM finish the current step, write ``last.pt``
 and raise :class:`~dml_study.training.errors.TrainingInterrupted`
 (:mod:`dml_study.training.interrupt`). ``train_time_s`` counts the time of every optimiser
 step in the checkpointed state, across resumes. After a non-finite loss, a run can continue
@@ -58,12 +62,19 @@ from dml_study.config import (
 from dml_study.data import build_dataloader
 from dml_study.data.transforms import model_transforms
 from dml_study.env import environment_report
+from dml_study.errors import DiskFullError
 from dml_study.evaluation import embed, evaluate
 from dml_study.evaluation.per_class import per_class_recall_at_1
 from dml_study.losses import ProxyLoss, create_loss_from_config, orthogonality_stats
 from dml_study.models import Embedder, create_embedder
 from dml_study.training import distributed as D
-from dml_study.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dml_study.training.checkpoint import (
+    read_checkpoint,
+    resume_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from dml_study.training.errors import (
     NonFiniteLossError,
     StopRequested,
@@ -196,6 +207,10 @@ class Trainer:
         self.last_embeddings: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
         self.resumed = False
         self.lr_change: dict[str, float] | None = None  # set by a resume with a new lr
+        #: The fallback warning when the run resumed from prev.pt (``None``: from last.pt).
+        self.checkpoint_fallback: str | None = None
+        #: Global step of the newest checkpoint on disk (None: none written or loaded yet).
+        self._checkpoint_step: int | None = None
         self.lock = RunLock(self.run_dir.path)
         self.interrupt = GracefulInterrupt(on_first=self._on_signal)
         self._ddp: nn.Module | None = None
@@ -331,10 +346,14 @@ class Trainer:
         }
 
     def save_last(self) -> None:
-        """Write ``checkpoints/last.pt`` (collective under DDP: RNG states of all ranks)."""
+        """Write ``checkpoints/last.pt``, the old one becoming ``prev.pt`` (collective under
+        DDP: RNG states of all ranks). See :mod:`~dml_study.training.checkpoint` for the
+        rotation and why a kill at any point leaves a good checkpoint."""
         rngs = D.all_gather_objects(rng_state(), self.ctx)
         if self.ctx.is_main:
-            save_checkpoint(self.run_dir.last_checkpoint, {**self._state(), "rng": rngs})
+            save_checkpoint(self.run_dir.last_checkpoint, {**self._state(), "rng": rngs},
+                            keep_previous=self.run_dir.prev_checkpoint)
+        self._checkpoint_step = self.global_step
         D.barrier(self.ctx)
 
     def _save_best(self) -> None:
@@ -350,8 +369,38 @@ class Trainer:
                 },
             )
 
+    def _load_resume_state(self) -> dict[str, Any]:
+        """The newest good checkpoint: ``last.pt``, else ``prev.pt`` (with a warning).
+
+        Rank 0 verifies and chooses (and sets a damaged ``last.pt`` aside); the other ranks
+        load the file it chose. Neither good: :class:`DamagedCheckpointError` on every rank.
+        """
+        rd = self.run_dir
+        outcome: tuple[str, Any] = ("ok", None)
+        state: dict[str, Any] | None = None
+        if self.ctx.is_main:
+            try:
+                resumed = resume_checkpoint([rd.last_checkpoint, rd.prev_checkpoint],
+                                            map_location=self.device)
+                state, outcome = resumed.state, ("ok", str(resumed.path))
+                if resumed.warning:
+                    self.checkpoint_fallback = resumed.warning
+            except TrainingError as err:
+                outcome = ("error", err)
+        outcome = D.broadcast_object(outcome, self.ctx)  # type: ignore[assignment]
+        if outcome[0] == "error":
+            raise outcome[1]
+        if state is None:
+            state = read_checkpoint(outcome[1], map_location=self.device, full=True)
+        return state
+
     def _resume(self) -> None:
-        """Restore ``last.pt``; refuse a changed recipe (except ``optim.lr`` when allowed).
+        """Restore the newest good checkpoint; refuse a changed recipe (except ``optim.lr``
+        when allowed).
+
+        The checkpoint is ``last.pt`` if it passes verification, else ``prev.pt`` (see
+        :meth:`_load_resume_state`): a damaged ``last.pt`` costs the steps since ``prev.pt``,
+        which are trained again with the same result (bit for bit on CPU).
 
         With ``run.allow_lr_change`` a different ``optim.lr`` continues the run from the
         checkpoint with every group's learning rate scaled by ``new_lr / old_lr`` (the
@@ -359,7 +408,7 @@ class Trainer:
         ``provenance.json`` records the change (``lr_changes``: step, old and new lr): such a
         run is *not* reproduced by its ``config.yaml`` alone.
         """
-        state = load_checkpoint(self.run_dir.last_checkpoint, map_location=self.device)
+        state = self._load_resume_state()
         diff = _config_diff(state["config"], self.config.to_dict())
         old_lr, new_lr = state["config"]["optim"]["lr"], self.config.optim.lr
         lr_changed = "optim.lr" in diff and self.config.run.allow_lr_change
@@ -391,6 +440,7 @@ class Trainer:
             )
         set_rng_state(rngs[self.ctx.rank] if self.ctx.rank < len(rngs) else rngs[0])
         self.resumed = True
+        self._checkpoint_step = self.global_step
 
     def _rescale_lr(self, ratio: float) -> None:
         """Multiply the base and current learning rate of every group by ``ratio``."""
@@ -593,14 +643,28 @@ class Trainer:
     def run(self) -> RunResult:
         """Train (or resume) to the end and write the run directory.
 
-        Holds the run's lock and the SIGINT/SIGTERM handlers for the whole call.
+        Holds the run's lock and the SIGINT/SIGTERM handlers for the whole call. A full disk
+        raises :class:`~dml_study.errors.DiskFullError` saying which step a re-run resumes
+        from (nothing claims success: ``metrics.json`` is written last).
         """
         try:
             with self.interrupt:
                 return self._run()
+        except DiskFullError as err:
+            if err.resume is None:
+                err.resume = self._resume_hint()
+            raise
         finally:
             self._stop_workers()
             self.lock.release()
+
+    def _resume_hint(self) -> str:
+        """How a re-run continues: from the newest checkpoint's step, or from the start."""
+        if self._checkpoint_step is not None:
+            return f"it resumes from step {self._checkpoint_step}"
+        if self.run_dir.state() is RunState.RESUMABLE:
+            return f"it resumes from the newest checkpoint in {self.run_dir.checkpoints}"
+        return "it starts from step 0 (no checkpoint was written yet)"
 
     def _stop_workers(self) -> None:
         """Shut persistent data-loader workers down now (they ignore SIGINT/SIGTERM)."""

@@ -1,10 +1,24 @@
-"""Exceptions raised by the training engine (each message says what to do next)."""
+"""Exceptions raised by the training engine (each message says what to do next).
+
+Every :class:`TrainingError` is a :class:`dml_study.errors.UserFacingError`: the command
+line prints its message as one ``error:`` line and exits with its ``exit_code`` (see the
+table in :mod:`dml_study.errors`): 1 for a failed run, 5 (``EXIT_DAMAGED``) for
+:class:`DamagedCheckpointError`, 6 (``EXIT_BUSY``) for :class:`RunLockedError`, 128 + signal
+for :class:`TrainingInterrupted`. They are still ``RuntimeError`` subclasses, for code that
+catches those.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 
-class TrainingError(RuntimeError):
-    """Base class of training failures."""
+from dml_study.errors import EXIT_BUSY, EXIT_DAMAGED, EXIT_FAILED, UserFacingError
+
+
+class TrainingError(UserFacingError, RuntimeError):
+    """Base class of training failures (exit 1 unless a subclass says otherwise)."""
+
+    exit_code = EXIT_FAILED
 
 
 class RunExistsError(TrainingError):
@@ -13,6 +27,24 @@ class RunExistsError(TrainingError):
 
 class RunLockedError(TrainingError):
     """Another live process is training the same run directory (see :mod:`~.lock`)."""
+
+    exit_code = EXIT_BUSY
+
+
+class DamagedCheckpointError(TrainingError):
+    """No checkpoint of the run can be restored: each one is damaged or missing.
+
+    ``reasons`` maps each checkpoint tried to why it was refused.
+    """
+
+    exit_code = EXIT_DAMAGED
+
+    def __init__(self, message: str, reasons: dict[Path, str] | None = None):
+        self.reasons = dict(reasons or {})
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.reasons))
 
 
 class NonFiniteLossError(TrainingError):

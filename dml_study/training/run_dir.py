@@ -9,6 +9,8 @@ Layout::
                          ("best" in validation runs, "best_test_selected" in test runs,
                          see BEST_KEYS); its presence = run FINISHED
     checkpoints/last.pt  full training state (resume)
+    checkpoints/prev.pt  the checkpoint before last.pt (resume falls back to it)
+    checkpoints/last.pt.damaged  a last.pt that failed verification (kept for inspection)
     checkpoints/best.pt  weights at the best epoch (validation MAP@R; test R@1)
     proxies_init.npy     proxies before training
     proxies.npy          final proxies
@@ -124,7 +126,7 @@ class RunState(str, Enum):
     """What is in a run directory."""
 
     NEW = "new"  # nothing (or no checkpoint): start from scratch
-    RESUMABLE = "resumable"  # checkpoints/last.pt but no metrics.json
+    RESUMABLE = "resumable"  # checkpoints/last.pt or prev.pt but no metrics.json
     FINISHED = "finished"  # metrics.json present
 
 
@@ -146,6 +148,7 @@ class RunDirectory:
     metrics = property(lambda self: self.path / "metrics.json")
     checkpoints = property(lambda self: self.path / "checkpoints")
     last_checkpoint = property(lambda self: self.path / "checkpoints" / "last.pt")
+    prev_checkpoint = property(lambda self: self.path / "checkpoints" / "prev.pt")
     best_checkpoint = property(lambda self: self.path / "checkpoints" / "best.pt")
     proxies = property(lambda self: self.path / "proxies.npy")
     proxies_init = property(lambda self: self.path / "proxies_init.npy")
@@ -167,14 +170,16 @@ class RunDirectory:
     def state(self) -> RunState:
         if self.is_finished():
             return RunState.FINISHED
-        if self.last_checkpoint.is_file():
+        # prev.pt alone: killed between the two renames of a checkpoint rotation.
+        if self.last_checkpoint.is_file() or self.prev_checkpoint.is_file():
             return RunState.RESUMABLE
         return RunState.NEW
 
     def prepare(self, overwrite: bool) -> RunState:
         """Create the directory; refuse to touch a finished run unless ``overwrite``.
 
-        Returns the state *after* preparation: ``RESUMABLE`` (continue from last.pt) or ``NEW``.
+        Returns the state *after* preparation: ``RESUMABLE`` (continue from last.pt, or
+        prev.pt when last.pt is damaged or missing) or ``NEW``.
         ``overwrite`` wipes the directory, including a resumable checkpoint (the lock file
         stays: it is held by the caller). Orphaned temporary files are removed. Call it only
         while holding the run's :class:`~dml_study.training.lock.RunLock`.

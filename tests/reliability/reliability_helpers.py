@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,9 @@ _study_spec.loader.exec_module(_study)  # type: ignore[union-attr]
 #: The study tests' notebook and study-file writers.
 write_notebook = _study.write_notebook
 write_study = _study.write_study
+
+#: Epochs of the session's uninterrupted reference run (conftest ``reference_run``).
+REFERENCE_EPOCHS = 2
 
 #: The checkout under test (subprocesses must import this checkout's dml_study).
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -65,3 +69,30 @@ def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: flo
         if time.monotonic() > deadline:
             pytest.fail("timed out waiting for the training process")
         time.sleep(0.05)
+
+
+def run_train_cli(
+    data_root: Path, results_dir: Path, *extra: str, env: dict[str, str] | None = None,
+    **overrides: Any,
+) -> subprocess.CompletedProcess:
+    """``python -m dml_study.train`` on the tiny recipe (+ overrides), run to its end."""
+    options = {**tiny_overrides(data_root, results_dir), "dataset": "cub200", **overrides}
+    return subprocess.run(
+        [sys.executable, "-m", "dml_study.train", *cli_args(options), *extra],
+        capture_output=True, text=True, env={**subprocess_env(), **(env or {})}, timeout=900,
+    )
+
+
+def one_error_line(stderr: str, *fragments: str) -> str:
+    """The single ``error:`` line of ``stderr`` (which has no traceback), with ``fragments``."""
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def temp_files(directory: Path) -> list[Path]:
+    """Temporary files of atomic writes (``.<name>.*.tmp``) anywhere under ``directory``."""
+    return sorted(p for p in directory.rglob(".*.tmp") if p.is_file())

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from reliability_helpers import subprocess_env, wait_for
 
+from dml_study.errors import EXIT_BUSY
 from dml_study.training import RunDirectory, train
 from dml_study.training.errors import RunLockedError
 from dml_study.training.lock import RunLock, read_holder
@@ -93,7 +94,7 @@ def test_two_concurrent_trainings_exactly_one_trains(start_training, results_dir
         _out, err = second.communicate(timeout=300)
     finally:
         first.send_signal(signal.SIGCONT)
-    assert second.returncode == 1, err
+    assert second.returncode == EXIT_BUSY, err
     assert f"being trained by pid {first.pid}" in err
     assert "Traceback" not in err  # one clear line, not a stack dump
     _out, err = first.communicate(timeout=600)
