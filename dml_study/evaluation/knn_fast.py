@@ -172,7 +172,6 @@ def _blas_kernel(threads: int | None = None) -> Iterator[None]:
         faiss.omp_set_num_threads(old_threads)
 
 
-@functools.lru_cache(maxsize=64)
 def blas_regime(nx: int, d: int) -> bool:
     """True when an exact search of ``nx`` queries in ``d`` dimensions can be re-ranked.
 
@@ -182,8 +181,15 @@ def blas_regime(nx: int, d: int) -> bool:
     the call. The probe searches ``nx`` queries against 64 items with the exact search,
     then recomputes a few queries against a shuffled subset of the items with the BLAS
     kernel forced; every value must agree bit for bit. faiss' sequential kernel (used
-    for small chunks) rounds differently in most pairs, so it fails the probe.
+    for small chunks) rounds differently in most pairs, so it fails the probe. The answer
+    is cached per faiss BLAS threshold, which decides the kernel.
     """
+    return _blas_probe(nx, d, faiss.cvar.distance_compute_blas_threshold)
+
+
+@functools.lru_cache(maxsize=64)
+def _blas_probe(nx: int, d: int, threshold: int) -> bool:
+    """:func:`blas_regime` for one value of faiss' BLAS threshold (the cache key)."""
     rng = np.random.default_rng(12345)
     n_items = 64
     xb = rng.standard_normal((n_items, d), dtype=np.float32)
@@ -317,6 +323,53 @@ def _bf16_ceil_bits(x: np.ndarray) -> np.ndarray:
     return up.astype(np.uint16).view(np.int16)
 
 
+def select_candidates(
+    bits: np.ndarray, a: np.ndarray, pool: int, k_wide: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every candidate (row, item) of first-pass score rows, and the unbounded rows.
+
+    Args:
+        bits: (n, width) bf16 first-pass scores viewed as int16, ``width`` a multiple of
+            ``pool``; item ``j`` of group ``c`` is column ``c + j * width // pool``.
+        a: (n,) additive bounds ``a_q``.
+        pool: items per pooled maximum (1: no pooling).
+        k_wide: k', the neighbours the exact search retrieves per query.
+
+    Returns:
+        ``(rows, items, unbounded)``: the candidates of the bounded rows as pairs sorted by
+        row (every item with ``t >= candidate_threshold(tau_lb, a)``, where ``tau_lb`` is
+        the k'-th largest pooled maximum), and a boolean mask of the rows that could not
+        be bounded (no candidates returned: they are searched exactly).
+
+    Non-negative bf16 values order like their int16 bit patterns, and every negative
+    value's pattern is below every non-negative one. So the int16 maximum of a group is
+    the group's float maximum when that is >= 0 and some (negative) member otherwise:
+    always a member, which is all the lower bound ``tau_lb`` needs (k' distinct items
+    reach it); and when the k'-th largest pooled pattern is positive, the k' largest
+    patterns are the k' largest pooled values. Candidate groups are those whose maximum
+    reaches a *positive* threshold, which the int16 maximum decides exactly. A row whose
+    threshold is <= 0 (its k'-th neighbour within about 2 eps of orthogonal) is unbounded.
+    """
+    n_rows, width = bits.shape
+    m = width // pool
+    # numpy's single-threaded reduction costs less CPU than torch's threaded one here.
+    p = bits.reshape(n_rows, pool, m).max(axis=1) if pool > 1 else bits
+    kth = np.partition(p, m - k_wide, axis=1)[:, m - k_wide]
+    tau = _bf16_bits_to_float(np.maximum(kth, 0))  # rows with kth <= 0 are unbounded below
+    thr = candidate_threshold(tau, a)
+    unbounded = (kth <= 0) | ~(thr > 0)
+    thr_bits = _bf16_ceil_bits(np.where(unbounded, np.float32(1.0), thr))
+    thr_bits[unbounded] = np.iinfo(np.int16).max  # no finite score passes
+    hit_rows, groups = np.divmod(np.flatnonzero(p >= thr_bits[:, None]), m)
+    if pool == 1:
+        return hit_rows, groups, unbounded
+    members = groups[:, None] + np.arange(pool) * m
+    values = bits.reshape(-1)[hit_rows[:, None] * width + members]
+    keep = values >= thr_bits[hit_rows][:, None]
+    rows = np.broadcast_to(hit_rows[:, None], members.shape)[keep]
+    return rows, members[keep], unbounded
+
+
 def pool_size(n_ref: int, k_wide: int) -> int:
     """Gallery items per pooled maximum: up to 16, with at least 8 k' groups."""
     g = _MAX_POOL
@@ -395,7 +448,7 @@ class _TwoPass:
         n_rows = r1 - r0
         bits = self._first_pass(q0, q1).view(torch.int16)
         a = self.a[q0:q1]
-        rows, items, unbounded = self._candidates(bits, a)
+        rows, items, unbounded = select_candidates(bits.numpy(), a, self.pool, self.k_wide)
         counts = np.bincount(rows, minlength=n_rows)
         fallback = np.flatnonzero(unbounded | (counts > self.cap))
         if (counts[~unbounded] < self.k_wide).any():  # the k' first-pass best are candidates
@@ -437,43 +490,6 @@ class _TwoPass:
         t = self._scores[: q1 - q0]
         torch.matmul(self.q_bf16[q0:q1], self.ref_bf16_t, out=t)
         return t
-
-    def _candidates(
-        self, bits: torch.Tensor, a: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every candidate (row, item) of the first-pass rows, and the unbounded rows.
-
-        ``bits`` are the bf16 scores viewed as int16. Non-negative bf16 values order like
-        their int16 bit patterns, and every negative value's pattern is below every
-        non-negative one. So the int16 maximum of a group is the group's float maximum
-        when that is >= 0 and some (negative) member otherwise: always a member, which is
-        all the lower bound on the k'-th largest score needs; and when the k'-th largest
-        pooled pattern is positive, the k' largest patterns are the k' largest values.
-        Candidate groups are those whose maximum reaches a *positive* threshold, which
-        the int16 maximum decides exactly. A row whose threshold is <= 0 (its k'-th
-        neighbour within about 2 eps of orthogonal) is returned as unbounded: it is
-        searched exactly.
-        """
-        n_rows, width = bits.shape
-        g = self.pool
-        m = width // g
-        raw = bits.numpy()
-        # numpy's single-threaded reduction beats torch's threaded one here (CPU time).
-        p = raw.reshape(n_rows, g, m).max(axis=1) if g > 1 else raw
-        kth = np.partition(p, m - self.k_wide, axis=1)[:, m - self.k_wide]
-        tau = _bf16_bits_to_float(np.maximum(kth, 0))  # kth <= 0 rows: unbounded below
-        thr = candidate_threshold(tau, a)
-        unbounded = (kth <= 0) | ~(thr > 0)
-        thr_bits = _bf16_ceil_bits(np.where(unbounded, np.float32(1.0), thr))
-        thr_bits[unbounded] = np.iinfo(np.int16).max  # nothing passes: searched exactly
-        hit_rows, groups = np.divmod(np.flatnonzero(p >= thr_bits[:, None]), m)
-        if g == 1:
-            return hit_rows, groups, unbounded
-        members = groups[:, None] + np.arange(g) * m
-        values = raw.reshape(-1)[hit_rows[:, None] * width + members]
-        keep = values >= thr_bits[hit_rows][:, None]
-        rows = np.broadcast_to(hit_rows[:, None], members.shape)[keep]
-        return rows, members[keep], unbounded
 
     def _rerank(
         self,

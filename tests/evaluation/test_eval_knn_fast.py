@@ -190,8 +190,10 @@ def test_select_candidates_keeps_every_item_the_bound_allows(seed, pool, k_wide,
 )
 def test_random_clustered_self_retrieval_equals_exact(n, dim, k, chunk_size, seed):
     x, _ = _clustered(n, n // 8, dim, 1.2, seed)
+    x[7] = 0.0  # a zero embedding: every similarity 0, unbounded, searched exactly
     stats = _assert_same_as_exact(x, None, k, chunk_size)
     assert stats.rows > 0 and stats.candidates >= stats.rows * (k + 2)
+    assert stats.fallback_rows >= 1
 
 
 def test_a_chunk_too_small_for_faiss_blas_kernel_is_searched_exactly():
@@ -286,9 +288,11 @@ def test_orthogonal_embeddings_are_unbounded_and_fall_back():
     assert stats.fallback_rows == 512 and stats.tie_rows == 512
 
 
-def test_blas_regime_probe_tells_faiss_kernels_apart():
+def test_blas_regime_probe_tells_faiss_kernels_apart(monkeypatch):
     assert blas_regime(4096, 64)
     assert not blas_regime(1, 64)  # faiss searches single queries with its sequential kernel
+    monkeypatch.setattr(faiss.cvar, "distance_compute_blas_threshold", 10**9)
+    assert not blas_regime(4096, 64)  # the cache follows faiss' setting
 
 
 def test_a_first_pass_outside_its_bound_is_caught(monkeypatch):
