@@ -106,7 +106,7 @@ def test_model_card_front_matter_parses_with_the_expected_keys(trained_run, expo
     assert ours["versions"]["torch"] == provenance["packages"]["torch"]
     assert ours["config"] == yaml.safe_load(run_dir.config.read_text())
     assert ours["metrics"]["final"]["R@1"] == metrics["R@1"]
-    assert ours["metrics"]["best"]["epoch"] == metrics["best"]["epoch"]
+    assert ours["metrics"]["best"]["epoch"] == metrics["best_test_selected"]["epoch"]
     assert ours["licences"]["backbone"]["licence"] == "none"  # pretrained: false
     assert ours["licences"]["dataset"]["summary"].startswith("unknown")
     for heading in ("## Use", "## Evaluation", "## Provenance", "## Licence notes"):
