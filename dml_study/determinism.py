@@ -42,8 +42,9 @@ they are set by :func:`pin_environment` when :mod:`dml_study` is imported (befor
 every entry point of the project: the CLIs, ``02_train``'s first cell, the study's worker
 processes, which also get them through :func:`pinned_env`). :func:`apply` sets the thread
 counts, which can change at any time, and :func:`determinism_report` records what is in
-effect in every run's ``provenance.json``. ``DML_STUDY_DETERMINISM=off`` leaves the
-libraries' own choices (faster on wide machines, not reproducible across them).
+effect in every run's ``provenance.json``. ``DML_STUDY_DETERMINISM`` selects the profile: ``avx2``
+(the default), ``avx512`` (faster on AVX-512 CPUs, reproducible only on them, see
+:data:`PROFILES`) or ``off`` (the libraries' own choices: not reproducible across machines).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-#: ``on`` (default) or ``off``: whether the profile is applied.
+#: Which profile: ``avx2`` (default; ``on`` is a synonym), ``avx512`` or ``off``.
 SWITCH_ENV = "DML_STUDY_DETERMINISM"
 
 #: Intra-op threads of every computation whose bits matter (training, feature extraction,
@@ -65,7 +66,7 @@ DEFAULT_THREADS = 1
 #: bits of a run are reproduced with the same value, recorded in its ``provenance.json``.
 THREADS_ENV = "DML_STUDY_THREADS"
 
-#: The library settings of the profile (read by each library when it initialises).
+#: The library settings of the default profile (read by each library when it initialises).
 PROFILE_ENV: dict[str, str] = {
     "MKL_CBWR": "AVX2,STRICT",
     # Also pinned: a different MKL_ENABLE_INSTRUCTIONS overrides the CBWR branch (measured:
@@ -80,6 +81,16 @@ PROFILE_ENV: dict[str, str] = {
     "OPENBLAS_CORETYPE": "Haswell",
 }
 
+#: Every profile: ``avx2`` reproduces on every x86-64 CPU with AVX2 and FMA (Intel since
+#: 2013, AMD since 2015); ``avx512`` is faster on AVX-512 CPUs (1.3-1.5x per training step,
+#: measured) and reproduces only on them (Intel Skylake-SP and later, AMD Zen 4 and later).
+PROFILES: dict[str, dict[str, str]] = {
+    "avx2": PROFILE_ENV,
+    "avx512": {**PROFILE_ENV, "MKL_CBWR": "AVX512,STRICT", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+               "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "DNNL_MAX_CPU_ISA": "AVX512_CORE",
+               "ATEN_CPU_CAPABILITY": "avx512", "OPENBLAS_CORETYPE": "SkylakeX"},
+}
+
 #: Thread-count variables of a child process (torch, OpenMP, MKL and OpenBLAS read them).
 THREAD_VARS: tuple[str, ...] = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -90,10 +101,28 @@ _MKL_BRANCHES = {0: "OFF", 1: "BRANCH_OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2
                  18: "AVX2_E1", 19: "AVX512_E5"}
 
 
+def profile_name(environ: Mapping[str, str] | None = None) -> str:
+    """The profile selected by ``$DML_STUDY_DETERMINISM``: ``avx2``, ``avx512`` or ``off``."""
+    raw = (environ if environ is not None else os.environ).get(SWITCH_ENV, "").strip().lower()
+    if raw in ("", "on", "1", "true", "yes"):
+        return "avx2"
+    if raw in ("off", "0", "false", "no"):
+        return "off"
+    if raw not in PROFILES:
+        raise ValueError(f"{SWITCH_ENV}={raw!r} is not a profile; choose one of "
+                         f"{', '.join([*PROFILES, 'off'])}")
+    return raw
+
+
 def enabled(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether the profile is on (``DML_STUDY_DETERMINISM`` is not ``off``/``0``/``false``)."""
-    value = (environ if environ is not None else os.environ).get(SWITCH_ENV, "on")
-    return value.strip().lower() not in {"off", "0", "false", "no"}
+    """Whether a profile is on (``DML_STUDY_DETERMINISM`` is not ``off``)."""
+    return profile_name(environ) != "off"
+
+
+def profile_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The library settings of the selected profile (empty when it is ``off``)."""
+    name = profile_name(environ)
+    return {} if name == "off" else dict(PROFILES[name])
 
 
 def threads(environ: Mapping[str, str] | None = None) -> int:
@@ -120,11 +149,11 @@ def pinned_env(num_threads: int | None = None) -> dict[str, str]:
     if not enabled():
         return {} if num_threads is None else {v: str(num_threads) for v in THREAD_VARS}
     n = threads() if num_threads is None else int(num_threads)
-    return {**{var: str(n) for var in THREAD_VARS}, THREADS_ENV: str(n), **PROFILE_ENV}
+    return {**{var: str(n) for var in THREAD_VARS}, THREADS_ENV: str(n), **profile_env()}
 
 
 def pin_environment() -> list[str]:
-    """Set :data:`PROFILE_ENV` in ``os.environ`` (called when :mod:`dml_study` is imported).
+    """Set the profile's settings in ``os.environ`` (when :mod:`dml_study` is imported).
 
     Returns the variables that were set to a different value before (the profile wins:
     a machine-specific choice is exactly what it removes). Libraries already initialised in
@@ -132,8 +161,9 @@ def pin_environment() -> list[str]:
     """
     if not enabled():
         return []
-    changed = [k for k, v in PROFILE_ENV.items() if os.environ.get(k) not in (None, v)]
-    os.environ.update(PROFILE_ENV)
+    env = profile_env()
+    changed = [k for k, v in env.items() if os.environ.get(k) not in (None, v)]
+    os.environ.update(env)
     return changed
 
 
@@ -175,7 +205,7 @@ def determinism_report() -> dict[str, Any]:
     import torch
 
     report: dict[str, Any] = {
-        "profile": "avx2-strict" if enabled() else "off",
+        "profile": profile_name(),
         "torch_threads": torch.get_num_threads(),
         "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
@@ -191,22 +221,23 @@ def determinism_report() -> dict[str, Any]:
 
 def _unpinned(report: dict[str, Any]) -> list[str]:
     """The profile's settings not in effect, each as a sentence naming cause and fix."""
-    problems = []
+    env, problems = profile_env(), []
     late = "it was initialised before dml_study was imported: import dml_study first"
-    if str(report["aten_cpu_capability"]).lower() != PROFILE_ENV["ATEN_CPU_CAPABILITY"]:
-        problems.append(f"ATen uses {report['aten_cpu_capability']} kernels, not avx2 ({late}, "
-                        "or set ATEN_CPU_CAPABILITY=avx2)")
-    branch = report.get("mkl_cbwr_branch")
-    if branch is not None and branch != "AVX2":
-        problems.append(f"MKL runs its {branch} branch, not AVX2 ({late}, or set "
-                        "MKL_CBWR=AVX2,STRICT)")
-    core = report.get("openblas_core")
-    if core is not None and core.lower() != PROFILE_ENV["OPENBLAS_CORETYPE"].lower():
-        problems.append(f"faiss' OpenBLAS uses the {core} kernel, not Haswell ({late}, or set "
-                        "OPENBLAS_CORETYPE=Haswell)")
+    want = env["ATEN_CPU_CAPABILITY"]
+    if str(report["aten_cpu_capability"]).lower() != want:
+        problems.append(f"ATen uses {report['aten_cpu_capability']} kernels, not {want} ({late}, "
+                        f"or set ATEN_CPU_CAPABILITY={want}; or this CPU lacks {want})")
+    branch, want = report.get("mkl_cbwr_branch"), env["MKL_CBWR"].split(",")[0]
+    if branch is not None and branch != want:
+        problems.append(f"MKL runs its {branch} branch, not {want} ({late}, or set "
+                        f"MKL_CBWR={env['MKL_CBWR']})")
+    core, want = report.get("openblas_core"), env["OPENBLAS_CORETYPE"]
+    if core is not None and core.lower() != want.lower():
+        problems.append(f"faiss' OpenBLAS uses the {core} kernel, not {want} ({late}, or set "
+                        f"OPENBLAS_CORETYPE={want})")
     for var in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"):
-        if os.environ.get(var) != PROFILE_ENV[var]:
-            problems.append(f"{var} is not {PROFILE_ENV[var]}: set it before torch is imported")
+        if os.environ.get(var) != env[var]:
+            problems.append(f"{var} is not {env[var]}: set it before torch is imported")
     return problems
 
 

@@ -54,6 +54,16 @@ def test_profile_off_leaves_the_machine_its_choices(monkeypatch):
     assert default_threads(2) == max(1, (os.cpu_count() or 1) // 2)
 
 
+def test_profiles_are_named_and_a_wrong_name_fails(monkeypatch):
+    monkeypatch.setenv(determinism.SWITCH_ENV, "avx512")
+    env = determinism.pinned_env()
+    assert env["MKL_CBWR"] == "AVX512,STRICT" and env["ATEN_CPU_CAPABILITY"] == "avx512"
+    assert determinism.profile_name({determinism.SWITCH_ENV: "on"}) == "avx2"
+    monkeypatch.setenv(determinism.SWITCH_ENV, "avx9")
+    with pytest.raises(ValueError, match="avx2, avx512, off"):
+        determinism.pinned_env()
+
+
 def test_threads_come_from_the_profile_not_from_the_cores(monkeypatch):
     monkeypatch.delenv(determinism.SWITCH_ENV, raising=False)
     monkeypatch.delenv(determinism.THREADS_ENV, raising=False)
