@@ -34,7 +34,8 @@ parameter groups and schedule (:mod:`dml_study.training.optim`) and evaluation
 The features are those of the pretrained backbone (BatchNorm in eval mode), i.e. the model
 the fine-tuned tier starts from, so the tier answers "what do SO / adaptive margins do to a
 head and proxies on fixed features"; backbone adaptation is the fine-tuned tier's question.
-Runs are deterministic on CPU: same seed, same numbers.
+Runs are deterministic on CPU: same seed, same numbers, on every machine (extraction and
+training run under the numerical profile of :mod:`dml_study.determinism`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dml_study import determinism
 from dml_study.atomic_io import atomic_write_json, atomic_write_text, atomic_write_with
 from dml_study.config import ExperimentConfig
 from dml_study.data.splits import (
@@ -282,6 +284,7 @@ def _extract_missing(
     missing = [part for part, path in paths.items() if not path.is_file()]
     if not missing:
         return
+    determinism.apply()  # the features' bits must not depend on the machine
     from dml_study.data import build_dataloader, dataset_protocol, get_dataset
     from dml_study.data.transforms import model_transforms
     from dml_study.models import create_embedder
@@ -418,6 +421,7 @@ def train_frozen(
             "extract_features(config, settings) for this config"
         )
     started = time.perf_counter()
+    determinism.apply()  # fixed threads and kernels, as the fine-tuned tier's Trainer
     run_dir.prepare(config.run.overwrite)
     seed = config.run.seed
     seed_everything(seed)
