@@ -29,7 +29,7 @@ _METRIC_PREFIXES = ("R@", "MAP@R", "RP", "NMI", "loss", "so", "orth_")
 
 def frozen_features(classes: int = 24, per_class: int = 6, dim: int = 1280, views: int = 2):
     """Synthetic cached features shaped like the study's (EfficientNet-Lite0: 1280-d, fp16)."""
-    from dml_study.study.frozen import FrozenFeatures
+    from dml_study.study.tiers.frozen import FrozenFeatures
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(2 * classes, dim))
@@ -49,7 +49,7 @@ def frozen_features(classes: int = 24, per_class: int = 6, dim: int = 1280, view
 def run_frozen(results: Path) -> Path:
     """A frozen-tier run of the study's icons recipe (384-d head, SO) on synthetic features."""
     from dml_study.config import load_config
-    from dml_study.study.frozen import train_frozen
+    from dml_study.study.tiers.frozen import train_frozen
     from dml_study.training.run_dir import RunDirectory
 
     config = load_config("icons", embedding_dim=384, epochs=3, batch_size=32, m_per_class=2,

@@ -21,7 +21,7 @@ from fixture_datasets import write_cub_fixture
 from reliability_helpers import subprocess_env
 
 from dml_study import determinism
-from dml_study.study.launch_task import default_threads, worker_env
+from dml_study.study.launch.task import default_threads, worker_env
 
 PROBE = Path(__file__).with_name("determinism_probe.py")
 
