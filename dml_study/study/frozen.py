@@ -47,7 +47,7 @@ from dml_study.atomic_io import atomic_write_json, atomic_write_text, atomic_wri
 from dml_study.config import ExperimentConfig
 from dml_study.evaluation import embed, evaluate
 from dml_study.evaluation.per_class import per_class_recall_at_1
-from dml_study.losses import create_loss_from_config, orthogonality_stats
+from dml_study.losses import ProxyLoss, create_loss_from_config, orthogonality_stats
 from dml_study.training.history import History
 from dml_study.training.optim import build_optimizer, build_param_groups, build_scheduler, group_lrs
 from dml_study.training.run_dir import RunDirectory
@@ -262,17 +262,12 @@ def train_frozen(
     Raises :class:`~dml_study.training.errors.RunExistsError` for a finished run directory
     (unless ``run.overwrite``) and :class:`FrozenTierError` for a non-finite loss.
     """
-    from dml_study.training.engine import seed_everything
     from dml_study.training.pipeline import build_batch_sampler
 
     started = time.perf_counter()
     run_dir.prepare(config.run.overwrite)
     seed = config.run.seed
-    seed_everything(seed)
-    head = _head(features.feature_dim, config.model.embedding_dim)
-    dim = features.feature_dim if isinstance(head, nn.Identity) else config.model.embedding_dim
-    loss_fn = create_loss_from_config(config, features.num_classes, int(dim),
-                                     features.class_names)
+    head, loss_fn, dim = init_frozen_run(config, features)
     groups = build_param_groups([], head.parameters(), loss_fn.param_groups(), config.optim)
     optimizer = build_optimizer(groups, config.optim)
     sampler = build_batch_sampler(config, features.train_labels, 0, 1)
@@ -332,6 +327,51 @@ def train_frozen(
         record["time_s"] = time.perf_counter() - epoch_start
         history.append(record)
 
+    return write_frozen_run(config, features, run_dir, head, loss_fn, dim, history,
+                            untrained, proxies_init, started, tier_info=tier_info,
+                            provenance=provenance)
+
+
+def init_frozen_run(
+    config: ExperimentConfig, features: FrozenFeatures
+) -> tuple[nn.Module, ProxyLoss, int]:
+    """The untrained head, the loss (with its initial proxies) and the embedding size of a run.
+
+    The global RNGs are seeded with ``config.run.seed`` first, then the head and the loss are
+    built in this order: the one initialisation of the sequential and the batched trainer
+    (:mod:`dml_study.study.frozen_batched`), so a run starts from the same numbers in both.
+    """
+    from dml_study.training.engine import seed_everything
+
+    seed_everything(config.run.seed)
+    head = _head(features.feature_dim, config.model.embedding_dim)
+    dim = features.feature_dim if isinstance(head, nn.Identity) else config.model.embedding_dim
+    loss_fn = create_loss_from_config(config, features.num_classes, int(dim),
+                                     features.class_names)
+    return head, loss_fn, int(dim)
+
+
+def write_frozen_run(
+    config: ExperimentConfig,
+    features: FrozenFeatures,
+    run_dir: RunDirectory,
+    head: nn.Module,
+    loss_fn: ProxyLoss,
+    dim: int,
+    history: History,
+    untrained: dict[str, float],
+    proxies_init: np.ndarray,
+    started: float,
+    *,
+    tier_info: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the run directory of a trained run (``metrics.json`` last) and return its metrics.
+
+    ``history`` holds the untrained record and one record per epoch; ``started`` is the
+    :func:`time.perf_counter` value ``train_time_s`` is measured from. Shared by the
+    sequential and the batched trainer, so both write the same files and keys.
+    """
     final = _metrics_only(history.records[-1])
     best = max(history.records[1:], key=lambda r: r["R@1"])
     train_recall = per_class_recall_at_1(_embed(head, features.train_eval), features.train_labels)
