@@ -94,6 +94,7 @@ from dml_study.study.frozen import (
     train_frozen,
     write_frozen_run,
 )
+from dml_study.study.frozen_fused import gram_residual, normalize_rows, proxy_anchor_from_cosines
 from dml_study.training.history import History
 from dml_study.training.optim import lr_factor
 from dml_study.training.run_dir import RunDirectory
@@ -101,6 +102,9 @@ from dml_study.training.run_dir import RunDirectory
 #: Runs trained together at most (memory: about 4 × (F·d + d + C·d) floats per run for the
 #: parameters, gradients and AdamW moments, 8 MB for icons' 1280 × 384 head).
 DEFAULT_MAX_RUNS = 32
+#: ``mode`` of :class:`BatchedFrozenTrainer`: bit-identical to the sequential trainer, or
+#: fused kernels (float32-rounding differences).
+MODES = ("exact", "fast")
 
 
 class BatchedRunsFailed(FrozenTierError):
@@ -266,6 +270,11 @@ class _BatchedLoss:
         self.num_classes = losses[0].num_classes
 
     def compute(self, embeddings: Tensor, labels: Tensor, proxies: Tensor) -> Tensor:
+        """``mode="exact"``: the loss modules' operations, slice by slice."""
+        raise NotImplementedError
+
+    def from_cosines(self, cos: Tensor, labels: Tensor) -> Tensor:
+        """``mode="fast"``: the same loss from the cosine logits (R, B, C), fused."""
         raise NotImplementedError
 
 
@@ -285,6 +294,9 @@ class _BatchedProxyAnchor(_BatchedLoss):
         neg_term = log1p_sum_exp_masked(self.alpha * (cos + self.margin), neg_mask, dim=1)
         num_with_pos = pos_mask.any(dim=1).sum(dim=1).clamp_min(1)
         return pos_term.sum(dim=1) / num_with_pos + neg_term.sum(dim=1) / self.num_classes
+
+    def from_cosines(self, cos: Tensor, labels: Tensor) -> Tensor:
+        return proxy_anchor_from_cosines(cos, labels, self.alpha, self.margin)
 
 
 class _BatchedSoftmax(_BatchedLoss):
@@ -327,6 +339,33 @@ class _BatchedSoftmax(_BatchedLoss):
         # independent (one batched call); the batch mean is nll_loss's own sum per run.
         log_prob = torch.log_softmax(logits, dim=2)
         return torch.stack([F.nll_loss(lp, y) for lp, y in zip(log_prob, labels, strict=True)])
+
+    def _margin_tables(self) -> tuple[Tensor, Tensor]:
+        """Every run's margins as a (C, C) table (row y: the margins of a sample of class y),
+        the distinct tables stacked (T·C, C), and each run's first row in that stack."""
+        classes = self.num_classes
+        tables: list[Tensor] = []
+        first_row: list[int] = []
+        with torch.no_grad():
+            for loss in self.losses:
+                if isinstance(loss, AdaptiveMarginLoss):
+                    table = loss.margins(torch.arange(classes)).float()
+                else:
+                    table = torch.eye(classes) * -loss.margin
+                same = next((i for i, t in enumerate(tables) if torch.equal(t, table)), None)
+                if same is None:
+                    tables.append(table)
+                    same = len(tables) - 1
+                first_row.append(same * classes)
+        return torch.cat(tables), torch.tensor(first_row).view(-1, 1)
+
+    def from_cosines(self, cos: Tensor, labels: Tensor) -> Tensor:
+        if not hasattr(self, "_tables"):
+            self._tables, self._first_row = self._margin_tables()
+        margins = self._tables.index_select(0, (self._first_row + labels).view(-1))
+        logits = self.scale * (cos + margins.view_as(cos))
+        log_prob = torch.log_softmax(logits, dim=2)
+        return -log_prob.gather(2, labels.unsqueeze(2)).squeeze(2).mean(dim=1)
 
 
 _FAMILIES: dict[str, type[_BatchedLoss]] = {
@@ -373,6 +412,24 @@ class _BatchedSO:
             out = out.index_copy(0, runs, lam * residual)
         return out
 
+    def fused(self, proxies: Tensor, normalized: Tensor) -> Tensor:
+        """``mode="fast"``: the same terms with :func:`~dml_study.study.frozen_fused.
+        gram_residual` (hand-derived gradient) on the normalised proxies shared with the
+        cosine logits (``normalized``) or, unnormalised, on ``proxies``."""
+        out = proxies.new_zeros(self.num_runs)
+        for (gram, normalize, reduction, method), runs, lam in self.groups:
+            p = (normalized if normalize else proxies).index_select(0, runs)
+            a = p if gram == "classes" else p.transpose(1, 2)
+            n, k = a.shape[1], a.shape[2]
+            residual = gram_residual(a, method == "factorized" or (method == "auto" and n > k))
+            if reduction != "sum":
+                if reduction == "excess_mean":
+                    c, d = proxies.shape[1], proxies.shape[2]
+                    residual = residual - (so_floor(c, d, gram) if normalize else 0.0)
+                residual = residual / max(n * (n - 1), 1)
+            out = out.index_copy(0, runs, lam * residual)
+        return out
+
 
 # --------------------------------------------------------------------------- the trainer
 
@@ -403,8 +460,9 @@ class _StackedParameters:
     storage with exactly the arithmetic it applies to a sequential run.
     """
 
-    def __init__(self, runs: Sequence[_Run], steps_per_epoch: int):
+    def __init__(self, runs: Sequence[_Run], steps_per_epoch: int, fused: bool = False):
         self.runs = runs
+        self.fused = fused
         linear = [isinstance(run.head, nn.Linear) for run in runs]
         if any(linear) != all(linear):
             raise FrozenTierError("a batch mixes Identity and Linear heads: group by batch_key")
@@ -450,7 +508,11 @@ class _StackedParameters:
                 groups[index[key]]["params"].extend(params)
                 mine[name] = index[key]
             group_of.append(mine)
-        optimizer = torch.optim.AdamW(groups, foreach=True)
+        # exact: torch's AdamW for-loop arithmetic (foreach = the same kernels per tensor, as
+        # the sequential default on CPU); fused: torch's one-pass AdamW kernel (rounds the
+        # first moment as β₁m + (1 − β₁)g instead of lerp: not the same bits)
+        optimizer = torch.optim.AdamW(groups, **({"fused": True} if self.fused
+                                                 else {"foreach": True}))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         return optimizer, scheduler, group_of
 
@@ -511,6 +573,24 @@ def _clip_grad_norms(
     return norms
 
 
+def _clip_grad_norms_fused(
+    stacked: _StackedParameters, max_norms: Sequence[float | None]
+) -> Tensor | None:
+    """:func:`_clip_grad_norms` with one norm per stacked tensor and run (``mode="fast"``:
+    the same norms up to float32 summation order)."""
+    if all(m is None for m in max_norms):
+        return None
+    squares = sum(torch.linalg.vector_norm(leaf.grad, dim=tuple(range(1, leaf.dim()))) ** 2
+                  for leaf in stacked.leaves)
+    norms = torch.sqrt(squares)
+    limit = torch.tensor([1.0 if m is None else float(m) for m in max_norms])
+    coef = torch.clamp(limit / (norms + 1e-6), max=1.0)
+    coef = torch.where(torch.tensor([m is None for m in max_norms]), 1.0, coef)
+    for leaf in stacked.leaves:
+        leaf.grad.mul_(coef.view(-1, *([1] * (leaf.dim() - 1))))
+    return norms
+
+
 def _check_batch(runs: Sequence[_Run], features: FrozenFeatures) -> int:
     keys = {batch_key(run.config, features) for run in runs}
     if len(keys) != 1 or None in keys:
@@ -532,6 +612,12 @@ class BatchedFrozenTrainer:
     (:meth:`epoch_batches`, :meth:`train_step`, :meth:`evaluate`) for tests and
     ``benchmarks/bench_frozen.py``. Building it initialises every run exactly as the
     sequential trainer does (:func:`~dml_study.study.frozen.init_frozen_run`, run by run).
+
+    ``mode`` (:data:`MODES`): ``"exact"`` runs the sequential trainer's arithmetic on every
+    run's slice (bit-identical runs); ``"fast"`` computes the losses with the fused kernels
+    of :mod:`dml_study.study.frozen_fused` (the proxies normalised once for the cosines and
+    SO), one norm per stacked tensor for clipping and torch's fused AdamW: the same
+    training up to float32 rounding (the tolerance is measured in ``docs/frozen-tier.md``).
     """
 
     def __init__(
@@ -539,9 +625,14 @@ class BatchedFrozenTrainer:
         configs: Sequence[ExperimentConfig],
         features: FrozenFeatures,
         run_dirs: Sequence[RunDirectory],
+        *,
+        mode: str = "exact",
     ):
         from dml_study.training.pipeline import build_batch_sampler
 
+        if mode not in MODES:
+            raise FrozenTierError(f"unknown batched mode {mode!r}; choose one of {list(MODES)}")
+        self.mode = mode
         if len(configs) != len(run_dirs) or not configs:
             raise ValueError(f"need one run directory per config, got {len(configs)} configs "
                              f"and {len(run_dirs)} directories")
@@ -556,7 +647,7 @@ class BatchedFrozenTrainer:
         losses = [run.loss for run in self.runs]
         self.main_loss = _FAMILIES[loss_family(losses[0])](losses)
         self.so_loss = _BatchedSO(losses)
-        self.stacked = _StackedParameters(self.runs, self.steps)
+        self.stacked = _StackedParameters(self.runs, self.steps, fused=mode == "fast")
         self.max_norms = [run.config.optim.grad_clip_norm for run in self.runs]
         self.alive = torch.ones(len(self.runs), dtype=torch.bool)
         views = features.train_views
@@ -597,8 +688,14 @@ class BatchedFrozenTrainer:
             embeddings = _Linear.apply(batch, stacked.weight, stacked.bias)
         else:
             embeddings = batch
-        main = self.main_loss.compute(embeddings, labels, stacked.proxies)
-        so = self.so_loss(stacked.proxies)
+        if self.mode == "exact":
+            main = self.main_loss.compute(embeddings, labels, stacked.proxies)
+            so = self.so_loss(stacked.proxies)
+        else:
+            proxies = normalize_rows(stacked.proxies)
+            cos = torch.bmm(normalize_rows(embeddings), proxies.transpose(1, 2))
+            main = self.main_loss.from_cosines(cos, labels)
+            so = self.so_loss.fused(stacked.proxies, proxies)
         return main + so, main, so
 
     def train_step(self, rows: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -615,7 +712,8 @@ class BatchedFrozenTrainer:
         if bool(self.alive.any()):
             torch.where(self.alive, total, torch.zeros_like(total)).sum().backward()
             stacked.link_grads()
-            norms = _clip_grad_norms(stacked, self.max_norms)
+            clip = _clip_grad_norms if self.mode == "exact" else _clip_grad_norms_fused
+            norms = clip(stacked, self.max_norms)
             stacked.optimizer.step()
         else:
             norms = None
@@ -698,6 +796,7 @@ def train_frozen_batch(
     tier_info: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
     provenance: dict[str, Any] | None = None,
     stream: TextIO | None = None,
+    mode: str = "exact",
 ) -> list[dict[str, Any]]:
     """Train the runs ``configs`` (one batch: equal :func:`batch_key`) on ``features`` at once.
 
@@ -707,7 +806,8 @@ def train_frozen_batch(
     ``time_s`` are each run's equal share of the batch's time. Raises
     :class:`~dml_study.training.errors.RunExistsError` (before training) when a run directory
     holds a finished run (unless ``run.overwrite``), and :class:`BatchedRunsFailed` after
-    writing the other runs when some runs had a non-finite loss.
+    writing the other runs when some runs had a non-finite loss. ``mode``: see
+    :class:`BatchedFrozenTrainer`.
     """
     if len(configs) != len(run_dirs) or not configs:
         raise ValueError(f"need one run directory per config, got {len(configs)} configs "
@@ -717,7 +817,7 @@ def train_frozen_batch(
     started = time.perf_counter()
     for config, run_dir in zip(configs, run_dirs, strict=True):
         run_dir.prepare(config.run.overwrite)
-    trainer = BatchedFrozenTrainer(configs, features, run_dirs)
+    trainer = BatchedFrozenTrainer(configs, features, run_dirs, mode=mode)
     trainer.run(stream=stream)
     share = (time.perf_counter() - started) / trainer.num_runs
     finished: dict[str, dict[str, Any]] = {}
@@ -748,6 +848,7 @@ def train_frozen_runs_batched(
     *,
     stream: TextIO | None = None,
     max_runs: int = DEFAULT_MAX_RUNS,
+    mode: str = "exact",
 ) -> list[tuple[str, float]]:
     """:func:`dml_study.study.frozen.train_frozen_runs`, batched: the unfinished runs are
     grouped by :func:`batch_key` (at most ``max_runs`` a batch) and each batch is trained by
@@ -783,7 +884,8 @@ def train_frozen_runs_batched(
                              tier_info=infos[0])
             else:
                 train_frozen_batch([c for _, c, _ in chosen], features, dirs,
-                                   tier_info=infos, provenance=provenance, stream=stream)
+                                   tier_info=infos, provenance=provenance, stream=stream,
+                                   mode=mode)
             seconds = (time.perf_counter() - began) / len(chosen)
             done.extend((name, seconds) for name, _, _ in chosen)
             _say(stream, f"{len(chosen)} frozen-tier run(s) trained in one batch in "
