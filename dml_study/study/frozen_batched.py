@@ -219,11 +219,11 @@ class _BatchedMM(torch.autograd.Function):
 
 
 def _sum_each(x: Tensor) -> Tensor:
-    """``x[r].sum()`` for every run r, as (R,): full reductions of each run's slice, so the
-    summation order is the sequential trainer's also when torch splits a large full
-    reduction between threads (above 32,768 elements), which a reduction over dims does not
-    (it gives each output to one thread)."""
-    return torch.stack([t.sum() for t in x.unbind(0)])
+    """``x[r].sum()`` for every run r, as (R,): one reduction over the run dimensions (the
+    same summation order per slice as the sequential full ``sum()`` with one thread; the
+    per-slice alternative, ``torch.stack([t.sum() for t in x.unbind(0)])``, changes the
+    order in which autograd accumulates the gradients of the SO factorised residual)."""
+    return x.sum(dim=tuple(range(1, x.dim())))
 
 
 class _Linear(torch.autograd.Function):
