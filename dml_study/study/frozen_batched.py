@@ -25,8 +25,13 @@ stacked tensors have one shape and every run has the same number of steps. Hyper
 may differ run by run (a tuning batch): learning rates and their multipliers, weight decay,
 betas, ε, schedule shape, clipping, α, δ, margins, scale, λ and the SO form.
 
-**Exactly the sequential arithmetic.** Every batched operation is the one the sequential
-trainer runs, applied to each run's slice:
+**Two modes.** ``mode="exact"`` (the default) runs the sequential arithmetic, below;
+``mode="fast"`` computes the same losses with the fused kernels of
+:mod:`dml_study.study.frozen_fused` and torch's fused AdamW (fewer passes over memory, the
+same training up to float32 rounding; :class:`BatchedFrozenTrainer`).
+
+**Exactly the sequential arithmetic** (``mode="exact"``). Every batched operation is the one
+the sequential trainer runs, applied to each run's slice:
 
 * matrix products are batched ``bmm`` calls with the operand layouts of the sequential
   ``mm`` (a custom autograd function, :class:`_BatchedMM`, reproduces the backward formulas
@@ -48,8 +53,11 @@ trainer runs, applied to each run's slice:
 * loss terms are accumulated in float64 in step order, as the sequential ``float`` sums.
 
 ``tests/study/test_study_frozen_batched.py`` checks the result against the sequential
-trainer, run by run: on this machine the metrics and proxies are **bit-identical** (measured
-differences, and the tolerance the tests allow and why, are in ``docs/frozen-tier.md``).
+trainer, run by run: with one thread (torch and faiss) in both, every history value, metric,
+proxy and embedding is **bit-identical**. With more threads it is not: torch splits one
+run's GEMM between the threads, but a batched GEMM by runs, so a product sums in another
+order (float32 rounding; ``docs/frozen-tier.md`` has the measured differences, the ``fast``
+mode's and why they are safe for the study's verdicts).
 
 **Evaluation.** After every epoch the R test embeddings are computed in one batched product
 and each run is scored by :func:`dml_study.evaluation.evaluate` (the exact faiss search in its

@@ -1,11 +1,11 @@
 """The batched frozen tier against the sequential trainer (the reference), run by run.
 
 ``mode="exact"`` must give bit-identical run directories (every history value, metric,
-proxy and embedding); ``mode="fast"`` the same training to float32 rounding (the bounds
-asserted here and their justification are in ``docs/frozen-tier.md``). The fused kernels of
-``mode="fast"`` are checked against the loss modules and autograd, the optimiser over
-per-run views against ``torch.optim.AdamW`` step by step, and a run with a non-finite loss
-must fail alone.
+proxy and embedding; both trainers on one thread); ``mode="fast"`` the same training to
+float32 rounding (the bounds asserted here and their justification are in
+``docs/frozen-tier.md``). The fused kernels of ``mode="fast"`` are checked against the loss
+modules and autograd, the optimiser over per-run views against ``torch.optim.AdamW`` step
+by step, and a run with a non-finite loss must fail alone.
 """
 
 from __future__ import annotations
@@ -26,6 +26,22 @@ from dml_study.study import frozen, frozen_fused
 from dml_study.study import frozen_batched as fb
 from dml_study.training.errors import RunExistsError
 from dml_study.training.run_dir import RunDirectory
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Both trainers on one thread: ``mode="exact"`` is bit-identical at equal thread counts
+    of one (with more, torch splits one run's GEMM between threads but a batched GEMM by
+    runs, which sums in another order; docs/frozen-tier.md)."""
+    import faiss
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    faiss.omp_set_num_threads(before)
+
 
 RUN_FILES = ("config.yaml", "provenance.json", "history.json", "history.csv", "metrics.json",
              "proxies.npy", "proxies_init.npy", "test_embeddings.npz",
