@@ -155,7 +155,8 @@ def main() -> None:
     parser.add_argument("--study", type=Path, default=ROOT / "studies" / "embedded.yaml")
     parser.add_argument("--datasets", nargs="+", default=["icons", "glyphs"])
     parser.add_argument("--runs", type=int, default=8, help="runs in the batch")
-    parser.add_argument("--seq-runs", type=int, default=2, help="runs of the sequential reference")
+    parser.add_argument("--seq-runs", type=int, default=2,
+                        help="runs of the sequential reference (even: as many SO as no-SO runs)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per run (study: 15)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--modes", nargs="+", default=list(fb.MODES), choices=fb.MODES)

@@ -59,10 +59,11 @@ run's GEMM between the threads, but a batched GEMM by runs, so a product sums in
 order (float32 rounding; ``docs/frozen-tier.md`` has the measured differences, the ``fast``
 mode's and why they are safe for the study's verdicts).
 
-**Evaluation.** After every epoch the R test embeddings are computed in one batched product
-and each run is scored by :func:`dml_study.evaluation.evaluate` (the exact faiss search in its
-canonical tie order, and the same metric code), so per-epoch metrics are those of the
-sequential trainer.
+**Evaluation.** After every epoch the test features (converted to float32 once per batch,
+not once per evaluation) are embedded by every run's slice of the stacked head, and each run
+is scored by :func:`dml_study.evaluation.evaluate` (the exact faiss search in its canonical
+tie order, and the same metric code), so per-epoch metrics are those of the sequential
+trainer.
 
 **A run that fails.** A non-finite loss ends that run only: it is dropped from the backward
 pass from that step on (its slice gets no gradient, the other runs are untouched: no operation
@@ -549,12 +550,14 @@ class _StackedParameters:
             run.head.bias.copy_(self.bias[r])
 
     @torch.no_grad()
-    def test_embeddings(self, test: Tensor) -> Tensor:
-        """(R, M, d) embeddings of the test features for every run, in one product."""
+    @torch.inference_mode()
+    def test_embeddings(self, test: Tensor) -> list[Tensor]:
+        """Every run's embeddings of the test features (M, d): ``F.linear`` on its slice of
+        the stacked head, the sequential trainer's product (a batched product over an
+        expanded (R, M, F) copy of the features would cost R × M × F floats of memory)."""
         if not self.linear:
-            return test.unsqueeze(0).expand(len(self.runs), -1, -1)
-        return torch.baddbmm(self.bias.unsqueeze(1), test.expand(len(self.runs), -1, -1),
-                             self.weight.transpose(1, 2))
+            return [test] * len(self.runs)
+        return [F.linear(test, w, b) for w, b in zip(self.weight, self.bias, strict=True)]
 
 
 def _clip_grad_norms(
@@ -730,17 +733,18 @@ class BatchedFrozenTrainer:
         return terms, norms
 
     def evaluate(self, last: bool) -> list[dict[str, float] | None]:
-        """Test metrics of every live run (``None`` for a dead one): the R test embeddings
-        in one batched product, then :func:`dml_study.evaluation.evaluate` per run, with NMI
+        """Test metrics of every live run (``None`` for a dead one): its test embeddings
+        (:meth:`_StackedParameters.test_embeddings`), then
+        :func:`dml_study.evaluation.evaluate` per run, with NMI
         when ``last`` and the run's ``eval.nmi``."""
-        embeddings = self.stacked.test_embeddings(self.test).numpy()
+        embeddings = self.stacked.test_embeddings(self.test)
         out: list[dict[str, float] | None] = []
         for r, run in enumerate(self.runs):
             if not bool(self.alive[r]):
                 out.append(None)
                 continue
             c = run.config
-            result = evaluate(embeddings[r], self.features.test_labels,
+            result = evaluate(embeddings[r].numpy(), self.features.test_labels,
                               ks=c.eval.ks or (1, 2, 4, 8), nmi=last and c.eval.nmi,
                               seed=c.run.seed)
             out.append({k: float(v) for k, v in result.to_dict().items() if v is not None})
