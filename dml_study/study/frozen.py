@@ -417,22 +417,13 @@ def train_frozen_runs(
     results_dir: str | Path,
     *,
     stream: TextIO | None = None,
-    batched: str | None = "exact",
 ) -> list[tuple[str, float]]:
     """Train every ``(run_name, config, feature settings)`` not finished yet, in this process.
 
     Features are extracted (or loaded from the cache) once per dataset/backbone/settings.
-    Returns ``(run_name, seconds)`` of the runs trained now. ``batched`` (default
-    ``"exact"``, bit-identical runs; or ``"fast"``) trains the runs whose shapes agree as
-    one batch (:func:`dml_study.study.frozen_batched.train_frozen_runs_batched`); ``None``
-    trains them one after the other with :func:`train_frozen`.
+    Returns ``(run_name, seconds)`` of the runs trained now.
     """
     from dml_study.env import environment_report
-
-    if batched is not None:
-        from dml_study.study.frozen_batched import train_frozen_runs_batched
-
-        return train_frozen_runs_batched(items, results_dir, stream=stream, mode=batched)
 
     cache: dict[str, FrozenFeatures] = {}
     provenance: dict[str, Any] | None = None

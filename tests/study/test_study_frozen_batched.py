@@ -512,7 +512,9 @@ def test_the_identity_head_case_trains_proxies_only(tmp_path):
     assert list(trainer.stacked.lrs(0)) == ["lr_proxies"]
 
 
-def test_train_frozen_runs_batches_by_default_and_sequential_on_request(tmp_path, monkeypatch):
+def test_train_frozen_runs_batched_equals_the_sequential_train_frozen_runs(
+    tmp_path, monkeypatch
+):
     features = _features()
     monkeypatch.setattr(fb, "extract_features", lambda config, settings: features)
     monkeypatch.setattr(frozen, "extract_features", lambda config, settings: features)
@@ -525,11 +527,14 @@ def test_train_frozen_runs_batches_by_default_and_sequential_on_request(tmp_path
 
     monkeypatch.setattr(fb, "train_frozen_batch", counting)
     settings = frozen.FeatureSettings(views=3)
-    for root, batched in (("bat", "exact"), ("seq", None)):
+    for root, train in (("bat", fb.train_frozen_runs_batched), ("seq", frozen.train_frozen_runs)):
         items = [(f"r{i}", _config(tmp_path / root, run_name=f"r{i}", seed=i), settings)
                  for i in range(3)]
-        frozen.train_frozen_runs(items, tmp_path / root, batched=batched)
-    assert calls == [3]  # one batch; nothing batched with batched=None
+        done = train(items, tmp_path / root)
+        assert [name for name, _ in done] == ["r0", "r1", "r2"]
+    assert calls == [3]  # one batch
     for i in range(3):
-        np.testing.assert_array_equal(np.load(tmp_path / "bat" / "runs" / f"r{i}" / "proxies.npy"),
-                                      np.load(tmp_path / "seq" / "runs" / f"r{i}" / "proxies.npy"))
+        bat, seq = (tmp_path / root / "runs" / f"r{i}" for root in ("bat", "seq"))
+        np.testing.assert_array_equal(np.load(bat / "proxies.npy"), np.load(seq / "proxies.npy"))
+        metrics = [_strip_timings(_read(run, "metrics.json")) for run in (bat, seq)]
+        assert metrics[0] == metrics[1]
