@@ -31,7 +31,8 @@ fixed number of threads (:data:`DEFAULT_THREADS`, 1), whatever the machine's cor
 * **oneDNN**: ``ONEDNN_MAX_CPU_ISA=AVX2`` (the AVX2 convolution kernels on every machine)
   and ``ONEDNN_DEFAULT_FPMATH_MODE=STRICT`` (float32 math stays float32).
 * **ATen**: ``ATEN_CPU_CAPABILITY=avx2`` (the AVX2 vectorised kernels, 8-lane reductions).
-* **OpenBLAS** (faiss' and numpy's): ``OPENBLAS_CORETYPE=Haswell`` (one sgemm kernel).
+* **OpenBLAS** (faiss' and numpy's): ``OPENBLAS_CORETYPE=SandyBridge`` (one sgemm kernel whose
+  bits for a pair do not depend on its place in the call: see ``PROFILE_ENV``).
 * **threads** (:func:`apply`): torch's and faiss' intra-op threads = :func:`threads`
   (default 1); IEEE denormals (no flush-to-zero); float32 matmuls in full precision.
 
@@ -78,7 +79,11 @@ PROFILE_ENV: dict[str, str] = {
     "DNNL_MAX_CPU_ISA": "AVX2",  # the variable's name before oneDNN 2.x
     "ONEDNN_DEFAULT_FPMATH_MODE": "STRICT",  # no implicit bf16/tf32 down-conversion
     "ATEN_CPU_CAPABILITY": "avx2",
-    "OPENBLAS_CORETYPE": "Haswell",
+    # SandyBridge, not Haswell: its sgemm gives a (query, item) pair the same bits wherever
+    # the pair sits in the call (measured: knn_fast.blas_regime holds for SandyBridge and
+    # SkylakeX, fails for Haswell, Zen, Cooperlake), which the exact two-pass re-rank needs.
+    # AVX only, so it runs on every AVX2 machine; exact search costs 1.24x Haswell here.
+    "OPENBLAS_CORETYPE": "SandyBridge",
 }
 
 #: Every profile: ``avx2`` reproduces on every x86-64 CPU with AVX2 and FMA (Intel since

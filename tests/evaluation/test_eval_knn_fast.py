@@ -396,3 +396,15 @@ def test_two_pass_is_identical_under_one_and_two_threads(tmp_path):
     (fast1, exact1), (fast2, exact2) = digests
     assert fast1 == exact1 == fast2 == exact2
     assert len(hashlib.sha256().hexdigest()) == len(fast1)
+
+
+def test_a_onednn_isa_cap_below_bf16_turns_the_first_pass_off():
+    """Under the default numerical profile (oneDNN capped at AVX2) bf16 runs emulated, so
+    ``auto`` must not pick the two-pass search; uncapped or bf16-capable caps allow it."""
+    assert not knn_fast.onednn_allows_bf16({"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert not knn_fast.onednn_allows_bf16({"DNNL_MAX_CPU_ISA": "avx512_core"})
+    assert knn_fast.onednn_allows_bf16({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"})
+    assert knn_fast.onednn_allows_bf16({})
+    if not knn_fast.onednn_allows_bf16():
+        assert not knn_fast.bf16_matmul_is_fast()
+        assert resolve_search("auto", 10**5, 10**5, 5, use_gpu=False) == "exact"
