@@ -11,7 +11,13 @@ Subpackages, one concept each (in the spirit of pytorch-metric-learning):
 - :mod:`dml_study.evaluation` — Recall@K, MAP@R, R-Precision and NMI with faiss.
 - :mod:`dml_study.training` — the training engine, checkpoints, DDP.
 - :mod:`dml_study.env` — the provenance record written with every run.
+- :mod:`dml_study.determinism` — the numerical profile that gives the same bits on every
+  machine; importing the package sets its library variables (before torch initialises).
 """
+
+from dml_study.determinism import pin_environment as _pin_environment
+
+_pin_environment()
 
 __version__ = "0.1.0"
 __all__ = ["__version__"]

@@ -78,8 +78,11 @@ def device_report() -> dict[str, Any]:
 
 
 def environment_report() -> dict[str, Any]:
-    """Everything recorded with a run: versions, device, threads, platform and git commit."""
+    """Everything recorded with a run: versions, device, threads, platform, git commit and
+    the numerical profile in effect (:func:`dml_study.determinism.determinism_report`: CPU
+    model and ISA flags, each library's kernel branch, threads)."""
     from dml_study import __version__
+    from dml_study.determinism import determinism_report
 
     return {
         "dml_study": __version__,
@@ -88,4 +91,5 @@ def environment_report() -> dict[str, Any]:
         "packages": {name: package_version(name) for name in TRACKED_PACKAGES},
         **device_report(),
         "git_commit": git_commit(),
+        "determinism": determinism_report(),
     }

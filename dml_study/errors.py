@@ -335,13 +335,15 @@ def translate(
     ``PermissionError``/``EROFS`` naming a file            :class:`NotWritableError`
     =====================================================  =========================
     """
+    # A CorruptImageError is itself a UserFacingError, but one re-raised from a DataLoader
+    # worker carries the worker's traceback in its message: rewrite it first.
+    corrupt = _instance_in_chain(exc, _module_class("dml_study.data.images", "CorruptImageError"))
+    if corrupt is not None:
+        return corrupt_image_error(corrupt, on_corrupt_hint)
     if isinstance(exc, UserFacingError):
         return exc
     if is_disk_full(exc):
         return DiskFullError.from_exception(exc)
-    corrupt = _instance_in_chain(exc, _module_class("dml_study.data.images", "CorruptImageError"))
-    if corrupt is not None:
-        return corrupt_image_error(corrupt, on_corrupt_hint)
     layout = _instance_in_chain(exc, _module_class("dml_study.data.base", "DatasetLayoutError"))
     if layout is not None:
         return missing_dataset_error(layout, dataset, data_root)

@@ -1,4 +1,4 @@
-"""``evaluate``: all metrics of a set of embeddings from one exact faiss search.
+"""``evaluate``: all metrics of a set of embeddings from one exact kNN search.
 
 Protocols:
 
@@ -7,18 +7,29 @@ Protocols:
 - *query/gallery* (In-Shop): queries are searched in a separate gallery.
 
 The search retrieves K_max = max(max(ks), R_max) neighbours per query, clamped to the gallery
-size, in chunks of queries; Recall@K, MAP@R and R-Precision are all read from it.
+size, in chunks of queries; Recall@K, MAP@R and R-Precision are all read from it. It is the
+exact faiss search (:mod:`~dml_study.evaluation.knn`) or, by default where it pays, the
+two-pass search (:mod:`~dml_study.evaluation.knn_fast`) that returns the same neighbours
+and similarities bit for bit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from dml_study.evaluation.clustering import nmi as clustering_nmi
-from dml_study.evaluation.knn import gpu_available, l2_normalize, rows_per_chunk, search
+from dml_study.evaluation.knn import (
+    NeighbourChunk,
+    gpu_available,
+    l2_normalize,
+    rows_per_chunk,
+    search,
+)
+from dml_study.evaluation.knn_fast import BoundViolation, resolve_search, search_two_pass
 from dml_study.evaluation.metrics import RetrievalAccumulator, relevant_counts
 from dml_study.evaluation.result import EvaluationResult
 
@@ -112,8 +123,13 @@ def _retrieval(
     chunk_size: int,
     use_gpu: bool,
     progress: bool,
+    method: str,
 ) -> RetrievalAccumulator:
-    """kNN search of every query (chunked) and the retrieval metrics accumulated over it."""
+    """kNN search of every query (chunked) and the retrieval metrics accumulated over it.
+
+    ``method`` is ``evaluate``'s ``search``; a two-pass search whose first pass breaks its
+    error bound (:class:`BoundViolation`) is redone on the exact path, with a warning.
+    """
     self_retrieval = gallery is None
     available = len(queries) - 1 if gallery is None else len(gallery)
     num_relevant = relevant_counts(q_labels, g_labels, self_retrieval)
@@ -123,9 +139,36 @@ def _retrieval(
             "retrieval metrics are undefined"
         )
     k_max = min(max(max(ks), int(num_relevant.max())), available)
-    acc = RetrievalAccumulator(ks, available)
+    k_search = k_max + int(self_retrieval)
+    reference = queries if self_retrieval else gallery
+    method = resolve_search(method, len(queries), len(reference), k_search, use_gpu)
+    if method == "two_pass":
+        try:
+            chunks = search_two_pass(queries, gallery, k_max, chunk_size=chunk_size)
+            return _accumulate(chunks, q_labels, g_labels, num_relevant, ks, available,
+                               chunk_size, k_search, progress)
+        except BoundViolation as err:
+            warnings.warn(f"{err}; redoing the search on the exact path", RuntimeWarning,
+                          stacklevel=3)
     chunks = search(queries, gallery, k_max, chunk_size=chunk_size, use_gpu=use_gpu)
-    total = -(-len(queries) // rows_per_chunk(chunk_size, k_max + int(self_retrieval)))
+    return _accumulate(chunks, q_labels, g_labels, num_relevant, ks, available, chunk_size,
+                       k_search, progress)
+
+
+def _accumulate(
+    chunks: Iterable[NeighbourChunk],
+    q_labels: np.ndarray,
+    g_labels: np.ndarray,
+    num_relevant: np.ndarray,
+    ks: tuple[int, ...],
+    available: int,
+    chunk_size: int,
+    k_search: int,
+    progress: bool,
+) -> RetrievalAccumulator:
+    """The retrieval metrics of the neighbour chunks (a fresh accumulator)."""
+    acc = RetrievalAccumulator(ks, available)
+    total = -(-len(q_labels) // rows_per_chunk(chunk_size, k_search))
     for chunk in tqdm(chunks, total=total, desc="kNN", disable=not progress, leave=False):
         acc.update(
             g_labels[chunk.indices],
@@ -148,6 +191,7 @@ def evaluate(
     use_gpu: bool | None = None,
     kmeans_iterations: int = 20,
     progress: bool = False,
+    search: str = "auto",
 ) -> EvaluationResult:
     """Recall@K, MAP@R, R-Precision and (optionally) NMI of cosine-similarity retrieval.
 
@@ -166,6 +210,13 @@ def evaluate(
         use_gpu: use faiss GPU indexes; ``None`` = when available.
         kmeans_iterations: k-means iterations for NMI.
         progress: show a progress bar over query chunks.
+        search: how the exact kNN search runs; every choice returns the same neighbours
+            and the same float32 similarities, hence the same metrics.
+            ``"exact"``: one faiss fp32 search (the reference semantics). ``"two_pass"``:
+            a bf16 first pass whose proven error bound selects the candidates, then
+            faiss' exact kernel re-ranks them (CPU; :mod:`dml_study.evaluation.knn_fast`).
+            ``"auto"`` (default): two-pass on CPUs with bf16 matrix units when the
+            gallery is large and k small enough for it to pay, else exact.
 
     Returns:
         An :class:`EvaluationResult`. Queries with no relevant gallery item (R = 0) are left
@@ -177,7 +228,7 @@ def evaluate(
 
     Raises:
         ValueError: on inconsistent shapes, non-integer labels, non-finite embeddings, bad
-            ``ks``, or when no query has a relevant gallery item.
+            ``ks``, an unknown ``search``, or when no query has a relevant gallery item.
     """
     ks = _as_ks(ks)
     queries, q_labels, gallery, g_labels = _checked_inputs(
@@ -186,7 +237,9 @@ def evaluate(
     if use_gpu and not gpu_available():
         raise ValueError("use_gpu=True, but faiss has no GPU support or sees no GPU")
     use_gpu = gpu_available() if use_gpu is None else use_gpu
-    acc = _retrieval(queries, q_labels, gallery, g_labels, ks, chunk_size, use_gpu, progress)
+    acc = _retrieval(
+        queries, q_labels, gallery, g_labels, ks, chunk_size, use_gpu, progress, search
+    )
 
     nmi_value = None
     if nmi:

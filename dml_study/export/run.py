@@ -16,13 +16,12 @@ Two tiers write runs (:mod:`dml_study.training.run_dir` has the layout):
 
 **Loading without pickle code.** The checkpoints are ``torch.save`` pickles; they are read
 here with ``torch.load(weights_only=True)``, torch's restricted unpickler, which only builds
-tensors, containers and primitive types. ``best.pt`` needs nothing more. ``last.pt``
-also holds the training RNG states for bit-exact resumption, and NumPy's legacy generator
-state is a NumPy array, so :data:`NUMPY_SAFE_GLOBALS` allows exactly NumPy's array
-reconstruction (``numpy._core.multiarray._reconstruct``, ``numpy.ndarray``, ``numpy.dtype``
-and the key's ``numpy.dtypes.UInt32DType``) for that one load. What remains: the
-*trainer's* resume path (:func:`dml_study.training.checkpoint.load_checkpoint`) still uses
-``weights_only=False`` (only load checkpoints you wrote); the export itself is pickle-free
+tensors, containers and primitive types. Checkpoint format 2 (the trainer's, see
+:mod:`dml_study.training.checkpoint`) stores NumPy's RNG state as plain values and needs
+nothing more; a format-1 ``last.pt`` held it as a NumPy array, so
+:data:`NUMPY_SAFE_GLOBALS` allows exactly NumPy's array reconstruction
+(``numpy._core.multiarray._reconstruct``, ``numpy.ndarray``, ``numpy.dtype`` and the key's
+``numpy.dtypes.UInt32DType``) for that one load. The export itself is pickle-free
 (safetensors).
 """
 

@@ -65,7 +65,11 @@ def _metrics(rw: RunWeights) -> dict[str, Any]:
     protocol = dataset_protocol(rw.config.data.dataset)
     split = "test" if protocol == "self" else "query vs gallery"
     final_epoch = int(m.get("epochs", rw.config.schedule.epochs))
-    best = dict(m.get("best") or {})
+    # The selected epoch: by validation MAP@R in a validation run, by test R@1 in a test run
+    # (``best_test_selected``; the card says how optimistic that is).
+    from dml_study.training.run_dir import best_epoch_metrics
+
+    best = best_epoch_metrics(m)
     out = {
         "split": split,
         "protocol": protocol,

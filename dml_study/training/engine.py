@@ -16,11 +16,14 @@ split; its best epoch is ``"best"`` (by validation MAP@R, ties to the earliest e
 validation run and ``"best_test_selected"`` (by test R@1, Proxy Anchor's protocol, for
 comparison only) in a test run.
 
-Reproducibility: model/proxy initialisation is seeded; augmentation is seeded per sample
-(:mod:`dml_study.training.pipeline`); the batch order depends only on ``(seed, epoch)``; the
-checkpoint holds optimiser, scheduler, position and RNG states. A run killed mid-epoch and
-resumed from ``checkpoints/last.pt`` therefore reproduces the uninterrupted run bit for bit on
-CPU (tested: resume with ``num_workers=0``; identical results with 0 and 2 workers).
+Reproducibility: every run computes under the numerical profile of
+:mod:`dml_study.determinism` (fixed threads, pinned kernels: the same bits on every machine,
+recorded in ``provenance.json``); model/proxy initialisation is seeded; augmentation is
+seeded per sample (:mod:`dml_study.training.pipeline`); the batch order depends only on
+``(seed, epoch)``; the checkpoint holds optimiser, scheduler, position and RNG states. A
+run killed mid-epoch and resumed from ``checkpoints/last.pt`` therefore reproduces the
+uninterrupted run bit for bit on CPU (tested: resume with ``num_workers=0``; identical
+results with 0 and 2 workers).
 
 Reliability: the process holds the run's lock (:mod:`dml_study.training.lock`) from opening
 the run directory to writing ``metrics.json``, so a second process on the same run name
@@ -53,6 +56,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from dml_study import determinism
 from dml_study.config import (
     RESUME_MUTABLE_KEYS,
     ExperimentConfig,
@@ -175,6 +179,7 @@ class Trainer:
     """
 
     def __init__(self, config: ExperimentConfig, ctx: D.DistContext | None = None):
+        determinism.apply()  # fixed threads and kernels: the same bits on every machine
         self.ctx = ctx if ctx is not None else D.init_distributed(config.run.device)
         run_name = config.run.run_name or config.default_run_name()
         self.config = config_from_dict(

@@ -24,7 +24,7 @@ FEATURES = 1280  # EfficientNet-Lite0's pooled width
 
 
 def _features(classes: int = 6, per_class: int = 4, seed: int = 0):
-    from dml_study.study import frozen
+    from dml_study.study.tiers import frozen
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(2 * classes, FEATURES))
@@ -43,7 +43,7 @@ def _features(classes: int = 6, per_class: int = 4, seed: int = 0):
 
 @pytest.fixture(scope="module")
 def frozen_run(tmp_path_factory: pytest.TempPathFactory) -> RunDirectory:
-    from dml_study.study import frozen
+    from dml_study.study.tiers import frozen
 
     root = tmp_path_factory.mktemp("frozen")
     config = load_config("icons", embedding_dim=8, epochs=2, batch_size=12, m_per_class=2,

@@ -161,7 +161,9 @@ def test_missing_dataset(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_corrupt_image_found_mid_epoch(tmp_path: Path):
+def test_corrupt_images_are_found_before_the_first_epoch(tmp_path: Path):
+    """Screening (data.check_images, issue #23) reports every undecodable file at once,
+    before any training, instead of the first one a worker meets mid-epoch."""
     root = write_cub_fixture(tmp_path / "cub", num_classes=40, images_per_class=8)
     images = root / "CUB_200_2011" / "images"
     # The first image of every training class: the first batch certainly meets one.
@@ -171,7 +173,9 @@ def test_corrupt_image_found_mid_epoch(tmp_path: Path):
     out = run_train_cli(root, tmp_path / "results", run_name="c", epochs=1)
     assert out.returncode == E.EXIT_DATA, out.stderr
     line = one_error_line(out.stderr, "--on_corrupt skip")
-    assert any(line.startswith(f"error: corrupt image {path}: ") for path in bad), line
+    assert line.startswith("error: cub200: 20 image file(s) cannot be decoded: "), line
+    assert str(bad[0]) in line and "python -m dml_study.data verify cub200" in line
+    assert "and 10 more" in line  # long lists are cut, the verify command lists them all
     assert not (tmp_path / "results" / "runs" / "c" / "metrics.json").exists()
 
 

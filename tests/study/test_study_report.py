@@ -115,8 +115,13 @@ def test_index_shows_claims_then_figures_then_headline_and_links_run_pages(tmp_p
     order = [html.index(s) for s in ("<h2>Claims", "<h2>Figures", "<h2>Headline",
                                      "<h2>Training runs")]
     assert order == sorted(order)
-    assert "+5.0 pp" in html and "[+1.0, +9.0] pp" in html and "-120 steps" in html
-    assert "class='verdict-supported text'" in html and "SO raises R@1 (tiny)" in html
+    # The scorecard: one row per claim, a column per dataset × tier, digits from the CI.
+    assert "<span class='estimate'>+5.0</span> <span class='ci'>[+1.0, +9.0]</span>" in html
+    assert "<span class='estimate'>−120</span> <span class='ci'>[−250, +10]</span>" in html
+    assert "class='estimate-cell verdict-supported text'" in html
+    assert "cub200 · frozen<br>C&lt;d" in html and "cub200 · fine-tuned<br>C&gt;&gt;d" in html
+    assert "<dt>SO raises R@1</dt><dd>SO raises R@1. Note: tiny</dd>" in html
+    assert "href='claims.csv'" in html and (out / "claims.csv").is_file()
     assert "<img src='figures/a.png' alt='Headline per seed'>" in html
     assert f"href='runs/{run}.html'" in html
     page = (out / "runs" / f"{run}.html").read_text()
@@ -128,7 +133,9 @@ def test_index_shows_claims_then_figures_then_headline_and_links_run_pages(tmp_p
     assert text.index("## Claims") < text.index("![Headline per seed](figures/a.png)")
     assert text.index("## Figures") < text.index("## Headline")
     assert f"[{run}](runs/{run}.html)" in text
-    assert "| SO raises R@1 (tiny) | SO | cub200 | C<d | frozen | R@1 | +5.0 pp |" in text
+    assert ("| claim | paper | unit | cub200 · frozen · C\\<d | cub200 · fine-tuned · C>>d |"
+            in text)
+    assert "| SO raises R@1 | SO | pp | +5.0 [+1.0, +9.0] ✓ supported | – |" in text
 
 
 @pytest.mark.parametrize(("name", "content", "message"), [

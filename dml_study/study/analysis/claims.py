@@ -32,7 +32,12 @@ import numpy as np
 import pandas as pd
 
 from dml_study.atomic_io import atomic_write_json
-from dml_study.study.analysis.stats import mean_ci, paired_comparison, verdict_from_ci
+from dml_study.study.analysis.stats import (
+    format_estimate,
+    mean_ci,
+    paired_comparison,
+    verdict_from_ci,
+)
 from dml_study.study.plan.config import ClaimConfig, StudyConfig
 from dml_study.study.plan.grid import RunSpec, expand_grid
 from dml_study.training.run_dir import RunDirectory
@@ -261,18 +266,16 @@ def scorecard(config: StudyConfig) -> list[dict[str, Any]]:
 
 
 def scorecard_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The scorecard for display: effect and CI rounded, one line per row."""
+    """The scorecard for display, one line per row: effect and CI with the decimals their
+    CI width needs (:func:`~dml_study.study.analysis.stats.format_estimate`)."""
     if not rows:
         return pd.DataFrame(columns=["paper", "claim", "dataset", "regime", "tier", "metric",
                                      "effect", "95% CI", "seeds", "verdict"])
     frame = pd.DataFrame(rows)
-
-    def fmt(x: Any) -> str:
-        return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.2f}"
-
-    frame["effect"] = [f"{fmt(e)} {u}" for e, u in zip(frame["effect"], frame["unit"], strict=True)]
-    frame["95% CI"] = [f"[{fmt(lo)}, {fmt(hi)}]"
-                       for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)]
+    shown = [format_estimate(r.get("effect"), r.get("ci_low"), r.get("ci_high"), r.get("seeds"))
+             for r in rows]
+    frame["effect"] = [f"{e} {u}" for (e, _), u in zip(shown, frame["unit"], strict=True)]
+    frame["95% CI"] = [ci for _, ci in shown]
     return frame[["paper", "claim", "dataset", "regime", "tier", "metric", "effect", "95% CI",
                   "seeds", "verdict"]]
 

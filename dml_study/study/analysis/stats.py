@@ -45,6 +45,74 @@ def format_mean_std(mean: float, std: float | None, scale: float = 100.0, digits
     return text
 
 
+
+#: The minus sign of displayed numbers (U+2212, as wide as "+"; CSV and JSON keep floats).
+MINUS = "\u2212"
+
+
+def _finite(value: float | None) -> bool:
+    """Whether ``value`` is a finite number (``None``, NaN and ±inf are not)."""
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def interval_decimals(low: float | None, high: float | None, significant: int = 2,
+                      max_decimals: int = 12) -> int | None:
+    """Decimals to show an estimate and its interval ``[low, high]`` with.
+
+    Enough that the half-width ``h = (high − low) / 2`` keeps ``significant`` significant
+    digits: ``significant − 1 − ⌊log₁₀ h⌋`` decimals (at least 0). Then the two ends
+    differ by ``2h ≥ 2·10^(significant−1)`` units of the last decimal, so the interval
+    never collapses to one number: a ``|cos|`` effect with ``h = 0.00095`` gets 5 decimals
+    (``−0.20290 [−0.20384, −0.20195]``), an R@1 effect with ``h = 0.37`` pp gets 2. ``None``
+    when the interval is undefined (NaN, ``None``: fewer than two seeds) or has zero width.
+    """
+    if not (_finite(low) and _finite(high)) or high <= low:
+        return None
+    half = (high - low) / 2
+    return max(0, min(max_decimals, significant - 1 - math.floor(math.log10(half))))
+
+
+def significant_decimals(value: float | None, significant: int = 3,
+                         max_decimals: int = 12) -> int:
+    """Decimals that show ``value`` with ``significant`` significant digits (0 for 0)."""
+    if not _finite(value) or value == 0:
+        return 0
+    magnitude = float(f"{abs(value):.12g}")  # 9.999999999999998 (= 100 · 0.1) counts as 10
+    return max(0, min(max_decimals, significant - 1 - math.floor(math.log10(magnitude))))
+
+
+def format_signed(value: float | None, decimals: int) -> str:
+    """``value`` with its sign (``+4.52``, ``−0.07`` with a true minus); ``–`` when undefined."""
+    if not _finite(value):
+        return "–"
+    return f"{value:+.{decimals}f}".replace("-", MINUS)
+
+
+def format_estimate(estimate: float | None, low: float | None, high: float | None,
+                    n: int | None = None) -> tuple[str, str]:
+    """An effect and its confidence interval as display text: ``("−0.07", "[−0.29, +0.16]")``.
+
+    The one formatting rule of the report's effects (scorecard, headline, notebook tables):
+    decimals from :func:`interval_decimals`, so the interval shows its width. Without an
+    interval the estimate keeps 3 significant digits and the interval text says why:
+    ``"n = 1: no CI"`` (fewer than two seeds), ``"no CI"`` (undefined, e.g. a correlation of
+    constant values) or, for a zero-width interval, both ends (which are equal).
+    """
+    decimals = interval_decimals(low, high)
+    if decimals is not None:
+        return (format_signed(estimate, decimals),
+                f"[{format_signed(low, decimals)}, {format_signed(high, decimals)}]")
+    digits = significant_decimals(estimate)
+    if _finite(low) and _finite(high):  # zero width: every seed gave the same difference
+        return (format_signed(estimate, digits),
+                f"[{format_signed(low, digits)}, {format_signed(high, digits)}]")
+    if n is not None and n < 2:
+        return format_signed(estimate, digits), f"n = {n}: no CI"
+    return format_signed(estimate, digits), "no CI"
+
 def formatted_table(
     frame: pd.DataFrame,
     by: str | Sequence[str],

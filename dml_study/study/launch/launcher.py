@@ -195,7 +195,7 @@ def launch_grid(
     Raises :class:`GridFailedError` naming every failed run (after all the others finished)
     unless ``raise_on_failure`` is false.
     """
-    from dml_study.study.tiers.frozen import run_frozen_tier  # imports torch
+    from dml_study.study.tiers.frozen_batched import run_frozen_tier  # imports torch
 
     launcher = launcher or launcher_from_config(config)
     stream = stream or sys.stdout

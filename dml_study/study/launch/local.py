@@ -4,8 +4,9 @@ Each run is a worker process (:mod:`dml_study.study.launch.worker`) that execute
 ``02_train`` for it, writing its output to ``results/<study>/runs/<run_name>.log``. Run
 ``i`` of the ``max_parallel`` slots gets device ``devices[i % len(devices)]`` (round-robin;
 e.g. ``cuda:0,cuda:1``), so concurrent runs never share a GPU when there are as many GPUs
-as slots. On CPU the cores are split: each run gets ``threads_per_run`` threads (default
-``cores // max_parallel``) through ``OMP_NUM_THREADS``, which torch reads at import.
+as slots. On CPU each run gets ``threads_per_run`` threads (default: the numerical
+profile's fixed count, 1, see :mod:`dml_study.determinism`; ``cores // max_parallel`` with
+the profile off) through ``OMP_NUM_THREADS``, which torch reads at import.
 """
 
 from __future__ import annotations

@@ -198,19 +198,28 @@ def wait_for_run(results_dir: Path, run_name: str, poll: float = POLL_SECONDS) -
 
 
 def worker_env(threads: int | None) -> dict[str, str]:
-    """Environment of a run limited to ``threads`` CPU threads (torch, OpenMP, BLAS).
+    """Environment of a run: the numerical profile with ``threads`` CPU threads.
 
-    torch reads ``OMP_NUM_THREADS`` at import, so the kernel of ``02_train`` starts with
-    ``torch.get_num_threads() == threads``.
+    :func:`dml_study.determinism.pinned_env`: the library settings that give the same bits
+    on every machine, and the thread variables (torch reads ``OMP_NUM_THREADS`` at import,
+    so the kernel of ``02_train`` starts with ``torch.get_num_threads() == threads``).
     """
-    if threads is None:
-        return {}
-    return {var: str(threads) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                          "OPENBLAS_NUM_THREADS")}
+    from dml_study.determinism import pinned_env
+
+    return pinned_env(threads)
 
 
 def default_threads(max_parallel: int) -> int | None:
-    """CPU threads per run when ``max_parallel`` runs share this machine (None: 1 run)."""
+    """CPU threads per run when ``max_parallel`` runs share this machine.
+
+    Under the numerical profile, its fixed count (:func:`dml_study.determinism.threads`,
+    1), whatever the machine's cores: the bits of a run depend on its thread count. With
+    the profile off, the cores split between the runs (None: 1 run, all cores).
+    """
+    from dml_study import determinism
+
+    if determinism.enabled():
+        return determinism.threads()
     if max_parallel <= 1:
         return None
     return max(1, (os.cpu_count() or 1) // max_parallel)

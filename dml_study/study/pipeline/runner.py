@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from dml_study.errors import UserFacingError
 from dml_study.study.launch.launcher import (
     GridFailedError,
     GridReport,
@@ -45,6 +46,7 @@ from dml_study.study.launch.launcher import (
 from dml_study.study.plan.config import STAGING_ENV, STAGING_SUFFIX, StudyConfig
 from dml_study.study.report.index import NotebookRecord, StudyRecord, headline, write_reports
 from dml_study.study.report.pages import render_html
+from dml_study.study.report.readme import update_project_readme
 from dml_study.study.tiers.notebooks import NotebookExecutionError, execute_notebook
 
 TRAIN_PARAMETER = "train"
@@ -154,6 +156,11 @@ def run_study(
         say(f"previous results in {final_dir} left untouched; this attempt is kept in {staging}")
         raise failure
     publish_study_dir(staging, final_dir)
+    try:  # the README shows the published scorecard; a bad block must not undo the study
+        if update_project_readme(config.root, final_dir / "claims.json"):
+            say("README.md: scorecard block updated from claims.json")
+    except UserFacingError as exc:
+        say(f"README.md not updated: {exc}")
     say(f"finished in {record.seconds / 60:.1f} min; report: {final_dir / 'index.html'}")
     return record
 
@@ -236,7 +243,7 @@ def _write_failure_reports(
     except Exception as exc:  # must not mask the notebook error
         say(f"(headline not computed: {type(exc).__name__}: {exc})")
     try:
-        write_reports(config, record, html=html)
+        write_reports(config, record, html=html, published=False)
     except Exception as exc:  # must not mask the notebook error
         say(f"(report of the failed attempt not written: {type(exc).__name__}: {exc})")
 

@@ -79,6 +79,10 @@ RECIPES: tuple[str, ...] = ("cpu", "full")
 TIERS: tuple[str, ...] = ("fine-tuned", "frozen")
 
 
+#: ``frozen.batch_mode`` values (:mod:`dml_study.study.tiers.frozen_batched`).
+FROZEN_BATCH_MODES: tuple[str, ...] = ("exact", "fast", "sequential")
+
+
 class StudyConfigError(ValueError):
     """A study file that cannot be used; the message names the key path and valid choices."""
 
@@ -208,6 +212,13 @@ class FrozenConfig:
     #: Per-dataset feature settings overriding ``views`` / ``feature_seed`` and setting
     #: ``max_train_per_class`` / ``max_test_per_class`` (seeded per-class subsets).
     features: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: How the runs are trained (:mod:`dml_study.study.tiers.frozen_batched`): ``exact``
+    #: (many runs as one batched computation, bit-identical to one run after the other),
+    #: ``fast`` (fused kernels; equal up to float32 rounding, docs/frozen-tier.md) or
+    #: ``sequential`` (the reference trainer, one run after the other).
+    batch_mode: str = "exact"
+    #: Runs trained together at most.
+    batch_runs: int = 32
 
 
 @dataclass(frozen=True)
@@ -902,6 +913,10 @@ def _validate(config: StudyConfig, where: str) -> None:
     for dataset in config.datasets:
         _check_choice(dataset, train_choices()["dataset"], f"{where}: datasets")
     _check_train_params(config.train, f"{where}: train")
+    _check_choice(config.frozen.batch_mode, FROZEN_BATCH_MODES, f"{where}: frozen.batch_mode")
+    if config.frozen.batch_runs < 1:
+        raise StudyConfigError(f"{where}: frozen.batch_runs must be >= 1, got "
+                               f"{config.frozen.batch_runs}")
     names = [g.name for g in config.groups]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

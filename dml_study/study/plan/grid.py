@@ -69,8 +69,8 @@ class RunSpec:
         if self.tier == "frozen":
             raise ValueError(
                 f"run {self.run_name} belongs to the frozen tier: it is trained in-process by "
-                "dml_study.study.tiers.frozen.run_frozen_tier, not by executing 02_train; route "
-                "specs with tier == 'frozen' there"
+                "dml_study.study.tiers.frozen_batched.run_frozen_tier, not by executing "
+                "02_train; route specs with tier == 'frozen' there"
             )
         return {**self.params, "run_name": self.run_name, "results_dir": str(results_dir)}
 

@@ -1,10 +1,13 @@
 """The study's front page, as ``index.html`` and ``README.md`` (same content), and ``summary.json``.
 
 The front page reads top to bottom as a reader wants it: the claims scorecard
-(``claims.json``, when the study wrote one), the figures listed in ``figures/index.json``,
-the headline table, then links to every notebook page and every run page. Every number
-carries its unit; tables have no pandas index rows. The pages are self-contained
-(:mod:`dml_study.study.report.pages`) and hold no absolute machine path.
+(:mod:`~dml_study.study.report.scorecard`, from ``claims.json`` when the study wrote one; the
+long table is written beside it as ``claims.csv``), the figures listed in
+``figures/index.json``, the headline table, then links to every notebook page and every run
+page. Every number carries its unit; tables have no pandas index rows and every cell is
+escaped (:mod:`~dml_study.study.report.markup`). The pages are self-contained
+(:mod:`dml_study.study.report.pages`) and name paths as the reader finds them: relative to
+the project, never the staging directory (:mod:`~dml_study.study.report.paths`).
 
 The headline is the paired comparison of the study's headline group (by default Proxy
 Anchor with vs without SO over all its seeds): mean ± std of each headline metric per
@@ -27,10 +30,19 @@ import pandas as pd
 
 from dml_study.atomic_io import atomic_write_text
 from dml_study.study.analysis.collect import grid_results
-from dml_study.study.analysis.stats import compare_arms, format_mean_std
+from dml_study.study.analysis.stats import compare_arms, format_estimate, format_mean_std
 from dml_study.study.plan.config import StudyConfig
 from dml_study.study.plan.grid import expand_grid, unique_runs
-from dml_study.study.report.pages import is_number_text, page, render_html
+from dml_study.study.report import scorecard as scorecards
+from dml_study.study.report.markup import (
+    CellLike,
+    html_notes,
+    html_table,
+    markdown_notes,
+    markdown_table,
+)
+from dml_study.study.report.pages import page, render_html
+from dml_study.study.report.paths import path_replacements
 from dml_study.study.report.tables import run_page
 from dml_study.study.tiers.machine_paths import relativise_notebook, relativise_text
 
@@ -96,29 +108,41 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
 def headline_table(summary: dict[str, Any]) -> pd.DataFrame:
     """The headline as a display table, one row per metric (column ``metric``, no index).
 
-    Means ± std in %, the paired difference and its intervals in percentage points.
+    Means ± std in %, the paired difference and its intervals in percentage points, with
+    the decimals each interval's width needs
+    (:func:`~dml_study.study.analysis.stats.format_estimate`).
     """
     rows = []
     level = round(100 * summary["confidence"])
     for metric, c in summary["metrics"].items():
+        n = int(c["n"])
+        delta, t_ci = format_estimate(_pp(c["mean_difference"]), _pp(c["t_ci_low"]),
+                                      _pp(c["t_ci_high"]), n)
+        _, bootstrap_ci = format_estimate(_pp(c["mean_difference"]),
+                                          _pp(c["bootstrap_ci_low"]),
+                                          _pp(c["bootstrap_ci_high"]), n)
         rows.append({
             "metric": metric,
             f"{summary['baseline']} (%, mean ± std)": format_mean_std(
                 c["baseline_mean"], _nan(c["baseline_std"])),
             f"{summary['treatment']} (%, mean ± std)": format_mean_std(
                 c["treatment_mean"], _nan(c["treatment_std"])),
-            "Δ (pp)": _signed(c["mean_difference"]),
-            f"{level}% t CI (pp)": _interval(c["t_ci_low"], c["t_ci_high"]),
-            f"{level}% bootstrap CI (pp)": _interval(c["bootstrap_ci_low"],
-                                                   c["bootstrap_ci_high"]),
+            "Δ (pp)": delta,
+            f"{level}% t CI (pp)": t_ci,
+            f"{level}% bootstrap CI (pp)": bootstrap_ci,
             "paired t p": "–" if c["p_value"] is None else f"{c['p_value']:.3f}",
-            "seeds": int(c["n"]),
+            "seeds": n,
         })
     return pd.DataFrame(rows)
 
 
-#: A table cell: plain text, or (text, relative link).
-Cell = str | tuple[str, str]
+def _pp(value: float | None) -> float | None:
+    """A fraction in percentage points (``None`` stays undefined)."""
+    return None if value is None else 100 * value
+
+
+#: The CSS class of the headline table (the page check finds it by this class).
+HEADLINE_CSS_CLASS = "headline"
 
 CLAIM_KEYS = ("claim", "paper", "dataset", "regime", "tier", "metric", "unit", "effect",
               "ci_low", "ci_high", "seeds", "verdict")
@@ -151,34 +175,6 @@ def load_claims(study_dir: Path) -> list[dict[str, Any]] | None:
     return claims
 
 
-def claims_rows(claims: list[dict[str, Any]]) -> tuple[list[str], list[list[Cell]]]:
-    """Header and rows of the claims table: effect and interval with their unit."""
-    header = ["claim", "paper", "dataset", "regime", "tier", "metric", "effect", "CI",
-              "seeds", "verdict"]
-    rows: list[list[Cell]] = []
-    for c in claims:
-        unit = str(c["unit"])
-        claim = str(c["claim"]) + (f" ({c['note']})" if c.get("note") else "")
-        rows.append([
-            claim, str(c["paper"]), str(c["dataset"]), str(c["regime"]), str(c["tier"]),
-            str(c["metric"]), _with_unit(c["effect"], unit),
-            f"[{_number(c['ci_low'], unit)}, {_number(c['ci_high'], unit)}] {unit}",
-            str(c["seeds"]), str(c["verdict"]),
-        ])
-    return header, rows
-
-
-def _number(value: Any, unit: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    digits = {"pp": 1, "%": 1, "steps": 0, "epochs": 0}.get(unit)
-    return f"{value:+.{digits}f}" if digits is not None else f"{value:+.3g}"
-
-
-def _with_unit(value: Any, unit: str) -> str:
-    return f"{_number(value, unit)} {unit}".strip()
-
-
 def load_figures(study_dir: Path) -> list[dict[str, str]]:
     """Figures listed in ``<study_dir>/figures/index.json`` (empty when there is none).
 
@@ -208,37 +204,34 @@ def load_figures(study_dir: Path) -> list[dict[str, str]]:
             for f in figures]
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
+def frame_markdown(frame: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table of ``frame``'s columns (the index is not shown)."""
-    return _md_table(list(map(str, frame.columns)),
-                     [[str(v) for v in row] for row in frame.itertuples(index=False)])
+    return markdown_table(list(map(str, frame.columns)),
+                          [[str(v) for v in row] for row in frame.itertuples(index=False)])
 
 
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else value
 
 
-def _signed(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:+.1f}"
-
-
-def _interval(low: float | None, high: float | None) -> str:
-    if low is None or high is None:
-        return "–"
-    return f"[{100 * low:+.1f}, {100 * high:+.1f}]"
-
-
-def write_reports(config: StudyConfig, record: StudyRecord, *, html: bool = True
-                  ) -> tuple[Path, Path]:
-    """Write ``summary.json``, ``README.md`` and ``index.html`` into the study directory.
+def write_reports(config: StudyConfig, record: StudyRecord, *, html: bool = True,
+                  published: bool = True) -> tuple[Path, Path]:
+    """Write ``summary.json``, ``README.md``, ``index.html`` (and ``claims.csv``) into the
+    study directory.
 
     First every executed notebook of the study (``*.ipynb`` and ``runs/*.ipynb``) is
     rewritten without absolute machine paths and, with ``html``, rendered to a
-    self-contained page beside it, so the index can link every run's page.
+    self-contained page beside it, so the index can link every run's page. With
+    ``published`` (a study that succeeded) paths into the staging directory are written as
+    the published directory (:func:`~dml_study.study.report.paths.path_replacements`);
+    a failed attempt's report, which stays in staging, keeps naming it.
     """
     out = config.study_dir
     out.mkdir(parents=True, exist_ok=True)
-    render_study_pages(config, html=html)
+    render_study_pages(config, html=html, published=published)
+    claims = load_claims(out)
+    if claims is not None:
+        scorecards.write_claims_csv(out, claims)
     atomic_write_text(out / "summary.json",
                       json.dumps(_record_dict(record), indent=2, default=str) + "\n")
     sections = _sections(config, record)
@@ -249,24 +242,29 @@ def write_reports(config: StudyConfig, record: StudyRecord, *, html: bool = True
     return readme, index
 
 
-def render_study_pages(config: StudyConfig, html: bool = True) -> list[Path]:
+def render_study_pages(config: StudyConfig, html: bool = True, published: bool = True
+                       ) -> list[Path]:
     """Relativise every executed notebook of the study and render it (returns the pages).
 
     Study notebooks get a page ``<name>.html``, runs ``runs/<run>.html``; each links back
     to the index. Every page is rendered again (about a second each), so pages always
-    come from the current notebook and the current renderer.
+    come from the current notebook and the current renderer. Paths in the notebooks
+    (outputs and metadata) and in the study's JSON and logs are written as a reader finds
+    them: relative to the project, the staging directory as the published one (with
+    ``published``; :mod:`~dml_study.study.report.paths`).
     """
     out = config.study_dir
     pages = []
     prune_stale_runs(config)
+    replacements = path_replacements(config) if published else []
     # Launcher records (launch.json) and per-run logs name paths too: written relatively.
     for path in [*out.glob("*.json"), *out.glob("runs/*.log")]:
         text = path.read_text(encoding="utf-8", errors="replace")
-        relative = relativise_text(text, config.root)
+        relative = relativise_text(text, config.root, replacements)
         if relative != text:
             atomic_write_text(path, relative)
     for notebook in [*sorted(out.glob("*.ipynb")), *sorted(out.glob("runs/*.ipynb"))]:
-        relativise_notebook(notebook, config.root)
+        relativise_notebook(notebook, config.root, replacements)
         if not html:
             continue
         page = notebook.with_suffix(".html")
@@ -326,10 +324,13 @@ class _Section:
 
     title: str | None = None
     text: list[str] = field(default_factory=list)  # paragraphs; `code` and [a](b) allowed
-    header: list[str] = field(default_factory=list)
-    rows: list[list[Cell]] = field(default_factory=list)
+    header: list[CellLike] = field(default_factory=list)
+    rows: list[list[CellLike]] = field(default_factory=list)
+    #: The table's CSS class (the page check finds ``scorecard`` and ``headline`` by it).
+    css_class: str | None = None
+    #: Footnotes below the table: ``(term, text)``.
+    notes: list[tuple[str, str]] = field(default_factory=list)
     figures: list[dict[str, str]] = field(default_factory=list)
-    verdict_column: int | None = None
     pre: str | None = None
     failed: bool = False
 
@@ -341,13 +342,13 @@ def _sections(config: StudyConfig, record: StudyRecord) -> list[_Section]:
         sections.append(_Section(text=[config.description.strip()]))
     claims = load_claims(out)
     if claims is not None:
-        header, rows = claims_rows(claims)
+        card = scorecards.Scorecard.from_claims(claims)
         sections.append(_Section(
             "Claims", [
-                "Each claim of the papers as tested here, with the paired effect, its "
-                "confidence interval and the verdict it implies (inconclusive when the "
-                "interval holds 0)."],
-            header, rows, verdict_column=header.index("verdict")))
+                "Each claim of the papers as tested here, one row per claim and one column "
+                "per dataset and tier.", scorecards.legend("claims.csv")],
+            card.header(), card.table_rows(), css_class=scorecards.CSS_CLASS,
+            notes=card.notes()))
     figures = load_figures(out)
     if figures:
         sections.append(_Section("Figures", figures=figures))
@@ -358,6 +359,7 @@ def _sections(config: StudyConfig, record: StudyRecord) -> list[_Section]:
         table = headline_table(record.headline)
         headline_section.header = list(map(str, table.columns))
         headline_section.rows = [[str(v) for v in row] for row in table.itertuples(index=False)]
+        headline_section.css_class = HEADLINE_CSS_CLASS
     else:
         headline_section.text.append("(no finished runs for the headline comparison yet)")
     sections.append(headline_section)
@@ -388,21 +390,22 @@ def _sections(config: StudyConfig, record: StudyRecord) -> list[_Section]:
     return sections
 
 
-def _notebook_row(study_dir: Path, name: str, nb: NotebookRecord | None) -> list[Cell]:
+def _notebook_row(study_dir: Path, name: str, nb: NotebookRecord | None
+                  ) -> list[CellLike]:
     """A notebook of this run of the study, or one executed by an earlier run (``--only``)."""
     page = Path(name).with_suffix(".html").name
     if nb is not None:
-        title: Cell = (name.removesuffix(".ipynb"), nb.html) if nb.html else name
+        title: CellLike = (name.removesuffix(".ipynb"), nb.html) if nb.html else name
         status, time = nb.status, f"{nb.seconds:.0f} s"
     else:
         exists = (study_dir / page).is_file()
         title = (name.removesuffix(".ipynb"), page) if exists else name
         status, time = "earlier run", "–"
-    executed: Cell = (name, name) if (study_dir / name).is_file() else "–"
+    executed: CellLike = (name, name) if (study_dir / name).is_file() else "–"
     return [title, status, time, executed]
 
 
-def _run_cell(study_dir: Path, run: str) -> Cell:
+def _run_cell(study_dir: Path, run: str) -> CellLike:
     link = run_page(study_dir, run)
     return (run, link) if link else run
 
@@ -424,17 +427,6 @@ def _config_name(config: StudyConfig) -> str:
         return str(config.source)
 
 
-def _md_cell(cell: Cell) -> str:
-    text = f"[{cell[0]}]({cell[1]})" if isinstance(cell, tuple) else str(cell)
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(header: list[str], rows: list[list[Cell]]) -> str:
-    lines = ["| " + " | ".join(map(_md_cell, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _markdown(record: StudyRecord, sections: list[_Section]) -> str:
     lines = [f"# {record.title or record.name}", ""]
     for section in sections:
@@ -443,7 +435,9 @@ def _markdown(record: StudyRecord, sections: list[_Section]) -> str:
         for paragraph in section.text:
             lines += [paragraph, ""]
         if section.header:
-            lines += [_md_table(section.header, section.rows), ""]
+            lines += [markdown_table(section.header, section.rows), ""]
+        if section.notes:
+            lines += [markdown_notes(section.notes), ""]
         for figure in section.figures:
             lines += [f"### {figure['title']}", "", f"![{figure['title']}]({figure['file']})", ""]
             if figure["caption"]:
@@ -460,30 +454,6 @@ def _inline_html(text: str) -> str:
     return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r"<a href='\2'>\1</a>", out)
 
 
-def _html_cell(cell: Cell, tag: str = "td", css: str = "") -> str:
-    if isinstance(cell, tuple):
-        body = f"<a href='{html.escape(cell[1])}'>{html.escape(cell[0])}</a>"
-    else:
-        body = html.escape(str(cell))
-    numeric = is_number_text(cell[0] if isinstance(cell, tuple) else str(cell))
-    classes = " ".join(c for c in (css, "" if numeric else "text") if c)
-    attribute = f" class='{classes}'" if classes else ""
-    return f"<{tag}{attribute}>{body}</{tag}>"
-
-
-def _html_table(section: _Section) -> str:
-    parts = ["<table>", "<thead><tr>" + "".join(_html_cell(h, "th") for h in section.header)
-             + "</tr></thead>", "<tbody>"]
-    for row in section.rows:
-        cells = []
-        for index, cell in enumerate(row):
-            css = f"verdict-{cell}" if index == section.verdict_column else ""
-            cells.append(_html_cell(cell, css=css))
-        parts.append("<tr>" + "".join(cells) + "</tr>")
-    parts.append("</tbody></table>")
-    return "\n".join(parts)
-
-
 def _html(record: StudyRecord, sections: list[_Section]) -> str:
     title = record.title or record.name
     parts = [f"<h1>{html.escape(title)}</h1>"]
@@ -493,7 +463,9 @@ def _html(record: StudyRecord, sections: list[_Section]) -> str:
             parts.append(f"<h2{css}>{html.escape(section.title)}</h2>")
         parts += [f"<p>{_inline_html(p)}</p>" for p in section.text]
         if section.header:
-            parts.append(_html_table(section))
+            parts.append(html_table(section.header, section.rows, css_class=section.css_class))
+        if section.notes:
+            parts.append(html_notes(section.notes))
         for figure in section.figures:
             caption = html.escape(figure["caption"])
             parts.append(

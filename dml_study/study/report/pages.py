@@ -21,6 +21,8 @@ from pathlib import Path
 
 import nbformat
 
+from dml_study.study.report.markup import is_number_text
+
 #: Code spans and fenced code blocks: math is never looked for inside them.
 _CODE = re.compile(r"(```.*?```|~~~.*?~~~|`[^`\n]*`)", re.DOTALL)
 #: Display math first, so ``$$x$$`` is not read as two inline formulas.
@@ -115,16 +117,6 @@ def notebook_body(notebook: nbformat.NotebookNode) -> str:
     for index, mathml in enumerate(formulas):
         body = body.replace(_PLACEHOLDER.format(index), mathml)
     return align_text_columns(strip_remote(body))
-
-
-#: A number, interval or mean ± std, optionally with a unit word ("+5.0 pp", "[-1.4, +2.0]",
-#: "43.5 ± 0.6", "31 s") or the dash for "none": right-aligned in tables, the rest left.
-_NUMBER = re.compile(r"–|-|[-+–\[(]{0,2}\d[\d.,+\-–±\[\]() %eE]*(?: ?[a-z]+)?|nan|NaN|None")
-
-
-def is_number_text(text: str) -> bool:
-    """Whether a table cell's text reads as a number (see :data:`_NUMBER`)."""
-    return _NUMBER.fullmatch(text.strip()) is not None
 
 
 def align_text_columns(body: str) -> str:
@@ -249,6 +241,25 @@ math[display="block"] { margin: 0.6rem 0; }
 .failed, .verdict-contradicted { color: #b00020; font-weight: 600; }
 .verdict-supported { color: #1a7f37; font-weight: 600; }
 .verdict-inconclusive { color: var(--muted); font-weight: 600; }
+/* the claims scorecard: a tinted cell per verdict (with its symbol and word: never colour
+   alone); dark text on light tints keeps a contrast ratio above 7:1 */
+table.scorecard { display: block; overflow-x: auto; max-width: 100%; }
+table.scorecard th { vertical-align: bottom; white-space: nowrap; text-align: left; }
+table.scorecard td.estimate-cell { white-space: nowrap; text-align: left;
+  font-variant-numeric: tabular-nums; font-weight: 400; }
+table.scorecard td.label { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, monospace;
+  font-size: 0.85rem; cursor: help; }
+table.scorecard .estimate { font-weight: 600; }
+table.scorecard .ci { display: block; font-size: 0.85rem; }
+table.scorecard .verdict { display: block; font-weight: 600; font-size: 0.85rem; }
+td.estimate-cell.verdict-supported { background: #dafbe1; color: #0f5323; }
+td.estimate-cell.verdict-contradicted { background: #ffebe9; color: #82071e; }
+td.estimate-cell.verdict-inconclusive { background: #eef1f4; color: #32383f; }
+td.empty { color: var(--muted); text-align: center; }
+dl.notes { font-size: 0.85rem; color: var(--muted); margin: 0.4rem 0 1rem;
+  display: grid; grid-template-columns: max-content 1fr; gap: 0.1rem 0.8rem; }
+dl.notes dt { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, monospace; }
+dl.notes dd { margin: 0; }
 .note { color: var(--muted); font-size: 0.9rem; }
 /* notebook cells (nbconvert "basic" template) */
 .cell { margin: 0.8rem 0; }

@@ -34,7 +34,8 @@ parameter groups and schedule (:mod:`dml_study.training.optim`) and evaluation
 The features are those of the pretrained backbone (BatchNorm in eval mode), i.e. the model
 the fine-tuned tier starts from, so the tier answers "what do SO / adaptive margins do to a
 head and proxies on fixed features"; backbone adaptation is the fine-tuned tier's question.
-Runs are deterministic on CPU: same seed, same numbers.
+Runs are deterministic on CPU: same seed, same numbers, on every machine (extraction and
+training run under the numerical profile of :mod:`dml_study.determinism`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dml_study import determinism
 from dml_study.atomic_io import atomic_write_json, atomic_write_text, atomic_write_with
 from dml_study.config import ExperimentConfig
 from dml_study.data.splits import (
@@ -62,16 +64,12 @@ from dml_study.data.splits import (
 )
 from dml_study.evaluation import embed, evaluate
 from dml_study.evaluation.per_class import per_class_recall_at_1
-from dml_study.losses import create_loss_from_config, orthogonality_stats
+from dml_study.losses import ProxyLoss, create_loss_from_config, orthogonality_stats
 from dml_study.study.plan.config import StudyConfig
 from dml_study.study.plan.grid import (
     FeatureSettings,
-    RunOutcome,
     RunSpec,
     experiment_config,
-    frozen_feature_settings,
-    is_finished,
-    unique_runs,
 )
 from dml_study.training.history import History
 from dml_study.training.optim import build_optimizer, build_param_groups, build_scheduler, group_lrs
@@ -282,6 +280,7 @@ def _extract_missing(
     missing = [part for part, path in paths.items() if not path.is_file()]
     if not missing:
         return
+    determinism.apply()  # the features' bits must not depend on the machine
     from dml_study.data import build_dataloader, dataset_protocol, get_dataset
     from dml_study.data.transforms import model_transforms
     from dml_study.models import create_embedder
@@ -408,7 +407,6 @@ def train_frozen(
     (unless ``run.overwrite``) and :class:`FrozenTierError` for a non-finite loss or
     features of another split than the config's.
     """
-    from dml_study.training.engine import seed_everything
     from dml_study.training.pipeline import build_batch_sampler
 
     if features.split != config.data.split:
@@ -418,13 +416,10 @@ def train_frozen(
             "extract_features(config, settings) for this config"
         )
     started = time.perf_counter()
+    determinism.apply()  # fixed threads and kernels, as the fine-tuned tier's Trainer
     run_dir.prepare(config.run.overwrite)
     seed = config.run.seed
-    seed_everything(seed)
-    head = _head(features.feature_dim, config.model.embedding_dim)
-    dim = features.feature_dim if isinstance(head, nn.Identity) else config.model.embedding_dim
-    loss_fn = create_loss_from_config(config, features.num_classes, int(dim),
-                                     features.class_names)
+    head, loss_fn, dim = init_frozen_run(config, features)
     groups = build_param_groups([], head.parameters(), loss_fn.param_groups(), config.optim)
     optimizer = build_optimizer(groups, config.optim)
     sampler = build_batch_sampler(config, features.train_labels, 0, 1)
@@ -486,6 +481,52 @@ def train_frozen(
         if on_epoch is not None:
             on_epoch(record)
 
+    return write_frozen_run(config, features, run_dir, head, loss_fn, dim, history,
+                            untrained, proxies_init, started, tier_info=tier_info,
+                            provenance=provenance)
+
+
+def init_frozen_run(
+    config: ExperimentConfig, features: FrozenFeatures
+) -> tuple[nn.Module, ProxyLoss, int]:
+    """The untrained head, the loss (with its initial proxies) and the embedding size of a run.
+
+    The global RNGs are seeded with ``config.run.seed`` first, then the head and the loss are
+    built in this order: the one initialisation of the sequential and the batched trainer
+    (:mod:`dml_study.study.tiers.frozen_batched`), so a run starts from the same numbers in
+    both.
+    """
+    from dml_study.training.engine import seed_everything
+
+    seed_everything(config.run.seed)
+    head = _head(features.feature_dim, config.model.embedding_dim)
+    dim = features.feature_dim if isinstance(head, nn.Identity) else config.model.embedding_dim
+    loss_fn = create_loss_from_config(config, features.num_classes, int(dim),
+                                     features.class_names)
+    return head, loss_fn, int(dim)
+
+
+def write_frozen_run(
+    config: ExperimentConfig,
+    features: FrozenFeatures,
+    run_dir: RunDirectory,
+    head: nn.Module,
+    loss_fn: ProxyLoss,
+    dim: int,
+    history: History,
+    untrained: dict[str, float],
+    proxies_init: np.ndarray,
+    started: float,
+    *,
+    tier_info: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the run directory of a trained run (``metrics.json`` last) and return its metrics.
+
+    ``history`` holds the untrained record and one record per epoch; ``started`` is the
+    :func:`time.perf_counter` value ``train_time_s`` is measured from. Shared by the
+    sequential and the batched trainer, so both write the same files and keys.
+    """
     final = _metrics_only(history.records[-1])
     best = best_record(history.records[1:], features.split)
     assert best is not None  # every epoch is evaluated
@@ -589,28 +630,7 @@ def _say(stream: TextIO | None, message: str) -> None:
         print(message, file=stream, flush=True)
 
 
-def run_frozen_tier(
-    config: StudyConfig, specs: Iterable[RunSpec], *, stream: TextIO | None = None
-) -> list[RunOutcome]:
-    """Train the frozen-tier runs of ``specs`` in this process (no notebook per run).
-
-    Finished runs are reused; features are extracted once per dataset and backbone.
-    """
-    specs = unique_runs(specs)
-    if not specs:
-        return []
-    todo = [s for s in specs if not is_finished(config.results_dir, s.run_name)]
-    if stream is not None:
-        print(f"frozen tier: {len(specs)} runs, {len(specs) - len(todo)} already finished, "
-              f"{len(todo)} to train", file=stream, flush=True)
-    items = [(s.run_name, _frozen_run_config(config, s),
-              frozen_feature_settings(config, s.dataset)) for s in todo]
-    trained = dict(train_frozen_runs(items, config.results_dir, stream=stream))
-    return [RunOutcome(s.run_name, "trained" if s.run_name in trained else "reused",
-                       trained.get(s.run_name, 0.0), None) for s in specs]
-
-
-def _frozen_run_config(config: StudyConfig, spec: RunSpec) -> Any:
+def frozen_run_config(config: StudyConfig, spec: RunSpec) -> Any:
     params = {k: v for k, v in spec.params.items() if k not in ("quiet", "num_workers")}
     return experiment_config({**params, "run_name": spec.run_name,
                               "results_dir": str(config.results_dir)})

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,20 @@ def _prefixes(root: Path) -> list[tuple[str, str]]:
     return sorted(pairs, key=lambda pair: -len(pair[0]))  # longest (most specific) first
 
 
-def relativise_text(text: str, root: str | Path) -> str:
-    """``text`` with the project root, Python prefix and home folder written relatively."""
+def relativise_text(text: str, root: str | Path,
+                    replacements: Sequence[tuple[str, str]] = ()) -> str:
+    """``text`` with the project root, Python prefix and home folder written relatively.
+
+    ``replacements`` (``(path, written as)`` pairs, e.g. a staging directory and the
+    directory it is published as) are applied first, longest path first, wherever the path
+    is not followed by more of a name.
+    """
+    for before, after in sorted(replacements, key=lambda pair: -len(pair[0])):
+        text = re.sub(re.escape(before) + r"(?![\w.-])", lambda _m, a=after: a, text)
     for prefix, name in _prefixes(Path(root)):
-        pattern = re.compile(re.escape(prefix) + r"(?=/|\b|$)(/?)")
+        # The prefix ends a path component: not followed by more of a name (``<root>-out``,
+        # ``<root>.old`` are other folders); a final full stop is punctuation.
+        pattern = re.compile(re.escape(prefix) + r"(?![\w-]|\.\w)(/?)")
 
         def repl(match: re.Match[str], name: str = name) -> str:
             slash = match.group(1)
@@ -81,22 +92,25 @@ def relative_parameters(parameters: dict[str, Any], root: str | Path) -> dict[st
     return out
 
 
-def _rewrite(node: Any, root: Path, key: str | None = None) -> Any:
+def _rewrite(node: Any, root: Path, replacements: Sequence[tuple[str, str]],
+             key: str | None = None) -> Any:
     if isinstance(node, str):
-        return node if key in _BINARY else relativise_text(node, root)
+        return node if key in _BINARY else relativise_text(node, root, replacements)
     if isinstance(node, list):
-        return [_rewrite(item, root, key) for item in node]
+        return [_rewrite(item, root, replacements, key) for item in node]
     if isinstance(node, dict):
-        return {k: _rewrite(v, root, k) for k, v in node.items()}
+        return {k: _rewrite(v, root, replacements, k) for k, v in node.items()}
     return node
 
 
-def relativise_notebook(path: str | Path, root: str | Path) -> bool:
-    """Rewrite an executed notebook in place with :func:`relativise_text`; True if changed."""
+def relativise_notebook(path: str | Path, root: str | Path,
+                        replacements: Sequence[tuple[str, str]] = ()) -> bool:
+    """Rewrite an executed notebook in place with :func:`relativise_text` (outputs and
+    metadata, e.g. papermill's ``input_path``/``output_path``); True if changed."""
     path = Path(path)
     notebook = nbformat.read(path, as_version=nbformat.NO_CONVERT)
     before = json.dumps(notebook, sort_keys=True)
-    cleaned = nbformat.from_dict(_rewrite(dict(notebook), Path(root)))
+    cleaned = nbformat.from_dict(_rewrite(dict(notebook), Path(root), replacements))
     if json.dumps(cleaned, sort_keys=True) == before:
         return False
     atomic_write_text(path, nbformat.writes(cleaned) + "\n")
