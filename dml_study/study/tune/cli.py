@@ -20,8 +20,9 @@ same study joins as a parallel worker (the budget still holds exactly).
 Exit status (the codes of dml_study/errors.py): 0 when every search is complete; 1 when
 trials keep failing; 2 for a bad study file or option; 3 for a missing dataset; 4 for a full
 disk (free space, re-run: it resumes); 5 for a damaged journal; 7 for a results directory
-that cannot be written; 130 when interrupted (the trials in flight are enqueued again). Each
-is one ``error:`` line (--debug adds the traceback).
+that cannot be written; 130 (SIGINT) / 143 (SIGTERM) when interrupted (the trials in flight
+are enqueued again). Each is one ``error:`` line (--debug adds the traceback). A journal in
+use by another ``tune`` is not an error (no exit 6): the second process joins as a worker.
 """
 
 from __future__ import annotations
@@ -194,8 +195,12 @@ def missing_dataset(exc: BaseException, dataset: str | None, data_root: Any) -> 
     )
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is (a trial is interrupted as by Ctrl-C)."""
+
+
 def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+    raise _Terminated(f"signal {signal.Signals(signum).name}")
 
 
 def main(argv: list[str] | None = None, *, make_trainer: TrainerFactory | None = None,
@@ -237,10 +242,10 @@ def main(argv: list[str] | None = None, *, make_trainer: TrainerFactory | None =
                                 progress=bar.update)
                 outcomes.append(search.run())
             write_summary(config)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"\ninterrupted: the trials in flight were enqueued again; re-run the same "
               f"command to resume ({tuning_dir(config)})", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
     except DiskFullError as err:  # raised by atomic writes, which cannot know how we resume
         if err.resume is None:
             err.resume = RESUME_NOTE
