@@ -1,9 +1,12 @@
 """Faults of a tuning run, with real processes (issue #23): kill -9 in a trial and in a
 journal write, two ``tune`` processes on one journal, a full disk.
 
-Every test runs the real ``tune`` command (``tests/study/tune/tune_driver.py``: the CLI with
-contract A's steps of the frozen trainer stood in) on a tiny frozen study of two arms and
-checks the same invariants afterwards (:func:`check_searches`): every arm has exactly its
+Every test runs the real command, ``python -m dml_study.study tune``, with the package's own
+frozen trainer on a tiny frozen study of two arms: the frozen tier's real feature cache (a
+generated ``-train.npz`` in the test's ``$DML_STUDY_CACHE``, ``tune_helpers.
+write_train_features``), cut into validation folds by ``extract_features``, trained by
+``train_frozen`` under the test-split guard. Afterwards it checks the same invariants
+(:func:`check_searches`): every arm has exactly its
 budget of COMPLETE + PRUNED trials, each budget slot is counted once, no trial is RUNNING or
 WAITING, every interrupted trial was retried with its parameters, and ``chosen.json`` /
 ``trials.csv`` agree with the journal.
@@ -28,10 +31,9 @@ from optuna.trial import TrialState
 
 REPO = Path(__file__).resolve().parents[2]
 TUNE_TESTS = REPO / "tests" / "study" / "tune"
-DRIVER = TUNE_TESTS / "tune_driver.py"
 sys.path.insert(0, str(TUNE_TESTS))
 
-from tune_helpers import tiny_tuning_study  # noqa: E402
+from tune_helpers import tiny_tuning_study, write_train_features  # noqa: E402
 
 from dml_study.study.plan.config import load_study_config  # noqa: E402
 from dml_study.study.tune import plan_searches  # noqa: E402
@@ -42,17 +44,27 @@ pytestmark = pytest.mark.slow
 BUDGET = 6
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{TUNE_TESTS}", **extra}
-    env.pop("DML_STUDY_INJECT_JOURNAL_KILL", None)
+def _cache(study: Path) -> Path:
+    """The study's ``$DML_STUDY_CACHE``, beside it, with its frozen features written."""
+    cache = study.parent.parent / "cache"
+    write_train_features(study, cache)
+    return cache
+
+
+def _env(study: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DML_STUDY_CACHE": str(_cache(study))}
+    for name in ("DML_STUDY_INJECT_JOURNAL_KILL", "DML_STUDY_INJECT_ENOSPC",
+                 "DML_STUDY_FORBID_TEST"):
+        env.pop(name, None)
     env.update(extra)
     return env
 
 
 def _start(study: Path, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(DRIVER), "--config", str(study), "--quiet"],
-                            cwd=REPO, env=_env(**env), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    """``python -m dml_study.study tune --config STUDY --quiet`` in a new process."""
+    return subprocess.Popen([sys.executable, "-m", "dml_study.study", "tune", "--config",
+                             str(study), "--quiet"], cwd=REPO, env=_env(study, **env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _journal_lines(study: Path) -> int:
@@ -186,3 +198,43 @@ def test_a_full_disk_is_one_line_and_a_rerun_with_space_completes(tmp_path):
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err[-2000:]
         check_searches(study)
+
+
+def test_a_full_disk_injected_after_the_first_trials_then_resume(tmp_path):
+    """Without root: ``$DML_STUDY_INJECT_ENOSPC`` fails the write of ``trials.csv`` (written
+    after every told batch) once it outgrows the injection's 512 bytes, so the search stops
+    with some trials told and their runs finished."""
+    study = tiny_tuning_study(tmp_path, trials=BUDGET, epochs=3)
+    proc = _start(study, DML_STUDY_INJECT_ENOSPC="trials.csv")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 4, err[-2000:]
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("error: disk full writing ") and "/trials.csv: needs ~" in lines[0]
+    assert "every search resumes from its journal" in lines[0]
+    plan = plan_searches(load_study_config(study))[0]
+    told = optuna.load_study(study_name=plan.study_name,
+                             storage=open_storage(plan.journal)).get_trials()
+    # told before the write failed (the injection lets the first 512 bytes of a file through)
+    states = [t.state for t in told]
+    assert 1 <= len(states) < BUDGET and set(states) == {TrialState.COMPLETE}
+    proc = _start(study)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert check_searches(study) == {"icons frozen_so/no_so": 0, "icons frozen_so/so": 0}
+
+
+def test_sigterm_stops_with_143_and_the_trials_in_flight_are_retried(tmp_path):
+    study = tiny_tuning_study(tmp_path, trials=BUDGET, epochs=6)
+    proc = _start(study)
+    _wait_for_trials(study, proc, 8)
+    if proc.poll() is not None:
+        pytest.fail(f"tune ended before SIGTERM: {proc.communicate()[1][-2000:]}")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "interrupted: the trials in flight were enqueued again" in err
+    proc = _start(study)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    check_searches(study)

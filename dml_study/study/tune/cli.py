@@ -17,28 +17,36 @@ same study joins as a parallel worker (the budget still holds exactly).
   --smoke                                 tiny searches on the tiny CPU recipe (see --smoke
                                           of python -m dml_study.study)
 
-Exit status: 0 when every search is complete; 2 for a bad study file or option; 4 for a full
-disk (free space, re-run: it resumes); 5 for a damaged journal; 1 when trials keep failing;
-130 when interrupted (the trials in flight are enqueued again).
+Exit status (the codes of dml_study/errors.py): 0 when every search is complete; 1 when
+trials keep failing; 2 for a bad study file or option; 3 for a missing dataset; 4 for a full
+disk (free space, re-run: it resumes); 5 for a damaged journal; 7 for a results directory
+that cannot be written; 130 (SIGINT) / 143 (SIGTERM) when interrupted (the trials in flight
+are enqueued again). Each is one ``error:`` line (--debug adds the traceback). A journal in
+use by another ``tune`` is not an error (no exit 6): the second process joins as a worker.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import errno
-import shutil
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import yaml
 
-from dml_study.errors import EXIT_DISK_FULL, EXIT_USAGE, UserFacingError, one_line, run_cli
+from dml_study.errors import (
+    DatasetMissingError,
+    DiskFullError,
+    UsageError,
+    UserFacingError,
+    is_disk_full,
+    one_line,
+    run_cli,
+    translate,
+)
 from dml_study.study.plan.config import (
     LAUNCHERS,
     StudyConfig,
@@ -47,23 +55,11 @@ from dml_study.study.plan.config import (
     load_study_config,
 )
 from dml_study.study.tune.plans import SearchPlan, plan_searches, tuning_dir
-from dml_study.study.tune.storage import is_disk_full
+from dml_study.study.tune.storage import RESUME_NOTE
 
 #: ``make_trainer(config, plan, launcher) -> TrialTrainer``: how the CLI trains a plan's
 #: trials (tests pass a stand-in; the default is :func:`default_trainer`).
 TrainerFactory = Callable[[StudyConfig, SearchPlan, Any], Any]
-
-
-class TuneUsageError(UserFacingError):
-    """A bad study file or option (exit 2)."""
-
-    exit_code = EXIT_USAGE
-
-
-class TuneDiskFullError(UserFacingError, OSError):
-    """``ENOSPC`` while writing a journal or a result (exit 4): free space, re-run."""
-
-    exit_code = EXIT_DISK_FULL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,47 +147,67 @@ def batch_size(config: StudyConfig, plan: SearchPlan, args: argparse.Namespace) 
     return config.execution.max_parallel
 
 
-def _translate(exc: BaseException, results_dir: Path | None = None) -> UserFacingError | None:
-    """One-line errors of the tune command (``results_dir``: where it was writing)."""
-    if isinstance(exc, StudyConfigError):
-        return TuneUsageError(one_line(exc))
+def _translate(exc: BaseException, context: dict[str, Any]) -> UserFacingError | None:
+    """One-line errors of the tune command: :func:`dml_study.errors.translate` (the shared
+    faults), with what the tune command knows added. ``context``: ``results_dir`` (where it
+    writes), ``dataset`` and ``data_root`` (of the search under way)."""
+    from dml_study.data.base import DatasetLayoutError
+    from dml_study.study.tiers.frozen import FrozenTierError
+
+    if isinstance(exc, StudyConfigError | FrozenTierError):
+        return UsageError(one_line(exc))
     if is_disk_full(exc):
-        name = _disk_full_file(exc)
-        where = Path(name).parent if name else results_dir
-        what = name or (f"under {results_dir}" if results_dir else "a tuning file")
-        free = ""
-        if where is not None:
-            with contextlib.suppress(OSError):
-                free = f" ({shutil.disk_usage(where).free / 1e6:.1f} MB free there)"
-        err = TuneDiskFullError(
-            f"disk full writing {what}{free}: free space and re-run the same command; every "
-            "search resumes from its journal (trials told so far are kept, the ones in "
-            "flight are trained again)"
-        )
-        err.errno = errno.ENOSPC
+        err = DiskFullError.from_exception(exc)
+        if err.path is None and context.get("results_dir") is not None:
+            err = DiskFullError(context["results_dir"], note=err.note)
+        if err.resume is None:
+            err.resume = RESUME_NOTE
         return err
-    return None
+    layout = next((e for e in _chain(exc) if isinstance(e, DatasetLayoutError)), None)
+    if layout is not None:
+        return missing_dataset(layout, context.get("dataset"), context.get("data_root"))
+    return translate(exc, dataset=context.get("dataset"), data_root=context.get("data_root"))
 
 
-def _disk_full_file(exc: BaseException) -> str | None:
-    """The file named by the ``OSError`` in ``exc``'s chain, if any."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.filename:
-            return str(exc.filename)
-        exc = exc.__cause__ or exc.__context__
-    return None
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not e for e in seen):
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def missing_dataset(exc: BaseException, dataset: str | None, data_root: Any) -> UserFacingError:
+    """The missing-dataset line of the tune command (exit 3): what is missing, where it was
+    looked for, how to get it, and the two ways to point the study at it."""
+    from dml_study.data.layout import resolve_data_root
+
+    reason = str(exc)
+    for marker in ("Expected layout", "Layout:"):
+        reason = reason.split(marker, 1)[0]
+    name = dataset or "NAME"
+    root = resolve_data_root(data_root)
+    return DatasetMissingError(
+        f"dataset {name} not found: {one_line(reason).rstrip('. ')}; get it with "
+        f"`python -m dml_study.data download {name} --root {root}`, or set the study file's "
+        "data_root (or $DML_DATA_ROOT) to the folder that holds it; no trial was started"
+    )
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is (a trial is interrupted as by Ctrl-C)."""
 
 
 def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+    raise _Terminated(f"signal {signal.Signals(signum).name}")
 
 
 def main(argv: list[str] | None = None, *, make_trainer: TrainerFactory | None = None,
          context: dict[str, Any] | None = None) -> int:
     """The ``tune`` command (``argv`` without the ``tune`` word); ``context`` receives the
-    ``results_dir`` it writes to (for the one-line errors of :func:`cli`)."""
+    ``results_dir`` it writes to and the ``dataset``/``data_root`` of the search under way
+    (for the one-line errors of :func:`cli`)."""
     import optuna
 
     args = build_parser().parse_args(argv)
@@ -213,26 +229,43 @@ def main(argv: list[str] | None = None, *, make_trainer: TrainerFactory | None =
     frozen_trainer = None
     try:
         for plan in plans:
+            if context is not None:
+                context.update(_data_of(plan))
             if plan.tier == "frozen":
                 frozen_trainer = frozen_trainer or make_trainer(config, plan, launcher)
                 trainer = frozen_trainer
             else:
                 trainer = make_trainer(config, plan, launcher)
-            trainer.check()
+            trainer.check(plan)
             with _Bar(plan, enabled=not args.quiet) as bar:
                 search = Search(plan, trainer, batch=batch_size(config, plan, args),
                                 progress=bar.update)
                 outcomes.append(search.run())
             write_summary(config)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"\ninterrupted: the trials in flight were enqueued again; re-run the same "
               f"command to resume ({tuning_dir(config)})", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
+    except DiskFullError as err:  # raised by atomic writes, which cannot know how we resume
+        if err.resume is None:
+            err.resume = RESUME_NOTE
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(summary_table(outcomes))
     print(f"tuning results: {tuning_dir(config)}")
     return 0
+
+
+def _data_of(plan: SearchPlan) -> dict[str, Any]:
+    """``{"dataset", "data_root"}`` of ``plan``'s runs (for the missing-dataset line)."""
+    from dml_study.study.plan.grid import experiment_config
+
+    try:
+        data = experiment_config({**plan.base, "seed": plan.train_seed}).data
+    except Exception:  # the trial's own error says more
+        return {"dataset": plan.dataset, "data_root": None}
+    return {"dataset": data.dataset, "data_root": data.data_root}
 
 
 class _Bar:
@@ -313,7 +346,7 @@ def cli(argv: list[str] | None = None, *, make_trainer: TrainerFactory | None = 
     """:func:`main` through :func:`dml_study.errors.run_cli` (one-line errors, exit codes)."""
     context: dict[str, Any] = {}
     return run_cli(lambda a: main(a, make_trainer=make_trainer, context=context), argv,
-                   translate=lambda exc: _translate(exc, context.get("results_dir")))
+                   translate=lambda exc: _translate(exc, context))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ Per search, ``results/<study>/tuning/<dataset>/<group>.<variant>/``:
     interrupted).
 ``validation_classes.json``
     The validation split of the trials' runs (contract A's file of a run directory; with
-    several folds ``{"split", "folds", "seed", "fold_ids", "by_fold": {fold: ...}}``),
-    checked to be disjoint from the test classes.
+    several folds ``{"split", "folds", "seed", "fold_ids", "by_fold": {fold: ...}}``), each
+    fold checked to be that fold of the training split's classes
+    (:func:`~dml_study.study.tune.guard.check_validation_record`: by class id, disjoint from
+    the trained classes, and so from the test classes, which the official splits keep apart).
 ``chosen.json``
     The interface to the final runs: the best COMPLETE trial (highest value, earliest on
     ties) with its ``params`` (the arm's ``fixed`` parameters and the searched values, by
@@ -37,12 +39,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from dml_study.atomic_io import atomic_write_csv, atomic_write_json
-from dml_study.errors import EXIT_FAILED, EXIT_USAGE, UserFacingError
+from dml_study.errors import UsageError
 from dml_study.study.plan.config import StudyConfig
+from dml_study.study.tune.guard import ValidationLeakError as ValidationLeakError  # re-export
+from dml_study.study.tune.guard import check_validation_record
 from dml_study.study.tune.plans import SearchPlan, tuning_dir
 from dml_study.study.tune.space import apply_values
 from dml_study.study.tune.storage import RETRY_ATTR, SLOT_ATTR
@@ -58,16 +63,13 @@ SUMMARY_FILE = "summary.json"
 MUTABLE_SPACE_KEYS = ("budget", "optuna")
 
 
-class SearchChangedError(UserFacingError):
+#: The training split's class ids, or a function giving them (called only when a run's
+#: validation split is checked), or ``None`` (unknown: each record is checked on its own).
+ClassIds = np.ndarray | Callable[[], np.ndarray | None] | None
+
+
+class SearchChangedError(UsageError):
     """A resumed search whose study-file settings differ from its journal's (exit 2)."""
-
-    exit_code = EXIT_USAGE
-
-
-class ValidationLeakError(UserFacingError):
-    """Validation classes that are test classes: the split is broken (exit 1)."""
-
-    exit_code = EXIT_FAILED
 
 
 def _plain(obj: Any) -> Any:
@@ -177,41 +179,37 @@ def chosen_record(plan: SearchPlan, trials: Sequence[FrozenTrial]) -> dict[str, 
 
 
 def validation_record(
-    plan: SearchPlan, trials: Sequence[FrozenTrial],
-    test_classes: Callable[[str], set[str] | None] | None = None,
+    plan: SearchPlan, trials: Sequence[FrozenTrial], training_class_ids: ClassIds = None,
 ) -> dict[str, Any] | None:
     """The validation split of the trials' runs (``None``: no run wrote one yet).
 
     Read from the run directories of the first trial that has every fold's
-    ``validation_classes.json``; each fold is checked against ``test_classes(dataset)``
-    (the dataset's test class names, read outside every trial) and against its own
-    training classes. Raises :class:`ValidationLeakError` on any overlap.
+    ``validation_classes.json``; each fold's record is checked with
+    :func:`~dml_study.study.tune.guard.check_validation_record` against
+    ``training_class_ids`` (the dataset's training split; see :data:`ClassIds`): by class
+    id, the fold's validation classes are that fold of the training classes and disjoint
+    from the trained ones. The test split is not opened. Raises
+    :class:`~dml_study.study.tune.guard.ValidationLeakError` on any mismatch.
     """
     by_fold: dict[int, dict[str, Any]] = {}
+    files: dict[int, Path] = {}
     for trial in sorted(trials, key=lambda t: t.number):
         names = trial.user_attrs.get("run_names") or []
         if len(names) != len(plan.validation.fold_ids):
             continue
-        files = [RunDirectory.for_run(plan.results_dir, n).path / VALIDATION_FILE for n in names]
-        if all(f.is_file() for f in files):
-            for fold, file in zip(plan.validation.fold_ids, files, strict=True):
+        paths = [RunDirectory.for_run(plan.results_dir, n).path / VALIDATION_FILE for n in names]
+        if all(f.is_file() for f in paths):
+            for fold, file in zip(plan.validation.fold_ids, paths, strict=True):
                 by_fold[fold] = json.loads(file.read_text(encoding="utf-8"))
+                files[fold] = file
             break
     if not by_fold:
         return None
-    test = test_classes(plan.dataset) if test_classes is not None else None
+    ids = training_class_ids() if callable(training_class_ids) else training_class_ids
     for fold, record in by_fold.items():
-        validation = set(record.get("validation_classes", []))
-        leaks = sorted(validation & set(record.get("train_classes", [])))
-        if test is not None:
-            leaks += sorted(validation & set(test))
-        if leaks or record.get("split") != "validation":
-            what = ", ".join(map(str, leaks[:5])) or f"split {record.get('split')!r}"
-            raise ValidationLeakError(
-                f"search {plan.label}: fold {fold}'s validation classes are not disjoint from "
-                f"the training / test classes ({what}); the validation split is broken: do "
-                "not use these results"
-            )
+        check_validation_record(record, ids, folds=plan.validation.folds, fold=fold,
+                                seed=plan.validation.seed,
+                                where=f"search {plan.label}, fold {fold} ({files[fold]})")
     if len(by_fold) == 1:
         return next(iter(by_fold.values()))
     return {"split": "validation", "folds": plan.validation.folds,
@@ -220,12 +218,11 @@ def validation_record(
 
 
 def write_search_files(
-    plan: SearchPlan, trials: Sequence[FrozenTrial],
-    test_classes: Callable[[str], set[str] | None] | None = None,
+    plan: SearchPlan, trials: Sequence[FrozenTrial], training_class_ids: ClassIds = None,
 ) -> dict[str, Any] | None:
     """Write ``trials.csv``, ``validation_classes.json`` and ``chosen.json``; the chosen."""
     atomic_write_csv(plan.directory / TRIALS_FILE, trial_rows(plan, trials))
-    validation = validation_record(plan, trials, test_classes)
+    validation = validation_record(plan, trials, training_class_ids)
     if validation is not None:
         atomic_write_json(plan.directory / VALIDATION_FILE, validation)
     chosen = chosen_record(plan, trials)

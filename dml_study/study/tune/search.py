@@ -239,8 +239,9 @@ class Search:
 
     def write_files(self) -> dict[str, Any] | None:
         """Write the search's ``trials.csv``, ``validation_classes.json``, ``chosen.json``."""
-        test_classes = getattr(self.trainer, "test_class_names", None)
-        return write_search_files(self.plan, self.trials(), test_classes)
+        ids = getattr(self.trainer, "training_class_ids", None)
+        return write_search_files(self.plan, self.trials(),
+                                  None if ids is None else (lambda: ids(self.plan)))
 
     # ----------------------------------------------------------------- state
 

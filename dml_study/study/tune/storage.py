@@ -24,17 +24,24 @@ What this module adds to Optuna's file backend, for the faults of issue #23:
   heartbeat file is older than :data:`STALE_AFTER_SECONDS`) is set to FAIL and its
   parameters are enqueued again with its ``slot``, so the budget slot it held is trained
   exactly once more: no trial counted twice, none lost.
-* **One-line errors**: an undecodable journal is :class:`DamagedJournalError` (exit 5).
+* **One-line errors** of :mod:`dml_study.errors`: an undecodable journal is a
+  :class:`~dml_study.errors.DamagedFileError` (exit 5); a journal append on a full disk is a
+  :class:`~dml_study.errors.DiskFullError` naming the journal, the bytes of the record and
+  the space free (exit 4), after its partial bytes were cut.
 
 Fault injection for tests (works in subprocesses, no monkeypatching):
 ``$DML_STUDY_INJECT_JOURNAL_KILL=N`` makes this process's N-th journal append write half
 its bytes, then ``SIGKILL`` itself: a kill in the middle of a journal write, on demand.
+``$DML_STUDY_INJECT_ENOSPC`` (:mod:`dml_study.atomic_io`'s patterns of paths whose writes
+hit a full disk) applies to journal appends too: a matching journal's appends write part of
+their record, then fail with ``ENOSPC``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import json
 import os
 import socket
@@ -52,7 +59,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import BaseJournalFileLock
 from optuna.trial import FrozenTrial, TrialState
 
-from dml_study.errors import EXIT_DAMAGED, UserFacingError
+from dml_study.atomic_io import INJECT_ENOSPC_ENV
+from dml_study.errors import DamagedFileError, DiskFullError, is_disk_full
 
 #: Seconds between two touches of a worker's heartbeat file.
 HEARTBEAT_SECONDS = 30.0
@@ -64,16 +72,14 @@ LOCK_GRACE_SECONDS = 30.0
 #: Fault injection: the N-th append of this process writes half its bytes and SIGKILLs it.
 INJECT_KILL_ENV = "DML_STUDY_INJECT_JOURNAL_KILL"
 
+#: How a re-run continues after a fault stopped the tune command (its one-line errors).
+RESUME_NOTE = ("every search resumes from its journal (trials told so far are kept, the "
+               "ones in flight are trained again)")
+
 #: User attributes of every trial.
 WORKER_ATTR = "worker"
 SLOT_ATTR = "slot"
 RETRY_ATTR = "retry_of"
-
-
-class DamagedJournalError(UserFacingError):
-    """A journal that cannot be replayed (exit 5); names the file, the line and the fix."""
-
-    exit_code = EXIT_DAMAGED
 
 
 # --------------------------------------------------------------------------- workers
@@ -190,8 +196,13 @@ class OwnedFileLock(BaseJournalFileLock):
                 continue
             try:
                 os.write(fd, me)
-            finally:
+            except OSError as exc:  # a full disk: leave no ownerless lock behind
                 os.close(fd)
+                self.path.unlink(missing_ok=True)
+                if not exc.filename:
+                    exc.filename = str(self.path)
+                raise
+            os.close(fd)
             return True
 
     def _break(self) -> None:
@@ -230,6 +241,7 @@ class SafeJournalBackend(JournalFileBackend):
         self.repaired_bytes = 0
         self._appends = 0
         self._kill_at = int(os.environ.get(INJECT_KILL_ENV, "0") or 0)
+        self._full = _inject_enospc(Path(file_path))
 
     def repair(self) -> int:
         """Cut a torn last line (under the lock); the bytes removed."""
@@ -262,15 +274,39 @@ class SafeJournalBackend(JournalFileBackend):
                 if self._appends == self._kill_at:
                     _torn_write_then_die(fh, data)
                 try:
+                    if self._full:
+                        _injected_full_disk(fh, data)
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
                 except BaseException as exc:
                     with contextlib.suppress(OSError):
                         fh.truncate(start)  # no half record left behind (ENOSPC, ...)
+                    if isinstance(exc, Exception) and is_disk_full(exc):
+                        raise DiskFullError(self._file_path, needed=len(data),
+                                            resume=RESUME_NOTE, note=_injected_note(
+                                                self._full)) from exc
                     if isinstance(exc, OSError) and not exc.filename:
                         exc.filename = str(self._file_path)
                     raise
+
+
+def _inject_enospc(path: Path) -> bool:
+    """Whether ``$DML_STUDY_INJECT_ENOSPC`` names ``path`` (fnmatch on the path or its name,
+    as :mod:`dml_study.atomic_io` matches it)."""
+    patterns = [p.strip() for p in os.environ.get(INJECT_ENOSPC_ENV, "").split(",") if p.strip()]
+    return any(fnmatch.fnmatch(str(path), p) or fnmatch.fnmatch(path.name, p) for p in patterns)
+
+
+def _injected_full_disk(fh: Any, data: bytes) -> None:
+    """Write part of ``data`` and fail like a full disk (fault injection)."""
+    fh.write(data[: max(1, len(data) // 2)])
+    fh.flush()
+    raise OSError(errno.ENOSPC, f"No space left on device (injected by ${INJECT_ENOSPC_ENV})")
+
+
+def _injected_note(injected: bool) -> str:
+    return f"injected by ${INJECT_ENOSPC_ENV}" if injected else ""
 
 
 def _torn_write_then_die(fh: Any, data: bytes) -> None:
@@ -300,8 +336,9 @@ def _last_newline_end(fh: Any, size: int, chunk: int = 65536) -> int:
 def open_storage(path: str | Path) -> JournalStorage:
     """The journal storage of ``path`` (created if missing, a torn tail cut).
 
-    Raises :class:`DamagedJournalError` for a journal with an undecodable line in the middle
-    (not something a kill leaves: the file was edited or the disk damaged it).
+    Raises :class:`~dml_study.errors.DamagedFileError` (exit 5) for a journal with an
+    undecodable line in the middle (not something a kill leaves: the file was edited or the
+    disk damaged it).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -310,7 +347,7 @@ def open_storage(path: str | Path) -> JournalStorage:
     try:
         return JournalStorage(backend)
     except (ValueError, KeyError, TypeError) as exc:
-        raise DamagedJournalError(
+        raise DamagedFileError(
             f"tuning journal {path} cannot be replayed ({type(exc).__name__}: {exc}); restore "
             f"it from version control (git checkout -- {path}) or move it away to start this "
             "search afresh"
@@ -355,17 +392,3 @@ def recover_stale_trials(
         study.enqueue_trial(dict(trial.params), user_attrs=attrs)
     return failed
 
-
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` (or its cause/context) is ``ENOSPC``/``EDQUOT``."""
-    seen: set[int] = set()
-    stack: list[BaseException] = [exc]
-    while stack:
-        e = stack.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        stack += [x for x in (e.__cause__, e.__context__) if x is not None]
-    return False

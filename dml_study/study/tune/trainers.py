@@ -4,12 +4,16 @@ A search hands its trainer the runs of the trials it asked (:class:`~dml_study.s
 objective.TrialRun`: complete ``02_train`` parameters, one run per validation fold) and gets
 one :class:`~dml_study.study.tune.objective.RunOutcome` per run back. Run directories live
 under ``results/runs/`` like every run, named by the one naming scheme
-(:func:`~dml_study.study.plan.grid.make_run_name`, whose hash covers the validation keys), so
-a re-asked identical run (an interrupted trial enqueued again) is reused, not retrained.
+(:func:`~dml_study.study.plan.grid.make_run_name`, whose hash covers ``data.split`` and the
+``val_*`` keys), so a re-asked identical run (an interrupted trial enqueued again) is reused,
+not retrained.
 
-* :class:`FrozenTrialTrainer` trains frozen-tier arms in this process, on the cached
-  features of :func:`~dml_study.study.tiers.frozen.extract_features`, under the test-split
-  guard (:func:`~dml_study.study.tune.guard.test_split_guard`), through
+* :class:`FrozenTrialTrainer` trains frozen-tier arms in this process under the test-split
+  guard (:func:`~dml_study.study.tune.guard.test_split_guard`), on the frozen tier's own
+  validation features: :func:`~dml_study.study.tiers.frozen.extract_features` of a
+  ``data.split: validation`` config reads only the training file of the feature cache
+  (``…-train.npz``, extracted from training images if missing) and cuts it into the kept and
+  the held-out classes of the run's fold. Runs are trained through
   :func:`train_frozen_batch`: **the seam for the batched frozen trainer**. Today it trains
   the batch's runs one after another with :func:`~dml_study.study.tiers.frozen.train_frozen`;
   ``dml_study/study/tiers/frozen_batched.py`` trains them as one computation with the same
@@ -19,6 +23,12 @@ a re-asked identical run (an interrupted trial enqueued again) is reused, not re
   executing ``02_train`` in a worker process, ``max_parallel`` at a time locally or as a
   SLURM job array), with ``DML_STUDY_FORBID_TEST=1`` in each worker's environment. Its
   runs report their epochs after they finish (no pruning: they run in other processes).
+
+Both check before a search starts that its data is there (:meth:`~FrozenTrialTrainer.check`:
+a missing dataset is one line, before a trial is asked) and give the class ids of the
+dataset's training split (:meth:`~FrozenTrialTrainer.training_class_ids`), against which
+every run's ``validation_classes.json`` is checked (:func:`~dml_study.study.tune.guard.
+check_validation_record`); neither opens the test split.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+import numpy as np
+
 from dml_study.study.plan.config import StudyConfig
 from dml_study.study.plan.grid import (
     FeatureSettings,
@@ -39,8 +51,8 @@ from dml_study.study.plan.grid import (
     frozen_feature_settings,
     make_run_name,
 )
-from dml_study.study.tune.guard import FORBID_TEST_ENV, require_validation_split, test_split_guard
-from dml_study.study.tune.objective import VALIDATION_PARAMETERS, RunOutcome, TrialRun
+from dml_study.study.tune.guard import FORBID_TEST_ENV, test_split_guard
+from dml_study.study.tune.objective import RunOutcome, TrialRun, trial_runs
 from dml_study.training.run_dir import RunDirectory
 
 #: ``on_epoch(run, record) -> stop?``: called after every evaluated epoch of every run.
@@ -64,22 +76,31 @@ class TrialTrainer(Protocol):
         """The run directory name of a run with ``params``."""
         ...
 
+    def check(self, plan: Any) -> None:
+        """Raise a one-line error when ``plan``'s trials cannot run (e.g. a missing dataset)."""
+        ...
 
-def test_class_names(config: StudyConfig, dataset: str) -> set[str]:
-    """Class names of every evaluation split of ``dataset`` (test, query, gallery).
+    def training_class_ids(self, plan: Any) -> np.ndarray | None:
+        """Class ids of the training split the runs of ``plan`` cut their folds from."""
+        ...
 
-    Read once per search *after* its trials, outside the test-split guard, only to check
-    that the validation classes are disjoint from them; nothing is trained or scored on them.
+
+def training_split_class_ids(dataset: str, data_root: str | Path | None) -> np.ndarray:
+    """The class ids (labels) of ``dataset``'s training split, sorted.
+
+    Opens the training split only (allowed under the test-split guard); a missing dataset
+    raises the data layer's own error, which the command line prints as one line (exit 3).
     """
     from dml_study.data import get_dataset
-    from dml_study.data.registry import dataset_info
 
-    root = None if config.data_root is None else str(config.data_root)
-    names: set[str] = set()
-    for split in dataset_info(dataset).splits:
-        if split != "train":
-            names |= {str(c) for c in get_dataset(dataset, split, data_root=root).class_names}
-    return names
+    return np.unique(np.asarray(get_dataset(dataset, "train", data_root).labels))
+
+
+def first_run_parameters(plan: Any) -> dict[str, Any]:
+    """The ``02_train`` parameters of a plan's first run, no value searched yet: its dataset,
+    data root and feature settings are those of every run of the search (for the checks)."""
+    return trial_runs(plan.base, {}, trial=0, validation=plan.validation,
+                      seed=plan.train_seed)[0].params
 
 
 def read_records(run_dir: RunDirectory) -> list[dict[str, Any]]:
@@ -167,9 +188,9 @@ def train_frozen_batch(
 class FrozenTrialTrainer:
     """Frozen-tier trials of one study, trained here on cached features (module docstring).
 
-    The three steps contract A provides are methods, so a test can stand in for them:
-    :meth:`experiment` (a run's config and name), :meth:`features` (the features a run
-    trains and evaluates on) and :meth:`guard` (the test-split guard).
+    :meth:`experiment` builds a run's config and name as the frozen tier does,
+    :meth:`features` gives the validation features it trains and evaluates on, and every
+    batch trains under :meth:`guard`, the test-split guard.
     """
 
     tier = "frozen"
@@ -180,15 +201,41 @@ class FrozenTrialTrainer:
         self.results_dir = config.results_dir
         self.stream = stream
         self._features: dict[str, Any] = {}
+        self._class_ids: dict[str, np.ndarray] = {}
         self._provenance: dict[str, Any] | None = None
 
-    def check(self) -> None:
-        """Raise a one-line error when trials cannot run here (no validation split)."""
-        require_validation_split()
+    def _train_file(self, params: dict[str, Any]) -> tuple[Any, Path]:
+        from dml_study.study.tiers.frozen import feature_cache_path
 
-    def test_class_names(self, dataset: str) -> set[str]:
-        """See :func:`test_class_names`."""
-        return test_class_names(self.config, dataset)
+        config, _ = self.experiment(params)
+        return config, feature_cache_path(config, self.settings(params), part="train")
+
+    def check(self, plan: Any) -> None:
+        """Fail in one line, before a trial is asked, when ``plan``'s data is missing.
+
+        Nothing to check when the training file of its features is cached; otherwise the
+        dataset's training split is opened (as the first trial's extraction would): a
+        missing dataset raises the data layer's error (one line, exit 3).
+        """
+        config, path = self._train_file(first_run_parameters(plan))
+        if not path.is_file():
+            self._class_ids[str(path)] = training_split_class_ids(config.data.dataset,
+                                                                  config.data.data_root)
+
+    def training_class_ids(self, plan: Any) -> np.ndarray:
+        """Class ids of the training split ``plan``'s runs cut their folds from: the labels
+        of the cached training file (``…-train.npz``, only its ``train_labels`` are read),
+        or of the dataset's training split when the file is not cached."""
+        config, path = self._train_file(first_run_parameters(plan))
+        key = str(path)
+        if key not in self._class_ids:
+            if path.is_file():
+                with np.load(path) as data:
+                    self._class_ids[key] = np.unique(data["train_labels"])
+            else:
+                self._class_ids[key] = training_split_class_ids(config.data.dataset,
+                                                                config.data.data_root)
+        return self._class_ids[key]
 
     def guard(self) -> AbstractContextManager[None]:
         """The context every trial trains in: the test split forbidden."""
@@ -205,32 +252,48 @@ class FrozenTrialTrainer:
                                                                params.get("dataset")))
 
     def experiment(self, params: dict[str, Any]) -> tuple[Any, str]:
-        """``(ExperimentConfig, run name)`` of a run, as the frozen tier builds them."""
+        """``(ExperimentConfig, run name)`` of a run, as the frozen tier builds them.
+
+        Every trial run is a validation run (``data.split: validation``); a config that is
+        not is refused here, before anything is read.
+        """
         name = self.run_name(params)
         clean = {k: v for k, v in params.items() if k not in ("quiet", "num_workers")}
         config = experiment_config({**clean, "run_name": name,
                                     "results_dir": str(self.results_dir)})
+        if config.data.split != "validation":
+            raise ValueError(f"trial run {name} has data.split={config.data.split!r}: every "
+                             "trial must be a validation run")
         return config, name
 
     def batch_key(self, config: Any, settings: FeatureSettings, params: dict[str, Any]) -> str:
-        """Runs with one key train on one features object (same cache file and fold)."""
-        from dml_study.study.tiers.frozen import feature_cache_path
+        """Runs with one key train on one features object: the frozen tier's
+        :func:`~dml_study.study.tiers.frozen.features_key` (cache entry and validation fold)."""
+        from dml_study.study.tiers.frozen import features_key
 
-        fold = [params.get(k) for k in VALIDATION_PARAMETERS]
-        return f"{feature_cache_path(config, settings)}|{fold}"
+        return features_key(config, settings)
 
     def features(self, config: Any, settings: FeatureSettings, params: dict[str, Any]) -> Any:
-        """The cached features a run trains and evaluates on (one set in memory at a time);
-        ``params`` are the run's (the validation fold of contract A is in its config)."""
-        from dml_study.study.tiers.frozen import extract_features, feature_cache_path
+        """The validation features of a run (``config``: its validation config; ``params``:
+        its parameters): :func:`~dml_study.study.tiers.frozen.extract_features`, which reads
+        only the training file of the cache entry (extracting it from training images if
+        missing) and cuts it into the run's kept and held-out classes. One set in memory at
+        a time, keyed by :meth:`batch_key`."""
+        from dml_study.study.tiers.frozen import extract_features
 
-        key = str(feature_cache_path(config, settings))
+        key = self.batch_key(config, settings, params)
         if key not in self._features:
             began = time.perf_counter()
             self._features.clear()
-            self._features[key] = extract_features(config, settings)
+            features = extract_features(config, settings)
+            fold = (features.validation or {}).get("fold")
+            if features.split != "validation" or fold != config.data.val_fold:
+                raise ValueError(f"features {features.key} are not fold {config.data.val_fold}"
+                                 f" of a validation split (split {features.split!r}, fold "
+                                 f"{fold})")
+            self._features[key] = features
             if self.stream is not None:
-                print(f"frozen features {Path(key).name}: {time.perf_counter() - began:.0f} s",
+                print(f"frozen features {key}: {time.perf_counter() - began:.0f} s",
                       file=self.stream, flush=True)
         return self._features[key]
 
@@ -305,14 +368,26 @@ class FineTunedTrialTrainer:
         self.group, self.variant = group, variant
         self.directory = Path(directory)
         self.poll_seconds = poll_seconds
+        self._class_ids: dict[str, np.ndarray] = {}
 
-    def check(self) -> None:
-        """Raise a one-line error when trials cannot run (no validation split)."""
-        require_validation_split()
+    def _dataset(self, plan: Any) -> tuple[str, Any]:
+        """``(dataset, data root)`` of ``plan``'s runs, as ``02_train`` resolves them."""
+        data = experiment_config(first_run_parameters(plan)).data
+        return data.dataset, data.data_root
 
-    def test_class_names(self, dataset: str) -> set[str]:
-        """See :func:`test_class_names`."""
-        return test_class_names(self.config, dataset)
+    def check(self, plan: Any) -> None:
+        """Fail in one line, before a trial is asked, when ``plan``'s dataset is missing:
+        its training split is opened here (a missing dataset: the data layer's error, one
+        line, exit 3), rather than failing every trial's notebook."""
+        self.training_class_ids(plan)
+
+    def training_class_ids(self, plan: Any) -> np.ndarray:
+        """Class ids of ``plan``'s dataset's training split (:func:`training_split_class_ids`)."""
+        dataset, root = self._dataset(plan)
+        key = f"{dataset}|{root}"
+        if key not in self._class_ids:
+            self._class_ids[key] = training_split_class_ids(dataset, root)
+        return self._class_ids[key]
 
     def run_name(self, params: dict[str, Any]) -> str:
         return make_run_name(params)

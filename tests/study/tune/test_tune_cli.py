@@ -1,20 +1,29 @@
 """``python -m dml_study.study tune`` on a tiny frozen study with generated features.
 
-Real frozen-tier training (``train_frozen`` through the batch seam, run directories, per-epoch
-reports, median pruning); only contract A's steps are stood in (``tune_helpers``).
+The package's own trainer end to end: the frozen tier's real version-2 feature cache (a
+generated ``-train.npz``, ``tune_helpers.write_train_features``), ``extract_features`` cutting
+it into each fold's classes, ``train_frozen`` through the batch seam under the test-split
+guard, run directories, per-epoch reports, median pruning; and the command's one-line errors
+from a real command line (a subprocess).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
-from tune_helpers import standin_trainer_factory, tiny_tuning_study
+from tune_helpers import TRAIN_CLASSES, tiny_tuning_study, write_train_features
 
+from dml_study.data.splits import validation_split
+from dml_study.errors import EXIT_DAMAGED, EXIT_DATA, EXIT_DISK_FULL, EXIT_USAGE
 from dml_study.study.__main__ import main as study_main
 from dml_study.study.plan.config import load_study_config
 from dml_study.study.tune import plan_searches
@@ -22,15 +31,25 @@ from dml_study.study.tune.cli import cli
 from dml_study.study.tune.storage import open_storage
 from dml_study.training.run_dir import RunDirectory
 
-HAS_SPLITS = importlib.util.find_spec("dml_study.data.splits") is not None
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty ``$DML_STUDY_CACHE`` (the feature files a test writes go there)."""
+    root = tmp_path / "cache"
+    root.mkdir()
+    monkeypatch.setenv("DML_STUDY_CACHE", str(root))
+    return root
 
 
 def _tune(study, *args):
-    return cli(["--config", str(study), "--quiet", *args], make_trainer=standin_trainer_factory)
+    return cli(["--config", str(study), "--quiet", *args])
 
 
-def test_tune_a_tiny_frozen_study_then_resume_and_extend(tmp_path, capsys):
+def test_tune_a_tiny_frozen_study_then_resume_and_extend(tmp_path, cache, capsys):
     study = tiny_tuning_study(tmp_path, trials=4, pruner="median", batch=2)
+    [features] = write_train_features(study, cache)
     began = time.perf_counter()
     assert _tune(study) == 0
     seconds = time.perf_counter() - began
@@ -50,7 +69,20 @@ def test_tune_a_tiny_frozen_study_then_resume_and_extend(tmp_path, capsys):
         run = RunDirectory.for_run(config.results_dir, best.user_attrs["run_names"][0])
         history = json.loads(run.history_json.read_text())
         assert max(r["MAP@R"] for r in history[1:]) == pytest.approx(chosen["value"])
-        assert json.loads(run.metrics.read_text())["tier"] == "frozen"
+        metrics = json.loads(run.metrics.read_text())
+        assert metrics["tier"] == "frozen" and metrics["split"] == "validation"
+        assert metrics["best"]["MAP@R"] == pytest.approx(chosen["value"])
+        assert metrics["best"]["epoch"] == chosen["epochs"]
+        # the run trained on the kept classes of fold 0 and evaluated the held-out ones
+        kept, held_out = validation_split(np.arange(TRAIN_CLASSES), 4, 0, 0)
+        assert metrics["num_classes"] == len(kept) == 12
+        record = json.loads(run.validation_classes.read_text())
+        assert record["validation_labels"] == held_out.tolist()
+        assert record["train_labels"] == kept.tolist()
+        assert json.loads((plan.directory / "validation_classes.json").read_text()) == record
+        labels = np.load(run.validation_embeddings)["labels"]
+        assert sorted(set(labels.tolist())) == list(range(len(held_out)))
+    assert sorted(p.name for p in features.parent.iterdir()) == [features.name]  # no test file
     summary = json.loads((config.results_dir / "tiny" / "tuning" / "summary.json").read_text())
     assert [s["n_trials"] for s in summary["searches"]] == [4, 4]
     assert seconds < 60, f"tiny tuning took {seconds:.0f} s"
@@ -86,10 +118,92 @@ def test_the_study_command_dispatches_tune(tmp_path, capsys):
     assert "not started (budget 4)" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(HAS_SPLITS, reason="contract A (dml_study.data.splits) is present")
-def test_without_the_validation_split_tuning_refuses_in_one_line(tmp_path, capsys):
-    study = tiny_tuning_study(tmp_path)
-    assert cli(["--config", str(study), "--quiet"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: tuning needs the class-disjoint validation split")
-    assert not list((tmp_path / "results").rglob("journal.log"))  # nothing was started
+# --------------------------------------------------------------------------- one-line errors
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_a_missing_dataset_is_one_line_before_any_trial(tmp_path, cache, capsys):
+    study = tiny_tuning_study(tmp_path, dataset="cub200", data_root=str(tmp_path / "nowhere"))
+    assert _tune(study) == EXIT_DATA
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("error: dataset cub200 not found")
+    assert f"python -m dml_study.data download cub200 --root {tmp_path / 'nowhere'}" in line
+    assert "data_root" in line and "no trial was started" in line
+    assert not list(tmp_path.rglob("journal.log"))  # nothing was started
+
+
+@pytest.mark.parametrize("target", ["journal.log", "metrics.json"])
+def test_a_full_disk_is_one_line_and_the_rerun_completes(target, tmp_path, cache, capsys,
+                                                        monkeypatch):
+    study = tiny_tuning_study(tmp_path, trials=2, epochs=2)
+    write_train_features(study, cache)
+    monkeypatch.setenv("DML_STUDY_INJECT_ENOSPC", target)
+    assert _tune(study) == EXIT_DISK_FULL
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("error: disk full writing ") and f"/{target}: needs ~" in line
+    assert "free space and re-run the same command: every search resumes from its journal" \
+        in line and "injected by $DML_STUDY_INJECT_ENOSPC" in line
+    monkeypatch.delenv("DML_STUDY_INJECT_ENOSPC")
+    assert _tune(study) == 0
+    for plan in plan_searches(load_study_config(study)):
+        trials = optuna.load_study(study_name=plan.study_name,
+                                   storage=open_storage(plan.journal)).get_trials()
+        assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
+        assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def test_a_damaged_journal_is_one_line(tmp_path, cache, capsys):
+    study = tiny_tuning_study(tmp_path, trials=1, epochs=1)
+    write_train_features(study, cache)
+    assert _tune(study, "--arms", "frozen_so/no_so") == 0
+    journal = plan_searches(load_study_config(study))[0].journal
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(lines[0] + b"garbage\n" + b"".join(lines[1:]))
+    capsys.readouterr()
+    assert _tune(study) == EXIT_DAMAGED
+    line = _one_line(capsys.readouterr().err)
+    assert f"tuning journal {journal} cannot be replayed" in line and "git checkout --" in line
+
+
+@pytest.mark.slow
+def test_the_one_line_errors_from_the_real_command_line(tmp_path):
+    """Each fault through ``python -m dml_study.study tune`` in its own process: the line
+    and the exit code of dml_study/errors.py."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DML_STUDY_CACHE": str(cache)}
+    env.pop("DML_STUDY_INJECT_ENOSPC", None)
+
+    def tune(study, **extra):
+        proc = subprocess.run([sys.executable, "-m", "dml_study.study", "tune", "--config",
+                               str(study), "--quiet"], cwd=REPO, env={**env, **extra},
+                              capture_output=True, text=True, timeout=600, check=False)
+        return proc.returncode, proc.stderr
+
+    bad = tmp_path / "bad"
+    study = tiny_tuning_study(bad)
+    study.write_text(study.read_text().replace("name: tpe", "name: tpee"))
+    code, err = tune(study)
+    assert code == EXIT_USAGE and "did you mean 'tpe'" in _one_line(err)
+
+    missing = tiny_tuning_study(tmp_path / "missing", dataset="cub200",
+                                data_root=str(tmp_path / "nowhere"))
+    code, err = tune(missing)
+    assert code == EXIT_DATA and "dataset cub200 not found" in _one_line(err)
+
+    study = tiny_tuning_study(tmp_path / "full", trials=1, epochs=1)
+    write_train_features(study, cache)
+    code, err = tune(study, DML_STUDY_INJECT_ENOSPC="journal.log")
+    assert code == EXIT_DISK_FULL and "journal.log: needs ~" in _one_line(err)
+
+    code, err = tune(study)
+    assert code == 0, err[-2000:]
+    journal = plan_searches(load_study_config(study))[0].journal
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(lines[0] + b"garbage\n" + b"".join(lines[1:]))
+    code, err = tune(study)
+    assert code == EXIT_DAMAGED and "cannot be replayed" in _one_line(err)

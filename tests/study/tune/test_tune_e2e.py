@@ -1,10 +1,11 @@
 """End to end with the real validation split (contract A): the tuner never reads the test split.
 
-Skipped until ``dml_study.data.splits`` (issue #19 part 1, another branch) is merged; then
-the package's own trainers run every trial: the frozen tier on the embedded icons dataset,
-the fine-tuned tier (``02_train`` through the local launcher) in the paper study's smoke
-form on official-layout fixtures. While the tuner runs, every dataset split opened and every
-feature file loaded is recorded: no test / query / gallery split and no test feature file.
+The package's own trainers run every trial: the frozen tier on the embedded icons dataset
+(features extracted from its training images into a fresh cache), the fine-tuned tier
+(``02_train`` through the local launcher) in the paper study's smoke form on official-layout
+fixtures. While the frozen tuner runs, every dataset split opened and every feature file
+loaded is recorded: only the training split, and no test feature file (``…-test.npz``),
+neither during the trials nor when the validation classes are checked afterwards.
 """
 
 from __future__ import annotations
@@ -21,15 +22,12 @@ import yaml
 from fixture_datasets import write_cub_fixture
 from tune_helpers import tiny_tuning_study
 
-splits = pytest.importorskip(
-    "dml_study.data.splits",
-    reason="contract A of issue #19 (the validation split, dml_study.data.splits) is not in "
-           "this checkout yet: the end-to-end tuning tests run once it is merged")
-
-from dml_study.study.plan.config import load_study_config  # noqa: E402
-from dml_study.study.tune import plan_searches  # noqa: E402
-from dml_study.study.tune.cli import cli  # noqa: E402
-from dml_study.study.tune.trainers import FrozenTrialTrainer  # noqa: E402
+from dml_study.data.splits import validation_split
+from dml_study.paths import cache_root
+from dml_study.study.plan.config import load_study_config
+from dml_study.study.tune import plan_searches
+from dml_study.study.tune.cli import cli
+from dml_study.training.run_dir import RunDirectory
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -40,8 +38,13 @@ def opened(monkeypatch):
     import dml_study.data
     import dml_study.data.registry
 
-    seen: dict[str, list] = {"splits": [], "npz": []}
+    seen: dict[str, list] = {"splits": [], "records": [], "npz": []}
     real_get, real_load = dml_study.data.registry.get_dataset, np.load
+    real_records = dml_study.data.registry._records
+
+    def records(name, split, *args, **kwargs):  # what any loader path lists
+        seen["records"].append(split)
+        return real_records(name, split, *args, **kwargs)
 
     def get_dataset(name, split="train", *args, **kwargs):
         seen["splits"].append((name, split))
@@ -53,28 +56,62 @@ def opened(monkeypatch):
 
     monkeypatch.setattr(dml_study.data.registry, "get_dataset", get_dataset)
     monkeypatch.setattr(dml_study.data, "get_dataset", get_dataset)
+    monkeypatch.setattr(dml_study.data.registry, "_records", records)
     monkeypatch.setattr(np, "load", load)
     return seen
 
 
+@pytest.fixture
+def icons_cache(tmp_path, monkeypatch):
+    """A fresh ``$DML_STUDY_CACHE`` holding (a link to) the built icons dataset only, so the
+    tuner extracts its frozen features itself."""
+    shared = cache_root()
+    built = sorted(shared.glob("icons-*/manifest.json"))
+    if not built:
+        pytest.skip(f"the embedded icons dataset is not built in {shared} "
+                    "(python -m dml_study.data.icons build)")
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / built[0].parent.name).symlink_to(built[0].parent)
+    monkeypatch.setenv("DML_STUDY_CACHE", str(root))
+    return root
+
+
 @pytest.mark.slow
-def test_frozen_tuning_on_icons_never_opens_the_test_split(tmp_path, opened, monkeypatch):
-    test_classes = FrozenTrialTrainer.test_class_names  # read once, before the tuner runs
-    names = test_classes(FrozenTrialTrainer(load_study_config(tiny_tuning_study(tmp_path))),
-                         "icons")
-    monkeypatch.setattr(FrozenTrialTrainer, "test_class_names", lambda self, d: names)
-    opened["splits"].clear()
-    study = tiny_tuning_study(tmp_path, trials=3, epochs=3, pruner="median")
+def test_frozen_tuning_on_icons_never_opens_the_test_split(tmp_path, icons_cache, opened):
+    study = tiny_tuning_study(tmp_path, trials=3, epochs=3, pruner="median",
+                              features={"max_train_per_class": 6})
     assert cli(["--config", str(study), "--quiet"]) == 0
     assert opened["splits"] and {split for _, split in opened["splits"]} == {"train"}
-    assert not [p for p in opened["npz"] if p.endswith("-test.npz")]
-    for plan in plan_searches(load_study_config(study)):
+    assert set(opened["records"]) == {"train"}
+    assert opened["npz"] and all(p.endswith("-train.npz") for p in opened["npz"])
+    files = sorted(p.name for p in (icons_cache / "frozen_features").iterdir())
+    assert len(files) == 1 and files[0].endswith("-train.npz")  # no test features extracted
+    from dml_study.data import get_dataset
+
+    training_ids = np.unique(get_dataset("icons", "train").labels)
+    kept, held_out = validation_split(training_ids, 4, 0, 0)
+    config = load_study_config(study)
+    for plan in plan_searches(config):
         chosen = json.loads((plan.directory / "chosen.json").read_text())
         assert chosen["complete"] and chosen["n_trials"] == 3
         validation = json.loads((plan.directory / "validation_classes.json").read_text())
         assert validation["split"] == "validation" and validation["fold"] == 0
-        assert not set(validation["validation_classes"]) & names
-        assert not set(validation["validation_classes"]) & set(validation["train_classes"])
+        assert validation["validation_labels"] == held_out.tolist()
+        assert validation["train_labels"] == kept.tolist()
+        run = RunDirectory.for_run(config.results_dir, _best_run(plan, chosen))
+        metrics = json.loads(run.metrics.read_text())
+        assert metrics["split"] == "validation" and metrics["num_classes"] == len(kept)
+
+
+def _best_run(plan, chosen) -> str:
+    import optuna
+
+    from dml_study.study.tune.storage import open_storage
+
+    trials = optuna.load_study(study_name=plan.study_name,
+                               storage=open_storage(plan.journal)).get_trials()
+    return trials[chosen["trial"]].user_attrs["run_names"][0]
 
 
 @pytest.mark.slow

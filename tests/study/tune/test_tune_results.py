@@ -116,25 +116,55 @@ def test_a_search_resumed_with_another_space_is_refused(tmp_path):
     assert Search(more, FakeTrainer()).run().counted == 5
 
 
-def _write_validation(run_dir: Path, **over):
+def _write_validation(run_dir: Path, train=(0, 2, 3, 5, 6, 7), validation=(1, 4), **over):
+    """A run's ``validation_classes.json`` (contract A's format; class ids and names)."""
     record = {"split": "validation", "folds": 4, "fold": 0, "seed": 0,
-              "train_classes": ["a", "b"], "validation_classes": ["c"], **over}
+              "train_classes": [f"class {c}" for c in train],
+              "validation_classes": [f"class {c}" for c in validation],
+              "train_labels": list(train), "validation_labels": list(validation), **over}
     run_dir.mkdir(parents=True)
     (run_dir / "validation_classes.json").write_text(json.dumps(record))
     return record
 
 
-def test_validation_classes_are_copied_and_checked_against_test_classes(tmp_path):
+def test_validation_classes_are_copied_and_checked_against_the_training_split(tmp_path):
+    import numpy as np
+
+    from dml_study.data.splits import validation_split
+
     _, plan = _plan(tmp_path)
-    trial = _trial(0, TrialState.COMPLETE, 0.3, 2, run_names=["r0"])
-    record = _write_validation(plan.results_dir / "runs" / "r0")
-    assert validation_record(plan, [trial], lambda d: {"x", "y"}) == record
-    with pytest.raises(ValidationLeakError, match=r"not disjoint .*\(c\)"):
-        validation_record(plan, [trial], lambda d: {"c"})
-    trial = _trial(0, TrialState.COMPLETE, 0.3, 2, run_names=["r1"])
-    _write_validation(plan.results_dir / "runs" / "r1", train_classes=["c"])
-    with pytest.raises(ValidationLeakError):
-        validation_record(plan, [trial], None)
+    training = np.arange(8)
+    kept, held_out = validation_split(training, 4, 0, 0)
+    runs = plan.results_dir / "runs"
+
+    def check(name, ids=training, **record):
+        trial = _trial(0, TrialState.COMPLETE, 0.3, 2, run_names=[name])
+        written = _write_validation(runs / name, **{"train": tuple(kept.tolist()),
+                                                    "validation": tuple(held_out.tolist()),
+                                                    **record})
+        return written, validation_record(plan, [trial], ids)
+
+    written, record = check("ok")
+    assert record == written
+    # glyph names need not be unique: equal names of different classes are no leak
+    written, record = check("same-names", train_classes=["x"] * 6, validation_classes=["x"] * 2)
+    assert record == written
+    assert check("lazy", ids=lambda: training)[1] is not None  # ids computed when needed
+    assert check("unknown-ids", ids=None)[1] is not None  # the record alone is consistent
+    with pytest.raises(ValidationLeakError, match=r"classes \[\d\] are both trained on"):
+        check("overlap", train=(*kept.tolist(), int(held_out[0])))
+    with pytest.raises(ValidationLeakError, match=r"class ids \[9\] are not classes of the "
+                                                  r"training split"):
+        check("test-class", validation=(int(held_out[0]), 9))  # e.g. a test class's id
+    with pytest.raises(ValidationLeakError, match="not fold 0 of 4"):
+        check("other-fold", train=tuple(held_out.tolist()) + tuple(kept[2:].tolist()),
+              validation=tuple(kept[:2].tolist()))
+    with pytest.raises(ValidationLeakError, match="split 'test'"):
+        check("test-run", split="test")
+    with pytest.raises(ValidationLeakError, match=r"folds/fold/seed .* differ"):
+        check("seed", seed=3)
+    with pytest.raises(ValidationLeakError, match="no list of class ids 'validation_labels'"):
+        check("old-format", validation_labels=None)
 
 
 def test_trials_csv_rows_name_interrupted_and_diverged_trials(tmp_path):

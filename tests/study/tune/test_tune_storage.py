@@ -13,8 +13,8 @@ import time
 import optuna
 import pytest
 
+from dml_study.errors import DamagedFileError, DiskFullError
 from dml_study.study.tune.storage import (
-    DamagedJournalError,
     OwnedFileLock,
     SafeJournalBackend,
     open_storage,
@@ -60,19 +60,51 @@ def test_a_failing_append_leaves_no_partial_record(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full_disk)
-    with pytest.raises(OSError, match="No space left"):
-        backend.append_logs([{"op_code": 0, "worker_id": "w", "study_name": "t",
-                              "directions": [1]}])
+    log = {"op_code": 0, "worker_id": "w", "study_name": "t", "directions": [1]}
+    with pytest.raises(DiskFullError) as caught:
+        backend.append_logs([log])
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert path.read_bytes() == good
     assert not (tmp_path / "journal.log.lock").exists()
+    # the shared one-line error: the journal, the record's size, how a re-run continues
+    size = len(json.dumps(log, separators=(",", ":"))) + 1
+    assert caught.value.errno == errno.ENOSPC and caught.value.path == path
+    assert str(caught.value).startswith(f"disk full writing {path}: needs ~{size} B, ")
+    assert "every search resumes from its journal" in str(caught.value)
+
+
+def test_injected_enospc_applies_to_journal_appends(tmp_path, monkeypatch):
+    path = tmp_path / "journal.log"
+    good = _journal_with_trials(path)
+    monkeypatch.setenv("DML_STUDY_INJECT_ENOSPC", "*/journal.log")
+    backend = SafeJournalBackend(path)
+    with pytest.raises(DiskFullError, match=r"injected by \$DML_STUDY_INJECT_ENOSPC"):
+        backend.append_logs([{"op_code": 0, "worker_id": "w", "study_name": "t",
+                              "directions": [1]}])
+    assert path.read_bytes() == good  # its partial bytes were cut
+    monkeypatch.setenv("DML_STUDY_INJECT_ENOSPC", "other.log")
+    SafeJournalBackend(path).append_logs([{"op_code": 0, "worker_id": "w",
+                                           "study_name": "t", "directions": [1]}])
+    assert path.read_bytes().startswith(good) and path.read_bytes() != good
+
+
+def test_a_lock_that_cannot_be_written_leaves_no_ownerless_lock(tmp_path, monkeypatch):
+    lock = OwnedFileLock(tmp_path / "journal.log.lock")
+
+    def full_disk(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError) as caught:
+        lock.acquire()
+    assert caught.value.filename == str(lock.path) and not lock.path.exists()
 
 
 def test_a_journal_damaged_in_the_middle_is_a_one_line_error(tmp_path):
     path = tmp_path / "journal.log"
     good = _journal_with_trials(path).splitlines(keepends=True)
     path.write_bytes(good[0] + b"garbage\n" + b"".join(good[1:]))
-    with pytest.raises(DamagedJournalError, match=r"cannot be replayed.*git checkout --"):
+    with pytest.raises(DamagedFileError, match=r"cannot be replayed.*git checkout --"):
         open_storage(path)
 
 

@@ -69,30 +69,15 @@ peak = math.exp(-(math.log10(lr) + 3.0) ** 2)
 history = [{"epoch": e, "MAP@R": round(peak * (1.0, 2.0, 1.5)[e - 1] / 2, 6), "R@1": peak}
            for e in (1, 2, 3)]
 (out / "history.json").write_text(json.dumps(history))
-(out / "validation_classes.json").write_text(json.dumps({
-    "split": split, "folds": val_folds, "fold": val_fold, "seed": val_seed,
-    "train_classes": ["a", "b", "c"], "validation_classes": ["d"]}))
+from dml_study.data import get_dataset
+from dml_study.data.splits import validation_view
+train = get_dataset(dataset, "train")  # as 02_train cuts its folds (contract A)
+record = validation_view(train.labels, val_folds, val_fold, val_seed).record(train.class_names)
+(out / "validation_classes.json").write_text(json.dumps(record))
 (out / "metrics.json").write_text(json.dumps({
     "split": split, "forbid_test": os.environ.get("DML_STUDY_FORBID_TEST"),
     "best": max(history, key=lambda r: r["MAP@R"])}))
 '''
-
-
-class StandinFineTuned(FineTunedTrialTrainer):
-    """Contract A's config keys stood in for the run name (they join the hash with A)."""
-
-    def check(self) -> None:
-        pass
-
-    def run_name(self, params):
-        from dml_study.study.plan.grid import make_run_name
-
-        clean = {k: v for k, v in params.items() if k not in VALIDATION_PARAMETERS}
-        return make_run_name(clean, tier={"tier": "tune",
-                                          **{k: params[k] for k in VALIDATION_PARAMETERS}})
-
-    def test_class_names(self, dataset):
-        return {"x", "y"}
 
 
 @pytest.mark.slow
@@ -117,8 +102,9 @@ def test_fine_tuned_trials_train_through_the_local_launcher_under_the_guard(tmp_
     config = load_study_config(path)
     plan = plan_searches(config)[0]
     launcher = create_launcher("local", max_parallel=2)
-    trainer = StandinFineTuned(config, launcher, group="g", variant="a",
-                               directory=plan.directory)
+    trainer = FineTunedTrialTrainer(config, launcher, group="g", variant="a",
+                                    directory=plan.directory)
+    trainer.check(plan)  # the icons training split is there
     outcome = Search(plan, trainer, batch=2).run()
     assert outcome.counted == 3 and outcome.failed == 0
     chosen = outcome.chosen
@@ -129,5 +115,53 @@ def test_fine_tuned_trials_train_through_the_local_launcher_under_the_guard(tmp_
         assert metrics["forbid_test"] == "1" and metrics["split"] == "validation"
         assert set(trial.intermediate_values) == {1, 2, 3}
     assert (plan.directory / "trials").is_dir()  # the executed notebooks and logs
-    assert json.loads((plan.directory / "validation_classes.json").read_text())[
-        "validation_classes"] == ["d"]
+    # checked against the icons training split's class ids, which the trainer read itself
+    from dml_study.data import get_dataset
+    from dml_study.data.splits import validation_split
+
+    ids = np.unique(get_dataset("icons", "train").labels)
+    np.testing.assert_array_equal(trainer.training_class_ids(plan), ids)
+    record = json.loads((plan.directory / "validation_classes.json").read_text())
+    assert record["validation_labels"] == validation_split(ids, 4, 0, 0)[1].tolist()
+
+
+def test_frozen_trials_of_several_folds_each_train_on_their_own_fold(tmp_path, monkeypatch):
+    from tune_helpers import TRAIN_CLASSES, tiny_tuning_study, write_train_features
+
+    from dml_study.data.splits import validation_split
+    from dml_study.study.tune.trainers import FrozenTrialTrainer
+
+    monkeypatch.setenv("DML_STUDY_CACHE", str(tmp_path / "cache"))
+    study = tiny_tuning_study(tmp_path, trials=1, epochs=1, folds=(0, 1, 3))
+    write_train_features(study, tmp_path / "cache")
+    config = load_study_config(study)
+    plan = plan_searches(config, arms=["frozen_so/no_so"])[0]
+    trainer = FrozenTrialTrainer(config)
+    trainer.check(plan)
+    np.testing.assert_array_equal(trainer.training_class_ids(plan), np.arange(TRAIN_CLASSES))
+    outcome = Search(plan, trainer).run()
+    assert outcome.counted == 1
+    names = Search(plan, trainer).trials()[0].user_attrs["run_names"]
+    for fold, name in zip((0, 1, 3), names, strict=True):
+        run = RunDirectory.for_run(config.results_dir, name)
+        record = json.loads(run.validation_classes.read_text())
+        kept, held_out = validation_split(np.arange(TRAIN_CLASSES), 4, fold, 0)
+        assert record["fold"] == fold and record["validation_labels"] == held_out.tolist()
+        assert record["train_labels"] == kept.tolist()
+        assert json.loads(run.metrics.read_text())["split"] == "validation"
+        assert sorted(set(np.load(run.validation_embeddings)["labels"].tolist())) == [0, 1, 2, 3]
+    by_fold = json.loads((plan.directory / "validation_classes.json").read_text())["by_fold"]
+    assert sorted(by_fold) == ["0", "1", "3"]
+
+
+def test_frozen_trial_runs_must_be_validation_runs(tmp_path):
+    from tune_helpers import tiny_tuning_study
+
+    from dml_study.study.tune.trainers import FrozenTrialTrainer, first_run_parameters
+
+    config = load_study_config(tiny_tuning_study(tmp_path))
+    trainer = FrozenTrialTrainer(config)
+    params = first_run_parameters(plan_searches(config)[0])
+    assert trainer.experiment(params)[0].data.split == "validation"
+    with pytest.raises(ValueError, match="every trial must be a validation run"):
+        trainer.experiment({**params, "split": "test"})
