@@ -210,7 +210,7 @@ def test_write_claims_is_valid_json_with_the_interface_keys(tmp_path):
             "ci_low", "ci_high", "seeds", "verdict"}
     assert keys <= set(rows[0])
     assert rows[0]["ci_low"] is None and rows[0]["verdict"] == "inconclusive"
-    assert "fewer than 2 seeds" in rows[0]["note"]
+    assert "n = 1: no CI" in rows[0]["note"]
 
 
 def test_claim_config_errors_name_the_key_and_suggest(tmp_path):

@@ -102,22 +102,36 @@ def paired_effects(frame: pd.DataFrame, unit: str = "pp", title: str = "") -> Fi
     """Per-seed paired differences per panel label, with the mean and its 95 % t-CI.
 
     ``frame`` columns: ``panel`` (e.g. "icons · frozen"), ``seed``, ``effect``, and
-    ``ci_low``/``ci_high`` (the same on every row of a panel).
+    ``ci_low``/``ci_high`` (the same on every row of a panel; ``None``/NaN when the panel
+    has no interval, e.g. one seed: then the mean is drawn alone, labelled ``n = 1: no CI``).
     """
     panels = list(dict.fromkeys(frame["panel"]))
     fig, ax = plt.subplots(figsize=(max(4.5, 1.8 * len(panels) + 1.5), 3.8))
+    labelled: set[str] = set()
+
+    def once(label: str) -> str | None:  # each legend entry once, whichever panel has it
+        if label in labelled:
+            return None
+        labelled.add(label)
+        return label
+
     for i, panel in enumerate(panels):
         part = frame[frame["panel"] == panel].sort_values("seed")
         offsets = np.linspace(-0.18, 0.18, len(part)) if len(part) > 1 else np.zeros(1)
         ax.scatter(i + offsets, part["effect"], s=22, color="C1", zorder=2,
-                   label="one seed: treatment − baseline" if i == 0 else None)
-        mean = part["effect"].mean()
-        low, high = part["ci_low"].iloc[0], part["ci_high"].iloc[0]
-        ax.errorbar([i + 0.32], [mean], yerr=[[mean - low], [high - mean]], fmt="D",
-                    color="black", capsize=5, zorder=3,
-                    label="mean, 95% t-CI" if i == 0 else None)
-        ax.annotate(f"{mean:+.2f}\n[{low:+.2f}, {high:+.2f}]\nn = {len(part)}",
-                    (i + 0.42, mean), fontsize=8, va="center")
+                   label=once("one seed: treatment − baseline"))
+        mean = float(part["effect"].mean())
+        low, high = (_finite(part[c].iloc[0]) for c in ("ci_low", "ci_high"))
+        if low is None or high is None:  # one seed (or no spread estimate): no interval
+            ax.scatter([i + 0.32], [mean], marker="D", color="black", zorder=3,
+                       label=once("mean (no CI)"))
+            interval = f"n = {len(part)}: no CI"
+        else:
+            ax.errorbar([i + 0.32], [mean], yerr=[[mean - low], [high - mean]], fmt="D",
+                        color="black", capsize=5, zorder=3,
+                        label=once("mean, 95% t-CI"))
+            interval = f"[{low:+.2f}, {high:+.2f}]\nn = {len(part)}"
+        ax.annotate(f"{mean:+.2f}\n{interval}", (i + 0.42, mean), fontsize=8, va="center")
     ax.axhline(0.0, color="0.3", linewidth=1, linestyle="--")
     ax.set_xticks(range(len(panels)), panels)
     ax.set_xlim(-0.6, len(panels) + 0.3)
@@ -128,6 +142,15 @@ def paired_effects(frame: pd.DataFrame, unit: str = "pp", title: str = "") -> Fi
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a float, or ``None`` when it is missing or not finite."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
 
 
 def sweep_by_category(

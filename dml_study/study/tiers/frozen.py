@@ -18,7 +18,8 @@ parameter groups and schedule (:mod:`dml_study.training.optim`) and evaluation
    ``(seed, epoch)``). After every epoch it evaluates the test split and logs loss terms,
    learning rates, proxy orthogonality statistics and metrics, then writes a normal run
    directory (``config.yaml``, ``history.json/csv``, ``metrics.json`` with ``"tier":
-   "frozen"``, ``proxies*.npy``, ``test_embeddings.npz``) plus ``train_class_recall.npy``
+   "frozen"``, ``proxies*.npy``, ``test_embeddings.npz`` with each row's test-split image
+   index) plus ``train_class_recall.npy``
    (R@1 of every training class on the evaluation view of the training images, for the
    SO paper's motivation analysis) and ``head.safetensors`` (the trained head, which
    ``python -m dml_study.export`` joins to the pretrained backbone), so
@@ -85,6 +86,9 @@ class FrozenFeatures:
     test_labels: np.ndarray  # (M,)
     class_names: tuple[str, ...]  # training class names (proxies)
     key: str
+    #: (M,) index of each test row in the dataset's test split (a per-class subset keeps
+    #: some images only); ``None`` in caches written before it was recorded.
+    test_indices: np.ndarray | None = None
 
     @property
     def feature_dim(self) -> int:
@@ -193,6 +197,7 @@ def extract_features(
         "train_labels": np.asarray(train_set.labels, dtype=np.int64)[train_idx],
         "test": run(_Transformed(test_set, test_idx, eval_tf)),
         "test_labels": np.asarray(test_set.labels, dtype=np.int64)[test_idx],
+        "test_indices": np.asarray(test_idx, dtype=np.int64),
         "class_names": np.asarray(list(train_set.class_names)),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,6 +225,7 @@ def _load_features(path: Path) -> FrozenFeatures:
             train_labels=data["train_labels"], test=data["test"],
             test_labels=data["test_labels"],
             class_names=tuple(str(c) for c in data["class_names"]), key=path.stem,
+            test_indices=data["test_indices"] if "test_indices" in data.files else None,
         )
 
 
@@ -359,8 +365,12 @@ def train_frozen(
 
         head_bytes = safetensors_bytes(head.state_dict())
         atomic_write_with(run_dir.head_weights, lambda fh: fh.write(head_bytes))
-    atomic_write_with(run_dir.test_embeddings, lambda fh: np.savez(
-        fh, embeddings=test_emb, labels=features.test_labels))
+    # ``indices``: which image of the test split each row is (the retrieval gallery's
+    # thumbnails, :mod:`dml_study.study.analysis.retrieval`).
+    test_arrays = {"embeddings": test_emb, "labels": features.test_labels}
+    if features.test_indices is not None:
+        test_arrays["indices"] = np.asarray(features.test_indices, dtype=np.int64)
+    atomic_write_with(run_dir.test_embeddings, lambda fh: np.savez(fh, **test_arrays))
     atomic_write_json(run_dir.metrics, metrics)  # last: its presence marks the run finished
     return metrics
 
