@@ -109,6 +109,7 @@ def write_synthetic_features(config: Any, feature_dim: int = 16, noise: float = 
         _frozen_run_config,
         feature_cache_path,
         per_class_subset,
+        test_subset,
     )
 
     written = []
@@ -127,7 +128,7 @@ def write_synthetic_features(config: Any, feature_dim: int = 16, noise: float = 
         seed = settings.feature_seed
         train, test = splits["train"], splits["test"]
         train_idx = per_class_subset(train.labels, settings.max_train_per_class, seed)
-        test_idx = per_class_subset(test.labels, settings.max_test_per_class, seed + 1)
+        test_idx = test_subset(test.labels, settings)
         centres = rng.normal(size=(train.num_classes + test.num_classes, feature_dim))
 
         train_labels, test_labels = train.labels[train_idx], test.labels[test_idx]

@@ -7,7 +7,9 @@ resolution so the rendered HTML stays small.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -311,4 +313,206 @@ def image_grid(
                 ax.imshow(row[c])
         axes[r][0].set_title(title, fontsize=8, loc="left")
     fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- text in any script
+
+#: Font families tried first for class names in CJK scripts (sans designs with a wide
+#: coverage, as Debian packages them); any other font found that has the characters follows.
+CJK_FAMILIES: tuple[str, ...] = (
+    "Droid Sans Fallback", "Noto Sans CJK JP", "Noto Sans CJK SC", "WenQuanYi Micro Hei",
+    "WenQuanYi Zen Hei", "IPAexGothic", "VL Gothic",
+)
+
+#: Font files are looked for in these directories (system fonts, then the glyph dataset's
+#: unpacked Debian fonts in the cache, ``<cache>/glyph-fonts``, while a build keeps them).
+FONT_DIRS: tuple[str, ...] = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts")
+
+
+def _font_dirs() -> list[Path]:
+    from dml_study.paths import cache_root
+
+    return [Path(d).expanduser() for d in FONT_DIRS] + [cache_root() / "glyph-fonts"]
+
+
+@functools.lru_cache(maxsize=1)
+def _default_charmap() -> frozenset[int]:
+    from matplotlib import font_manager, ft2font
+
+    path = font_manager.findfont(font_manager.FontProperties(family=plt.rcParams["font.family"]))
+    return frozenset(ft2font.FT2Font(path).get_charmap())
+
+
+@functools.lru_cache(maxsize=64)
+def font_for(chars: frozenset[int]) -> str | None:
+    """The family of a font file that has every code point of ``chars`` (registered with
+    matplotlib), or ``None``. Families of :data:`CJK_FAMILIES` are preferred; ``.ttc``
+    collections are read by their first face."""
+    from matplotlib import font_manager, ft2font
+
+    found: list[tuple[int, str, Path]] = []
+    for directory in _font_dirs():
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.rglob("*")):
+            if path.suffix.lower() not in (".ttf", ".otf", ".ttc"):
+                continue
+            try:
+                font = ft2font.FT2Font(str(path))
+                if not chars <= set(font.get_charmap()):
+                    continue
+            except (OSError, RuntimeError, ValueError):
+                continue
+            family = font.family_name
+            rank = next((i for i, f in enumerate(CJK_FAMILIES) if f == family), len(CJK_FAMILIES))
+            found.append((rank, family, path))
+            if rank == 0:
+                break
+        if found and found[0][0] == 0:
+            break
+    if not found:
+        return None
+    _, family, path = min(found, key=lambda item: (item[0], str(item[2])))
+    font_manager.fontManager.addfont(str(path))
+    return family
+
+
+def readable_text(texts: Sequence[str]) -> tuple[list[str], list[str] | None]:
+    """``texts`` as matplotlib can draw them, and the font families to draw them with.
+
+    Characters the default font lacks (CJK class names such as ``loquat (枇)``) are drawn
+    with a font that has them (:func:`font_for`: the families are ``[default, that font]``,
+    matplotlib falls back glyph by glyph); when no such font is installed they are written
+    as their code points, ``loquat (U+6787)``, so no character is drawn as an empty box.
+    """
+    default = _default_charmap()
+    missing = frozenset(ord(c) for t in texts for c in t if ord(c) > 0x7F and ord(c) not in default)
+    if not missing:
+        return list(texts), None
+    family = font_for(missing)
+    if family is not None:
+        base = plt.rcParams["font.family"]
+        return list(texts), [*(base if isinstance(base, list) else [base]), family]
+    return ["".join(f"U+{ord(c):04X}" if ord(c) in missing else c for c in t)
+            for t in texts], None
+
+
+def short_name(name: str, width: int = 26) -> str:
+    """``name`` cut to about ``width`` characters; a trailing ``(…)`` part (glyphs' character,
+    a disambiguating raw name) is kept whole: ``"unit of length equal… (丈)"``."""
+    if len(name) <= width:
+        return name
+    head, tail = name, ""
+    if name.endswith(")") and " (" in name:
+        head, tail = name[: name.rindex(" (")], name[name.rindex(" ("):]
+    room = max(4, width - len(tail) - 1)
+    return head[:room].rstrip(" ,;") + "…" + tail
+
+
+def _frame(ax: Any, ok: bool) -> None:
+    """Green frame and ✓ below for a correct result, red frame and ✗ for a wrong one."""
+    color = "#1a7f37" if ok else "#c62828"
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_edgecolor(color)
+        spine.set_linewidth(3)
+    ax.set_xlabel("✓" if ok else "✗", color=color, fontsize=11, labelpad=1,
+                  fontweight="bold")
+
+
+def _thumb(ax: Any, image: Any) -> None:
+    ax.imshow(image)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def retrieval_gallery(comparison: Any, inches: float = 0.8, name_width: int = 24) -> Figure:
+    """Seeded queries with their top-k results in both arms, right and wrong marked.
+
+    ``comparison`` is a :class:`dml_study.study.analysis.retrieval.RetrievalComparison`. One
+    row per query: the query image titled with its class (display name), then the top-k
+    results of each arm, in rank order. A result of the query's class has a green frame and
+    a ✓, another class a red frame and a ✗ (not colour alone).
+    """
+    arms = list(comparison.arms)
+    k = comparison.k
+    n = len(comparison.queries)
+    names, families = readable_text([short_name(comparison.names[int(lab)], name_width)
+                                     for lab in comparison.query_labels])
+    ratios = [1.45, *([0.25] + [1.0] * k) * len(arms)]
+    fig, axes = plt.subplots(n, len(ratios), squeeze=False,
+                             figsize=(inches * sum(ratios) + 0.4, (inches + 0.42) * n + 0.5),
+                             gridspec_kw={"width_ratios": ratios, "wspace": 0.08,
+                                          "hspace": 0.55})
+    for r in range(n):
+        query = int(comparison.queries[r])
+        for ax in axes[r]:
+            ax.axis("off")
+        ax = axes[r][0]
+        ax.axis("on")
+        _thumb(ax, comparison.thumbnails[int(comparison.image_index[query])])
+        ax.set_title(names[r], fontsize=7, loc="center", family=families)
+        ax.set_xlabel("query", fontsize=7, labelpad=1)
+        for a, arm in enumerate(arms):
+            start = 1 + a * (k + 1) + 1
+            for j in range(k):
+                ax = axes[r][start + j]
+                ax.axis("on")
+                row = int(comparison.neighbours[arm][r, j])
+                _thumb(ax, comparison.thumbnails[int(comparison.image_index[row])])
+                _frame(ax, bool(comparison.correct[arm][r, j]))
+    for a, arm in enumerate(arms):
+        start = 1 + a * (k + 1) + 1
+        hits = int(comparison.correct[arm][:, 0].sum())
+        left, right = axes[0][start].get_position(), axes[0][start + k - 1].get_position()
+        fig.text((left.x0 + right.x1) / 2, left.y1 + 0.9 * (left.height + 0.02),
+                 f"{arm}: top {k} (top-1 correct for {hits} of {n})", ha="center",
+                 fontsize=TITLE_SIZE - 2, fontweight="bold")
+    fig.suptitle(f"{comparison.dataset}, seed {comparison.seed}: {n} seeded test queries",
+                 fontsize=TITLE_SIZE, y=1.0 + 0.25 / max(n, 1))
+    return fig
+
+
+def class_changes(
+    comparison: Any, n: int = 5, per_class: int = 4, inches: float = 0.8, name_width: int = 34
+) -> Figure:
+    """The classes whose test R@1 the treatment raises most and lowers most, with images.
+
+    Two columns of ``n`` rows: gains (left) and losses (right); each row names the class
+    (display name), its R@1 in both arms and the change, then ``per_class`` of its test
+    images.
+    """
+    gains, losses = comparison.extremes(n)
+    base, treat = comparison.arms[0], comparison.arms[-1]
+    panels = [("gains most", gains), ("loses most", losses)]
+    labels = [f"{short_name(r['class'], name_width)}\n{base} {r['baseline_R@1']:.0f} % → "
+              f"{treat} {r['treatment_R@1']:.0f} %  ({r['change']:+.0f} pp)"
+              for _, frame in panels for _, r in frame.iterrows()]
+    labels, families = readable_text(labels)
+    rows = max(len(gains), len(losses), 1)
+    ratios = [2.6] + [1.0] * per_class + [0.3] + [2.6] + [1.0] * per_class
+    fig, axes = plt.subplots(rows, len(ratios), squeeze=False,
+                             figsize=(inches * sum(ratios), (inches + 0.1) * rows + 0.7),
+                             gridspec_kw={"width_ratios": ratios, "wspace": 0.06,
+                                          "hspace": 0.25})
+    for ax in axes.flat:
+        ax.axis("off")
+    position = 0
+    for p, (title, frame) in enumerate(panels):
+        col = p * (per_class + 2)
+        axes[0][col].set_title(f"{treat} − {base}: {title}", fontsize=TITLE_SIZE - 2,
+                               loc="left", fontweight="bold")
+        for r, (_, row) in enumerate(frame.iterrows()):
+            axes[r][col].text(0.0, 0.5, labels[position], fontsize=7, va="center",
+                              ha="left", family=families, transform=axes[r][col].transAxes)
+            position += 1
+            for j, image_row in enumerate(comparison.class_rows(int(row["label"]), per_class)):
+                ax = axes[r][col + 1 + j]
+                ax.axis("on")
+                _thumb(ax, comparison.thumbnails[int(comparison.image_index[image_row])])
+    fig.suptitle(f"{comparison.dataset}, seed {comparison.seed}: per-class test R@1, "
+                 f"{treat} vs {base}", fontsize=TITLE_SIZE)
     return fig
