@@ -109,7 +109,7 @@ def write_synthetic_features(config: Any, feature_dim: int = 16, noise: float = 
         _frozen_run_config,
         feature_cache_path,
         per_class_subset,
-        test_subset,
+        cached_test_indices,
     )
 
     written = []
@@ -128,7 +128,7 @@ def write_synthetic_features(config: Any, feature_dim: int = 16, noise: float = 
         seed = settings.feature_seed
         train, test = splits["train"], splits["test"]
         train_idx = per_class_subset(train.labels, settings.max_train_per_class, seed)
-        test_idx = test_subset(test.labels, settings)
+        test_idx = cached_test_indices(test.labels, settings)
         centres = rng.normal(size=(train.num_classes + test.num_classes, feature_dim))
 
         train_labels, test_labels = train.labels[train_idx], test.labels[test_idx]
@@ -145,3 +145,64 @@ def write_synthetic_features(config: Any, feature_dim: int = 16, noise: float = 
         atomic_write_with(path, lambda fh, f=features: np.savez(fh, **f))
         written.append(path)
     return written
+
+
+#: The groups of :func:`write_degenerate_study` beside ``frozen_so`` (one seed): a group
+#: whose arms lack runs at some seeds, one with no finished run, and one with one arm.
+DEGENERATE_GROUPS = [
+    {"name": "partial", "tier": "frozen", "datasets": ["cub200"], "seeds": [0, 1, 2],
+     "description": "arms missing at some seeds",
+     "variants": {"base": {"so_lambda": 0.01}, "treat": {"so_lambda": 0.02}}},
+    {"name": "empty", "tier": "frozen", "datasets": ["cub200"], "seeds": [0, 1],
+     "description": "no finished run",
+     "variants": {"base": {"so_lambda": 0.03}, "treat": {"so_lambda": 0.04}}},
+    {"name": "single", "tier": "frozen", "datasets": ["cub200"], "seeds": [0],
+     "description": "one arm", "variants": {"only": {"so_lambda": 0.05}}},
+]
+
+DEGENERATE_CLAIMS = [
+    {"name": "partial_r1", "claim": "treat improves R@1 (partial)", "group": "partial",
+     "baseline": "base", "treatment": "treat", "metric": "R@1"},
+    {"name": "empty_r1", "claim": "treat improves R@1 (empty)", "group": "empty",
+     "baseline": "base", "treatment": "treat", "metric": "R@1"},
+    {"name": "single_motivation", "claim": "close proxies retrieve worse (one arm)",
+     "group": "single", "kind": "correlation", "baseline": "only",
+     "metric": "spearman:nearest_proxy_cos:train_R@1", "direction": "decrease", "scale": 1.0,
+     "unit": "rho"},
+]
+
+#: Runs removed after training: (group, variant, seed).
+REMOVED_RUNS = [("partial", "treat", 1), ("partial", "base", 2), ("empty", "base", 0),
+                ("empty", "base", 1), ("empty", "treat", 0), ("empty", "treat", 1)]
+
+
+def write_degenerate_study(root: Path, data_root: Path) -> Path:
+    """Every degenerate case in one study: ``frozen_so`` at one seed, :data:`DEGENERATE_GROUPS`
+    and their claims; the headline is the one-arm group (baseline = treatment)."""
+    groups = [{"name": "frozen_so", "tier": "frozen", "datasets": ["cub200"], "seeds": [0],
+               "description": "no SO vs SO, one seed",
+               "variants": {"no_so": {"so_lambda": 0.0}, "so": {"so_lambda": 0.1}}},
+              *DEGENERATE_GROUPS]
+    return write_frozen_study(root, data_root, groups=groups, claims=CLAIMS + DEGENERATE_CLAIMS,
+                              headline={"group": "single", "baseline": "only",
+                                        "treatment": "only"})
+
+
+def remove_runs(config: Any, removed: list[tuple[str, str, int]] = REMOVED_RUNS) -> list[str]:
+    """Delete the run directories of ``removed`` cells (as if they never finished)."""
+    from dml_study.study.plan.grid import expand_grid
+
+    names = [s.run_name for s in expand_grid(config) if (s.group, s.variant, s.seed) in removed]
+    for name in names:
+        shutil.rmtree(config.runs_dir / name)
+    return names
+
+
+def train_grid(config: Any) -> None:
+    """Train the study's (frozen) grid here, quietly, on its synthetic features."""
+    import io
+
+    from dml_study.study.launch.launcher import launch_grid
+
+    write_synthetic_features(config)
+    launch_grid(config, progress=False, stream=io.StringIO())

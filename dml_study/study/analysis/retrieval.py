@@ -22,7 +22,8 @@ read from the runs' saved ``test_embeddings.npz``; nothing is re-embedded.
   embed a seeded per-class subset for many-class datasets (glyphs: 5 images per class), so
   the row → image map is recovered by :func:`test_image_indices`: from the ``indices``
   array the frozen tier writes, else recomputed with the tier's own rule
-  (:func:`dml_study.study.tiers.frozen.test_subset` with the settings in ``metrics.json``),
+  (:func:`dml_study.study.tiers.frozen.cached_test_indices` with the settings in
+  ``metrics.json``),
   else (a fine-tuned run: the whole split) the identity; whichever is used must reproduce
   the run's labels image by image, or the run is refused.
 """
@@ -120,9 +121,10 @@ def test_image_indices(run_path: str | Path, dataset_labels: np.ndarray) -> np.n
     The first that reproduces the run's labels is returned; :class:`RetrievalDataError`
     when none does (a run of another build of the dataset).
     """
-    from dml_study.study.analysis.collect import load_metrics, load_test_embeddings
+    from dml_study.study.analysis.collect import load_test_embeddings
     from dml_study.study.plan.grid import FeatureSettings
-    from dml_study.study.tiers.frozen import test_subset
+    from dml_study.study.tiers.frozen import cached_test_indices
+    from dml_study.training.run_dir import RunDirectory
 
     path = Path(run_path)
     loaded = load_test_embeddings(path)
@@ -134,12 +136,12 @@ def test_image_indices(run_path: str | Path, dataset_labels: np.ndarray) -> np.n
     with np.load(path / "test_embeddings.npz") as data:
         if "indices" in data.files:
             candidates.append(("its indices array", np.asarray(data["indices"])))
-    features = load_metrics(path).get("features")
+    features = RunDirectory(path).read_json("metrics.json").get("features")
     if isinstance(features, dict):
         known = {k: features[k] for k in ("views", "feature_seed", "max_train_per_class",
                                           "max_test_per_class") if k in features}
         candidates.append(("the frozen tier's subset rule",
-                           test_subset(dataset_labels, FeatureSettings(**known))))
+                           cached_test_indices(dataset_labels, FeatureSettings(**known))))
     candidates.append(("the whole split", np.arange(len(dataset_labels))))
     for _, index in candidates:
         if (len(index) == len(labels) and (index.size == 0 or index.max() < len(dataset_labels))
@@ -244,10 +246,11 @@ class RetrievalComparison:
         return np.flatnonzero(self.labels == label)[:limit]
 
     def extremes(self, n: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """The ``n`` classes gaining most and the ``n`` losing most (disjoint when the
-        table is shorter than ``2n``)."""
-        gains = self.changes.head(n)
-        losses = self.changes.iloc[::-1].head(min(n, max(0, len(self.changes) - len(gains))))
+        """The (at most) ``n`` classes whose R@1 rises most, and the ``n`` whose R@1 falls
+        most (a class whose R@1 does not change is in neither); ties by label."""
+        gains = self.changes[self.changes["change"] > 0].head(n)
+        losses = self.changes[self.changes["change"] < 0].sort_values(
+            ["change", "label"], kind="stable").head(n)
         return gains, losses
 
     def summary(self) -> pd.DataFrame:

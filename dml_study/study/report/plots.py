@@ -105,8 +105,12 @@ def paired_effects(frame: pd.DataFrame, unit: str = "pp", title: str = "") -> Fi
 
     ``frame`` columns: ``panel`` (e.g. "icons · frozen"), ``seed``, ``effect``, and
     ``ci_low``/``ci_high`` (the same on every row of a panel; ``None``/NaN when the panel
-    has no interval, e.g. one seed: then the mean is drawn alone, labelled ``n = 1: no CI``).
+    has no interval, e.g. one seed: then the mean is drawn alone, labelled ``n = 1: no CI``),
+    optionally ``claim``: a panel holding several claims is split into one per claim.
     """
+    if "claim" in frame.columns and (frame.groupby("panel")["claim"].nunique() > 1).any():
+        # Two claims on one dataset and tier (e.g. two groups): one panel per claim.
+        frame = frame.assign(panel=frame["panel"] + "\n" + frame["claim"].astype(str))
     panels = list(dict.fromkeys(frame["panel"]))
     fig, ax = plt.subplots(figsize=(max(4.5, 1.8 * len(panels) + 1.5), 3.8))
     labelled: set[str] = set()
@@ -468,32 +472,35 @@ def retrieval_gallery(comparison: Any, inches: float = 0.8, name_width: int = 24
         start = 1 + a * (k + 1) + 1
         hits = int(comparison.correct[arm][:, 0].sum())
         left, right = axes[0][start].get_position(), axes[0][start + k - 1].get_position()
-        fig.text((left.x0 + right.x1) / 2, left.y1 + 0.9 * (left.height + 0.02),
+        fig.text((left.x0 + right.x1) / 2, left.y1 + 0.25 * left.height,
                  f"{arm}: top {k} (top-1 correct for {hits} of {n})", ha="center",
-                 fontsize=TITLE_SIZE - 2, fontweight="bold")
-    fig.suptitle(f"{comparison.dataset}, seed {comparison.seed}: {n} seeded test queries",
-                 fontsize=TITLE_SIZE, y=1.0 + 0.25 / max(n, 1))
+                 va="bottom", fontsize=TITLE_SIZE - 2, fontweight="bold")
+    top = axes[0][0].get_position()
+    fig.text(0.5, top.y1 + 0.75 * top.height,
+             f"{comparison.dataset}, seed {comparison.seed}: {n} seeded test queries",
+             ha="center", va="bottom", fontsize=TITLE_SIZE)
     return fig
 
 
 def class_changes(
-    comparison: Any, n: int = 5, per_class: int = 4, inches: float = 0.8, name_width: int = 34
+    comparison: Any, n: int = 5, per_class: int = 4, inches: float = 0.8, name_width: int = 30
 ) -> Figure:
     """The classes whose test R@1 the treatment raises most and lowers most, with images.
 
-    Two columns of ``n`` rows: gains (left) and losses (right); each row names the class
-    (display name), its R@1 in both arms and the change, then ``per_class`` of its test
-    images.
+    Two columns of up to ``n`` rows: gains (left) and losses (right); each row names the
+    class (display name), its R@1 in both arms, the change and its number of test images,
+    then ``per_class`` of its test images. Classes whose R@1 does not change are in neither.
     """
     gains, losses = comparison.extremes(n)
     base, treat = comparison.arms[0], comparison.arms[-1]
-    panels = [("gains most", gains), ("loses most", losses)]
+    panels = [("gains most", "rises", gains), ("loses most", "falls", losses)]
     labels = [f"{short_name(r['class'], name_width)}\n{base} {r['baseline_R@1']:.0f} % → "
-              f"{treat} {r['treatment_R@1']:.0f} %  ({r['change']:+.0f} pp)"
-              for _, frame in panels for _, r in frame.iterrows()]
+              f"{treat} {r['treatment_R@1']:.0f} %\n({r['change']:+.0f} pp, "
+              f"{int(r['images'])} images)"
+              for *_, frame in panels for _, r in frame.iterrows()]
     labels, families = readable_text(labels)
     rows = max(len(gains), len(losses), 1)
-    ratios = [2.6] + [1.0] * per_class + [0.3] + [2.6] + [1.0] * per_class
+    ratios = [2.4] + [1.0] * per_class + [0.3] + [2.4] + [1.0] * per_class
     fig, axes = plt.subplots(rows, len(ratios), squeeze=False,
                              figsize=(inches * sum(ratios), (inches + 0.1) * rows + 0.7),
                              gridspec_kw={"width_ratios": ratios, "wspace": 0.06,
@@ -501,10 +508,13 @@ def class_changes(
     for ax in axes.flat:
         ax.axis("off")
     position = 0
-    for p, (title, frame) in enumerate(panels):
+    for p, (title, verb, frame) in enumerate(panels):
         col = p * (per_class + 2)
         axes[0][col].set_title(f"{treat} − {base}: {title}", fontsize=TITLE_SIZE - 2,
                                loc="left", fontweight="bold")
+        if frame.empty:
+            axes[0][col].text(0.0, 0.5, f"no class's R@1 {verb}", fontsize=8, va="center",
+                              transform=axes[0][col].transAxes)
         for r, (_, row) in enumerate(frame.iterrows()):
             axes[r][col].text(0.0, 0.5, labels[position], fontsize=7, va="center",
                               ha="left", family=families, transform=axes[r][col].transAxes)
@@ -513,6 +523,8 @@ def class_changes(
                 ax = axes[r][col + 1 + j]
                 ax.axis("on")
                 _thumb(ax, comparison.thumbnails[int(comparison.image_index[image_row])])
-    fig.suptitle(f"{comparison.dataset}, seed {comparison.seed}: per-class test R@1, "
-                 f"{treat} vs {base}", fontsize=TITLE_SIZE)
+    top = axes[0][0].get_position()
+    fig.text(0.5, top.y1 + 0.6 * top.height, f"{comparison.dataset}, seed {comparison.seed}: "
+             f"per-class test R@1, {treat} vs {base}", ha="center", va="bottom",
+             fontsize=TITLE_SIZE)
     return fig

@@ -137,7 +137,7 @@ def per_class_subset(labels: np.ndarray, limit: int | None, seed: int) -> np.nda
     return np.sort(np.concatenate(keep))
 
 
-def test_subset(labels: np.ndarray, settings: FeatureSettings) -> np.ndarray:
+def cached_test_indices(labels: np.ndarray, settings: FeatureSettings) -> np.ndarray:
     """Indices of the test images whose features :func:`extract_features` caches (every
     image unless ``max_test_per_class``; the subset is seeded by ``feature_seed + 1``)."""
     return per_class_subset(labels, settings.max_test_per_class, settings.feature_seed + 1)
@@ -194,7 +194,7 @@ def extract_features(
     seed = settings.feature_seed
     train_idx = per_class_subset(train_set.labels, settings.max_train_per_class, seed)
     test_set = eval_sets.query
-    test_idx = test_subset(test_set.labels, settings)
+    test_idx = cached_test_indices(test_set.labels, settings)
     augmented = SeededAugmentation(train_set, train_tf)
     features = {
         "train_views": np.stack([run(_ViewDataset(augmented, train_idx, view, seed))
