@@ -107,9 +107,9 @@ def write_synthetic_features(config: Any, feature_dim: int = 16, noise: float = 
     from dml_study.study.plan.grid import expand_grid, frozen_feature_settings
     from dml_study.study.tiers.frozen import (
         _frozen_run_config,
+        cached_test_indices,
         feature_cache_path,
         per_class_subset,
-        cached_test_indices,
     )
 
     written = []

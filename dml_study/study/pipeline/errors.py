@@ -18,7 +18,8 @@ code  fault (exit codes of :mod:`dml_study.errors`)
 ====  ==========================================================================
 1     a grid run or a notebook failed for another reason (named: run and log, or
       notebook, cell and executed copy)
-2     the study file: missing, not YAML, an unknown key or value (did-you-mean)
+2     the study file: missing, not valid YAML, an unknown key or value (did-you-mean),
+      an unknown ``--only`` notebook
 3     a dataset is missing or cannot be built; an image cannot be decoded
 4     disk full (``ENOSPC``/``EDQUOT``): free space and re-run; finished runs
       are reused, the previous report stays until the new one is complete
@@ -213,6 +214,20 @@ def _notebook_failed(exc: Any, config: Any | None) -> UserFacingError:
     )
 
 
+def _yaml_error(exc: BaseException) -> StudyUsageError | None:
+    """A study file that is not valid YAML: the file, the line and what the parser expected."""
+    import yaml
+
+    if not isinstance(exc, yaml.YAMLError):
+        return None
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "it"
+    problem = " ".join(str(p) for p in (getattr(exc, "context", None),
+                                        getattr(exc, "problem", None)) if p) or one_line(exc)
+    return StudyUsageError(f"study file {mark.name if mark else ''} is not valid YAML: "
+                           f"{problem} ({where}); fix the file".replace("file  is", "file is"))
+
+
 def translate(exc: BaseException, config: Any | None = None) -> UserFacingError | None:
     """The one-line error of an exception raised by a study run (``None``: a bug, whose
     traceback :func:`~dml_study.errors.run_cli` shows). ``config``: the study, when loaded."""
@@ -225,6 +240,9 @@ def translate(exc: BaseException, config: Any | None = None) -> UserFacingError 
     if isinstance(exc, StudyConfigError):
         return StudyUsageError(f"{one_line(exc)} (the study file's keys: studies/embedded.yaml "
                                "documents every one)")
+    yaml_error = _yaml_error(exc)
+    if yaml_error is not None:
+        return yaml_error
     if isinstance(exc, GridFailedError):
         return _grid_failed(exc, config)
     if isinstance(exc, NotebookExecutionError):
