@@ -16,8 +16,13 @@ the data root and the pipeline, see :mod:`dml_study.study.plan.smoke`); ``--resu
 writes runs and report under DIR instead of the study's ``results_dir``.
 ``tune --config STUDY [...]`` runs the study's equal-budget hyperparameter searches instead
 (:mod:`dml_study.study.tune.cli`; ``make tune``).
-Exit status 1 names every failed run (executed notebook, traceback) or the failing
-notebook and cell; a re-run retries only what failed.
+A fault prints one line, ``error: <cause, file and fix>`` (``--debug`` or
+``DML_STUDY_DEBUG=1`` adds the traceback), and exits with the code of :mod:`dml_study.errors`
+(see :mod:`dml_study.study.pipeline.errors`): 1 a grid run or notebook failed (named: run
+and log, or notebook, cell and executed copy), 2 the study file or an option, 3 a missing
+dataset or a corrupt image, 4 disk full, 6 a run or the study's report held by another live
+process, 130 interrupted. A re-run retries only what failed: finished runs are reused and
+the previous report stays until the new one is complete.
 """
 
 from __future__ import annotations
@@ -35,12 +40,12 @@ from dml_study.study.plan.config import (
     build_slurm_config,
     load_study_config,
 )
-from dml_study.study.tiers.notebooks import NotebookExecutionError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dml_study.study", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="--debug: show the traceback of a fault as well")
     parser.add_argument("--config", default="studies/embedded.yaml",
                         help="study file (default: %(default)s)")
     parser.add_argument("--only", nargs="+", metavar="NOTEBOOK",
@@ -79,26 +84,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``study`` command through :func:`dml_study.errors.run_cli`: a fault prints one
+    ``error:`` line naming cause, file and fix and exits with its code
+    (:mod:`dml_study.study.pipeline.errors`); ``--debug`` adds the traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["tune"]:  # python -m dml_study.study tune --config STUDY (docs/tuning.md)
         from dml_study.study.tune.cli import cli
 
         return cli(argv[1:])
+    from dml_study.errors import run_cli
+    from dml_study.study.pipeline.errors import translate
+
+    context: dict[str, StudyConfig] = {}
+    return run_cli(lambda args: run(args, context), argv,
+                   translate=lambda exc: translate(exc, context.get("config")))
+
+
+def run(argv: list[str] | None, context: dict[str, StudyConfig] | None = None) -> int:
+    """The ``study`` command without the one-line error handling (faults are raised);
+    ``context`` receives the loaded ``config`` for :func:`main`'s error lines."""
+    from dml_study.study.pipeline.errors import StudyDataError, StudyUsageError
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        config = load_study_config(args.config)
-        if args.smoke or args.results_dir:
-            from dml_study.study.plan.smoke import derived_study_file
+    config = load_study_config(args.config)
+    if args.smoke or args.results_dir:
+        from dml_study.study.plan.smoke import derived_study_file
 
-            results_dir = args.results_dir or config.results_dir / "smoke"
-            config = load_study_config(
-                derived_study_file(args.config, results_dir, smoke=args.smoke)
-            )
-        config = apply_execution_overrides(config, args)
-    except StudyConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        results_dir = args.results_dir or config.results_dir / "smoke"
+        config = load_study_config(derived_study_file(args.config, results_dir, smoke=args.smoke))
+    config = apply_execution_overrides(config, args)
+    if context is not None:
+        context["config"] = config
     if args.list_runs:
         return _list_runs(config)
     if args.smoke:
@@ -107,23 +124,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             check_data(config)
         except (FileNotFoundError, ValueError) as exc:
-            print(f"error: smoke check of the data root failed: {exc}", file=sys.stderr)
-            return 2
-    from dml_study.study.launch.launcher import GridFailedError
+            raise StudyDataError(f"smoke check of the data root failed: {exc}") from exc
+    unknown = sorted(set(args.only or ()) - set(config.notebooks))
+    if unknown:
+        raise StudyUsageError(f"--only {' '.join(unknown)}: not a notebook of the study "
+                              f"{config.source}; its notebooks: {', '.join(config.notebooks)}")
     from dml_study.study.pipeline.runner import run_study
 
     try:
         run_study(config, only=args.only, html=not args.no_html, progress=not args.quiet,
                   wait=not args.no_wait, collect=args.collect)
-    except GridFailedError as exc:
-        print(f"\nstudy {config.name} stopped: {exc}", file=sys.stderr)
-        return 1
-    except NotebookExecutionError as exc:
-        print(f"\nstudy {config.name} stopped: {exc}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: re-run the same command to continue; finished runs are reused "
+              f"and the previous report in {config.study_dir} is untouched", file=sys.stderr)
+        return 130
     return 0
 
 

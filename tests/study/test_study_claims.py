@@ -210,7 +210,7 @@ def test_write_claims_is_valid_json_with_the_interface_keys(tmp_path):
             "ci_low", "ci_high", "seeds", "verdict"}
     assert keys <= set(rows[0])
     assert rows[0]["ci_low"] is None and rows[0]["verdict"] == "inconclusive"
-    assert "fewer than 2 seeds" in rows[0]["note"]
+    assert "n = 1: no CI" in rows[0]["note"]
 
 
 def test_claim_config_errors_name_the_key_and_suggest(tmp_path):
@@ -253,3 +253,48 @@ def test_regimes():
     assert C.regime(171, 384) == "C<d"   # icons at 384-d, CUB/Cars with DeiT-S
     assert C.regime(171, 128) == "C>d"   # icons at the preset's 128-d
     assert C.regime(1200, 128) == "C>>d"  # glyphs, SOP/In-Shop
+
+
+def test_rows_name_the_seeds_an_arm_lacks_and_a_single_pair_has_no_ci(tmp_path):
+    config = _config(tmp_path, [R1_CLAIM])
+    # treat misses seeds 1 and 3, base misses 2: only seed 0 is paired.
+    _fill(config, {("base", 0): 0.40, ("base", 1): 0.5, ("base", 3): 0.45, ("treat", 0): 0.42,
+                   ("treat", 2): 0.47})
+    (row,) = C.scorecard(config)
+    assert row["seeds"] == 1 and row["effect"] == pytest.approx(2.0)
+    assert row["ci_low"] is None and row["ci_high"] is None
+    assert row["verdict"] == "inconclusive"
+    assert row["note"] == ("base: no finished run at seed(s) [2]; treat: no finished run at "
+                           "seed(s) [1, 3]; n = 1: no CI")
+    table = C.scorecard_table([row])
+    assert table.loc[0, "95% CI"] == "[–, –]"
+
+
+MOTIVATION_CLAIM = {"name": "mot", "group": "g", "kind": "correlation", "baseline": "base",
+                    "metric": "spearman:nearest_proxy_cos:train_R@1", "direction": "decrease",
+                    "scale": 1.0, "unit": "rho"}
+
+
+def test_a_group_without_finished_runs_still_has_its_row_saying_so(tmp_path):
+    config = _config(tmp_path, [R1_CLAIM, MOTIVATION_CLAIM], seeds=(0, 1))
+    (paired, correlation) = C.scorecard(config)
+    for row in (paired, correlation):
+        assert row["effect"] is None and row["seeds"] == 0 and row["verdict"] == "inconclusive"
+        assert row["regime"] == "–" and row["classes"] is None
+    assert paired["note"] == ("base: no finished run at seed(s) [0, 1]; treat: no finished run "
+                              "at seed(s) [0, 1]; no effect: no seed has a finished run in "
+                              "every arm")
+    assert correlation["note"].startswith("base: no finished run at seed(s) [0, 1]; no effect")
+    # The rows pass the index's schema check (claims.json is what the index reads).
+    from dml_study.study.report.index import load_claims
+
+    C.write_claims(config)
+    assert len(load_claims(config.study_dir)) == 2
+
+
+def test_an_arm_finished_at_no_seed_of_the_other_gives_an_effectless_row(tmp_path):
+    config = _config(tmp_path, [R1_CLAIM], seeds=(0, 1))
+    _fill(config, {("base", 0): 0.40, ("treat", 1): 0.42})
+    (row,) = C.scorecard(config)
+    assert row["effect"] is None and row["regime"] == "C<d"
+    assert row["note"].endswith("no effect: no seed has a finished run in every arm")

@@ -190,8 +190,9 @@ def _number(x: float) -> float | None:
 
 
 def claim_rows(config: StudyConfig, claim: ClaimConfig) -> list[dict[str, Any]]:
-    """Scorecard rows of one claim: one per dataset of its group (datasets without finished
-    runs are left out)."""
+    """Scorecard rows of one claim: one per dataset of its group. A row says what it lacks
+    in its ``note``: arms without a finished run at some seeds, ``n = 1: no CI``, or no
+    pair at all (then ``effect`` and the CI are ``None`` and the verdict ``inconclusive``)."""
     rows = []
     for group in claim.all_groups:
         rows += _group_rows(config, claim, [s for s in expand_grid(config) if s.group == group])
@@ -201,38 +202,47 @@ def claim_rows(config: StudyConfig, claim: ClaimConfig) -> list[dict[str, Any]]:
 def _group_rows(
     config: StudyConfig, claim: ClaimConfig, specs: list[RunSpec]
 ) -> list[dict[str, Any]]:
+    """One row per dataset of the group; a dataset whose arms have no finished run at a
+    common seed still gets its row, with no effect and a note naming what is missing."""
     datasets = list(dict.fromkeys(s.dataset or config.train.get("dataset") for s in specs))
     rows = []
     for dataset in datasets:
         cells = [s for s in specs if (s.dataset or config.train.get("dataset")) == dataset]
         base = [s for s in cells if s.variant == claim.baseline]
         base_values, undefined = _values(config.results_dir, base, claim.metric, claim.kind)
-        if not base_values and not undefined:
-            continue
-        first = _finished(config.results_dir,
-                          next(s for s in base if s.seed in base_values or s.seed in undefined))
-        c, d = run_shape(first)  # type: ignore[arg-type]
-        row: dict[str, Any] = {
-            "claim": claim.claim or claim.name, "paper": claim.paper, "dataset": dataset,
-            "regime": regime(c, d), "tier": cells[0].tier, "metric": claim.metric,
-            "unit": claim.unit, "name": claim.name, "group": cells[0].group,
-            "baseline": claim.baseline, "classes": c, "dim": d, "direction": claim.direction,
-        }
-        confidence = config.stats.confidence
-        if claim.kind == "correlation":
-            values = [base_values[k] for k in sorted(base_values)]
-            effect, low, high = mean_ci(values, confidence)
-            row.update(effect=effect, ci_low=low, ci_high=high, seeds=len(values),
-                       ci_method=f"t over seeds ({confidence:.0%})")
-        else:
+        arms = {claim.baseline: base}
+        treat_values: dict[int, float] = {}
+        if claim.kind != "correlation":
             treat = [s for s in cells if s.variant == claim.treatment]
+            arms[claim.treatment] = treat
             treat_values, treat_undefined = _values(
                 config.results_dir, treat, claim.metric, claim.kind
             )
             undefined = sorted(set(undefined) | set(treat_undefined))
-            seeds = sorted(set(base_values) & set(treat_values))
-            if not seeds:
-                continue
+        missing = missing_seeds(config.results_dir, arms)
+        finished = [p for p in (_finished(config.results_dir, s) for s in base + cells) if p]
+        c, d = run_shape(finished[0]) if finished else (None, None)
+        row: dict[str, Any] = {
+            "claim": claim.claim or claim.name, "paper": claim.paper, "dataset": dataset,
+            "regime": regime(c, d) if c is not None else "–", "tier": cells[0].tier,
+            "metric": claim.metric, "unit": claim.unit, "name": claim.name,
+            "group": cells[0].group, "baseline": claim.baseline, "classes": c, "dim": d,
+            "direction": claim.direction,
+        }
+        if claim.kind != "correlation":
+            row["treatment"] = claim.treatment
+        confidence = config.stats.confidence
+        seeds = sorted(base_values) if claim.kind == "correlation" else sorted(
+            set(base_values) & set(treat_values))
+        if not seeds:
+            row.update(effect=None, ci_low=None, ci_high=None, seeds=0,
+                       verdict="inconclusive", ci_method=None)
+        elif claim.kind == "correlation":
+            values = [base_values[k] for k in seeds]
+            effect, low, high = mean_ci(values, confidence)
+            row.update(effect=effect, ci_low=low, ci_high=high, seeds=len(values),
+                       ci_method=f"t over seeds ({confidence:.0%})")
+        else:
             comp = paired_comparison(
                 [claim.scale * base_values[k] for k in seeds],
                 [claim.scale * treat_values[k] for k in seeds],
@@ -240,24 +250,48 @@ def _group_rows(
                 n_resamples=config.stats.bootstrap_resamples, seed=config.stats.seed,
             )
             row.update(
-                treatment=claim.treatment, effect=comp.mean_difference, ci_low=comp.t_ci_low,
+                effect=comp.mean_difference, ci_low=comp.t_ci_low,
                 ci_high=comp.t_ci_high, seeds=comp.n, baseline_mean=comp.baseline_mean,
                 treatment_mean=comp.treatment_mean, sd_difference=comp.std_difference,
                 bootstrap_ci_low=comp.bootstrap_ci_low, bootstrap_ci_high=comp.bootstrap_ci_high,
                 ci_method=f"paired t over seeds ({confidence:.0%})",
             )
-        row["verdict"] = verdict_from_ci(row["ci_low"], row["ci_high"], claim.direction)
+        if seeds:
+            row["verdict"] = verdict_from_ci(row["ci_low"], row["ci_high"], claim.direction)
         notes = [claim.note] if claim.note else []
+        notes += missing_notes(arms, missing, seeds)
         if undefined:
             notes.append(f"undefined on seed(s) {sorted(undefined)} (left out)" + (
                 ": a constant per-class R@1 or nearest-proxy cosine"
                 if claim.kind == "correlation" else ""))
-        if row["seeds"] < 2:
-            notes.append("fewer than 2 seeds: no CI")
+        if len(seeds) == 1:
+            notes.append("n = 1: no CI")
         if notes:
-            row["note"] = " ".join(notes)
+            row["note"] = "; ".join(notes)
         rows.append({k: _number(v) if isinstance(v, float) else v for k, v in row.items()})
     return rows
+
+
+def missing_seeds(results_dir: Path, arms: dict[str, list[RunSpec]]) -> dict[str, list[int]]:
+    """Per arm (variant name): the seeds of its cells whose run has not finished."""
+    return {arm: sorted(s.seed for s in cells if _finished(results_dir, s) is None)
+            for arm, cells in arms.items()}
+
+
+def missing_notes(
+    arms: dict[str, list[RunSpec]], missing: dict[str, list[int]], seeds: list[int]
+) -> list[str]:
+    """What a row lacks, for its note: the unfinished runs of each arm, and why there is no
+    effect at all when no seed is left (no seed finished in every arm, or every such
+    seed's value is undefined)."""
+    notes = [f"{arm}: no finished run at seed(s) {gaps}" for arm, gaps in missing.items()
+             if gaps]
+    if not seeds:
+        finished = [{s.seed for s in cells} - set(missing[arm]) for arm, cells in arms.items()]
+        paired = set.intersection(*finished) if finished else set()
+        notes.append("no effect: " + ("the value is undefined at every seed" if paired else
+                                      "no seed has a finished run in every arm"))
+    return notes
 
 
 def scorecard(config: StudyConfig) -> list[dict[str, Any]]:

@@ -6,6 +6,8 @@ them first, because every loss in this study compares directions (cosines), not 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -169,3 +171,39 @@ def class_motivation(proxies: np.ndarray, class_recall: np.ndarray) -> pd.DataFr
         "nearest_proxy_cos": nearest_proxy_cosine(proxies),
         "train_R@1": 100 * np.asarray(class_recall, dtype=float),
     }).dropna()
+
+
+def finished_headline_runs(
+    config: Any, seed: int | None = None, baseline_run: str | None = None,
+    treatment_run: str | None = None,
+) -> tuple[dict[str, Any], str | None]:
+    """The finished headline runs at ``seed`` (default ``analysis.seed``) by arm label, and a
+    note naming what is missing (``None`` when both arms are there).
+
+    ``baseline_run`` / ``treatment_run`` name other runs to compare. A seed the headline
+    group does not have, or a run that has not finished, is left out and named in the note;
+    a study with one arm (baseline = treatment) gives one run.
+    """
+    from dml_study.study.analysis.collect import load_run
+    from dml_study.study.plan.grid import headline_runs, is_finished
+
+    head = config.headline
+    names: dict[str, str] = {}
+    note = None
+    try:
+        base_spec, treat_spec = headline_runs(config, seed)
+        names = {head.baseline: base_spec.run_name, head.treatment: treat_spec.run_name}
+    except (ValueError, KeyError) as exc:  # no such seed, or no headline group
+        note = str(exc)
+    if baseline_run:
+        names[head.baseline] = baseline_run
+    if treatment_run:
+        names[head.treatment] = treatment_run
+    runs = {label: load_run(config.results_dir, name) for label, name in names.items()
+            if is_finished(config.results_dir, name)}
+    unfinished = [f"{label} ({name})" for label, name in names.items() if label not in runs]
+    if unfinished:
+        note = (f"not finished: {', '.join(unfinished)}" + (f"; {note}" if note else ""))
+    if not runs and note is None:
+        note = "no headline runs"
+    return runs, note

@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from dml_study.errors import UserFacingError
 from dml_study.study.launch.launcher import (
@@ -43,6 +43,7 @@ from dml_study.study.launch.launcher import (
     describe_failures,
     launch_grid,
 )
+from dml_study.study.pipeline.errors import StudyBusyError, StudyUsageError
 from dml_study.study.plan.config import STAGING_ENV, STAGING_SUFFIX, StudyConfig
 from dml_study.study.report.index import NotebookRecord, StudyRecord, headline, write_reports
 from dml_study.study.report.pages import render_html
@@ -100,13 +101,15 @@ def run_study(
     if only:
         unknown = sorted(set(only) - set(notebooks))
         if unknown:
-            raise ValueError(f"unknown notebook(s) {unknown}; study notebooks: {notebooks}")
+            raise StudyUsageError(f"unknown notebook(s) {unknown}; study notebooks: {notebooks}")
         notebooks = [nb for nb in notebooks if nb in only]
     for notebook in notebooks:
         if not config.notebook_path(notebook).is_file():
-            raise FileNotFoundError(f"study notebook {config.notebook_path(notebook)} is missing")
+            raise StudyUsageError(
+                f"study notebook {config.notebook_path(notebook)} is missing: restore it (git "
+                f"checkout) or remove it from notebooks: in {config.source or 'the study file'}"
+            )
     record = StudyRecord(name=config.name, title=config.title, environment=_environment())
-    final_dir = config.study_dir
     started = time.perf_counter()
 
     def say(message: str) -> None:
@@ -127,7 +130,20 @@ def run_study(
             say(f"{len(grid.unfinished)} run(s) not finished yet (submitted or trained "
                 "elsewhere); render the report later with --collect")
             return None
-    staging = stage_study_dir(config, full=not only)
+    with study_lock(config):
+        return _render_study(config, notebooks, record, grid, say, html=html,
+                             progress=progress, stream=stream, collect=collect,
+                             full=not only, started=started)
+
+
+def _render_study(
+    config: StudyConfig, notebooks: list[str], record: StudyRecord, grid: GridReport | None,
+    say: Any, *, html: bool, progress: bool, stream: TextIO, collect: bool, full: bool,
+    started: float,
+) -> StudyRecord:
+    """Stage, execute the notebooks, write the report and publish it (under the study lock)."""
+    final_dir = config.study_dir
+    staging = stage_study_dir(config, full=full)
     say(f"{len(notebooks)} notebook(s) -> {final_dir} (staged in {staging})")
     failure: GridFailedError | NotebookExecutionError | None = None
     with staging_env(config):
@@ -163,6 +179,52 @@ def run_study(
         say(f"README.md not updated: {exc}")
     say(f"finished in {record.seconds / 60:.1f} min; report: {final_dir / 'index.html'}")
     return record
+
+
+def lock_file(config: StudyConfig) -> Path:
+    """``<results>/runs/.study-<name>.lock``: held while a study's report is staged and
+    published (under ``runs/``, which is never committed)."""
+    return config.runs_dir / f".study-{config.name}.lock"
+
+
+@contextlib.contextmanager
+def study_lock(config: StudyConfig) -> Iterator[None]:
+    """One process at a time stages and publishes a study's report.
+
+    Two regenerations of one study at once would share ``results/<study>.staging/``: each
+    would delete the other's pages. An exclusive :func:`fcntl.flock` on :func:`lock_file`
+    (released by the operating system however the holder dies, ``kill -9`` included) makes
+    the second fail at once, naming the holder (:class:`StudyBusyError`, exit 6). Training
+    the grid is not under this lock: runs are claimed one by one
+    (:mod:`~dml_study.study.launch.run_claims`), so two processes can share a grid.
+    """
+    import fcntl
+    import json
+    import socket
+
+    from dml_study.training.lock import describe_holder, read_holder
+
+    path = lock_file(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StudyBusyError(
+            f"the report of study {config.name} ({config.study_dir}) is being written by "
+            f"{describe_holder(read_holder(path))} (lock {path}); wait for it to finish, then "
+            "re-run the same command: finished runs are reused"
+        ) from None
+    holder = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)[:500]}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(holder) + "\n").encode("utf-8"), 0)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def staging_dir(config: StudyConfig) -> Path:

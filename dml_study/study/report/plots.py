@@ -7,7 +7,9 @@ resolution so the rendered HTML stays small.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -102,22 +104,40 @@ def paired_effects(frame: pd.DataFrame, unit: str = "pp", title: str = "") -> Fi
     """Per-seed paired differences per panel label, with the mean and its 95 % t-CI.
 
     ``frame`` columns: ``panel`` (e.g. "icons · frozen"), ``seed``, ``effect``, and
-    ``ci_low``/``ci_high`` (the same on every row of a panel).
+    ``ci_low``/``ci_high`` (the same on every row of a panel; ``None``/NaN when the panel
+    has no interval, e.g. one seed: then the mean is drawn alone, labelled ``n = 1: no CI``),
+    optionally ``claim``: a panel holding several claims is split into one per claim.
     """
+    if "claim" in frame.columns and (frame.groupby("panel")["claim"].nunique() > 1).any():
+        # Two claims on one dataset and tier (e.g. two groups): one panel per claim.
+        frame = frame.assign(panel=frame["panel"] + "\n" + frame["claim"].astype(str))
     panels = list(dict.fromkeys(frame["panel"]))
     fig, ax = plt.subplots(figsize=(max(4.5, 1.8 * len(panels) + 1.5), 3.8))
+    labelled: set[str] = set()
+
+    def once(label: str) -> str | None:  # each legend entry once, whichever panel has it
+        if label in labelled:
+            return None
+        labelled.add(label)
+        return label
+
     for i, panel in enumerate(panels):
         part = frame[frame["panel"] == panel].sort_values("seed")
         offsets = np.linspace(-0.18, 0.18, len(part)) if len(part) > 1 else np.zeros(1)
         ax.scatter(i + offsets, part["effect"], s=22, color="C1", zorder=2,
-                   label="one seed: treatment − baseline" if i == 0 else None)
-        mean = part["effect"].mean()
-        low, high = part["ci_low"].iloc[0], part["ci_high"].iloc[0]
-        ax.errorbar([i + 0.32], [mean], yerr=[[mean - low], [high - mean]], fmt="D",
-                    color="black", capsize=5, zorder=3,
-                    label="mean, 95% t-CI" if i == 0 else None)
-        ax.annotate(f"{mean:+.2f}\n[{low:+.2f}, {high:+.2f}]\nn = {len(part)}",
-                    (i + 0.42, mean), fontsize=8, va="center")
+                   label=once("one seed: treatment − baseline"))
+        mean = float(part["effect"].mean())
+        low, high = (_finite(part[c].iloc[0]) for c in ("ci_low", "ci_high"))
+        if low is None or high is None:  # one seed (or no spread estimate): no interval
+            ax.scatter([i + 0.32], [mean], marker="D", color="black", zorder=3,
+                       label=once("mean (no CI)"))
+            interval = f"n = {len(part)}: no CI"
+        else:
+            ax.errorbar([i + 0.32], [mean], yerr=[[mean - low], [high - mean]], fmt="D",
+                        color="black", capsize=5, zorder=3,
+                        label=once("mean, 95% t-CI"))
+            interval = f"[{low:+.2f}, {high:+.2f}]\nn = {len(part)}"
+        ax.annotate(f"{mean:+.2f}\n{interval}", (i + 0.42, mean), fontsize=8, va="center")
     ax.axhline(0.0, color="0.3", linewidth=1, linestyle="--")
     ax.set_xticks(range(len(panels)), panels)
     ax.set_xlim(-0.6, len(panels) + 0.3)
@@ -128,6 +148,15 @@ def paired_effects(frame: pd.DataFrame, unit: str = "pp", title: str = "") -> Fi
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a float, or ``None`` when it is missing or not finite."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
 
 
 def sweep_by_category(
@@ -288,4 +317,214 @@ def image_grid(
                 ax.imshow(row[c])
         axes[r][0].set_title(title, fontsize=8, loc="left")
     fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- text in any script
+
+#: Font families tried first for class names in CJK scripts (sans designs with a wide
+#: coverage, as Debian packages them); any other font found that has the characters follows.
+CJK_FAMILIES: tuple[str, ...] = (
+    "Droid Sans Fallback", "Noto Sans CJK JP", "Noto Sans CJK SC", "WenQuanYi Micro Hei",
+    "WenQuanYi Zen Hei", "IPAexGothic", "VL Gothic",
+)
+
+#: Font files are looked for in these directories (system fonts, then the glyph dataset's
+#: unpacked Debian fonts in the cache, ``<cache>/glyph-fonts``, while a build keeps them).
+FONT_DIRS: tuple[str, ...] = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts")
+
+
+def _font_dirs() -> list[Path]:
+    from dml_study.paths import cache_root
+
+    return [Path(d).expanduser() for d in FONT_DIRS] + [cache_root() / "glyph-fonts"]
+
+
+@functools.lru_cache(maxsize=1)
+def _default_charmap() -> frozenset[int]:
+    from matplotlib import font_manager, ft2font
+
+    path = font_manager.findfont(font_manager.FontProperties(family=plt.rcParams["font.family"]))
+    return frozenset(ft2font.FT2Font(path).get_charmap())
+
+
+@functools.lru_cache(maxsize=64)
+def font_for(chars: frozenset[int]) -> str | None:
+    """The family of a font file that has every code point of ``chars`` (registered with
+    matplotlib), or ``None``. Families of :data:`CJK_FAMILIES` are preferred; ``.ttc``
+    collections are read by their first face."""
+    from matplotlib import font_manager, ft2font
+
+    found: list[tuple[int, str, Path]] = []
+    for directory in _font_dirs():
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.rglob("*")):
+            if path.suffix.lower() not in (".ttf", ".otf", ".ttc"):
+                continue
+            try:
+                font = ft2font.FT2Font(str(path))
+                if not chars <= set(font.get_charmap()):
+                    continue
+            except (OSError, RuntimeError, ValueError):
+                continue
+            family = font.family_name
+            rank = next((i for i, f in enumerate(CJK_FAMILIES) if f == family), len(CJK_FAMILIES))
+            found.append((rank, family, path))
+            if rank == 0:
+                break
+        if found and found[0][0] == 0:
+            break
+    if not found:
+        return None
+    _, family, path = min(found, key=lambda item: (item[0], str(item[2])))
+    font_manager.fontManager.addfont(str(path))
+    return family
+
+
+def readable_text(texts: Sequence[str]) -> tuple[list[str], list[str] | None]:
+    """``texts`` as matplotlib can draw them, and the font families to draw them with.
+
+    Characters the default font lacks (CJK class names such as ``loquat (枇)``) are drawn
+    with a font that has them (:func:`font_for`: the families are ``[default, that font]``,
+    matplotlib falls back glyph by glyph); when no such font is installed they are written
+    as their code points, ``loquat (U+6787)``, so no character is drawn as an empty box.
+    """
+    default = _default_charmap()
+    missing = frozenset(ord(c) for t in texts for c in t if ord(c) > 0x7F and ord(c) not in default)
+    if not missing:
+        return list(texts), None
+    family = font_for(missing)
+    if family is not None:
+        base = plt.rcParams["font.family"]
+        return list(texts), [*(base if isinstance(base, list) else [base]), family]
+    return ["".join(f"U+{ord(c):04X}" if ord(c) in missing else c for c in t)
+            for t in texts], None
+
+
+def short_name(name: str, width: int = 26) -> str:
+    """``name`` cut to about ``width`` characters; a trailing ``(…)`` part (glyphs' character,
+    a disambiguating raw name) is kept whole: ``"unit of length equal… (丈)"``."""
+    if len(name) <= width:
+        return name
+    head, tail = name, ""
+    if name.endswith(")") and " (" in name:
+        head, tail = name[: name.rindex(" (")], name[name.rindex(" ("):]
+    room = max(4, width - len(tail) - 1)
+    return head[:room].rstrip(" ,;") + "…" + tail
+
+
+def _frame(ax: Any, ok: bool) -> None:
+    """Green frame and ✓ below for a correct result, red frame and ✗ for a wrong one."""
+    color = "#1a7f37" if ok else "#c62828"
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_edgecolor(color)
+        spine.set_linewidth(3)
+    ax.set_xlabel("✓" if ok else "✗", color=color, fontsize=11, labelpad=1,
+                  fontweight="bold")
+
+
+def _thumb(ax: Any, image: Any) -> None:
+    ax.imshow(image)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def retrieval_gallery(comparison: Any, inches: float = 0.8, name_width: int = 24) -> Figure:
+    """Seeded queries with their top-k results in both arms, right and wrong marked.
+
+    ``comparison`` is a :class:`dml_study.study.analysis.retrieval.RetrievalComparison`. One
+    row per query: the query image titled with its class (display name), then the top-k
+    results of each arm, in rank order. A result of the query's class has a green frame and
+    a ✓, another class a red frame and a ✗ (not colour alone).
+    """
+    arms = list(comparison.arms)
+    k = comparison.k
+    n = len(comparison.queries)
+    names, families = readable_text([short_name(comparison.names[int(lab)], name_width)
+                                     for lab in comparison.query_labels])
+    ratios = [1.45, *([0.25] + [1.0] * k) * len(arms)]
+    fig, axes = plt.subplots(n, len(ratios), squeeze=False,
+                             figsize=(inches * sum(ratios) + 0.4, (inches + 0.42) * n + 0.5),
+                             gridspec_kw={"width_ratios": ratios, "wspace": 0.08,
+                                          "hspace": 0.55})
+    for r in range(n):
+        query = int(comparison.queries[r])
+        for ax in axes[r]:
+            ax.axis("off")
+        ax = axes[r][0]
+        ax.axis("on")
+        _thumb(ax, comparison.thumbnails[int(comparison.image_index[query])])
+        ax.set_title(names[r], fontsize=7, loc="center", family=families)
+        ax.set_xlabel("query", fontsize=7, labelpad=1)
+        for a, arm in enumerate(arms):
+            start = 1 + a * (k + 1) + 1
+            for j in range(k):
+                ax = axes[r][start + j]
+                ax.axis("on")
+                row = int(comparison.neighbours[arm][r, j])
+                _thumb(ax, comparison.thumbnails[int(comparison.image_index[row])])
+                _frame(ax, bool(comparison.correct[arm][r, j]))
+    for a, arm in enumerate(arms):
+        start = 1 + a * (k + 1) + 1
+        hits = int(comparison.correct[arm][:, 0].sum())
+        left, right = axes[0][start].get_position(), axes[0][start + k - 1].get_position()
+        fig.text((left.x0 + right.x1) / 2, left.y1 + 0.25 * left.height,
+                 f"{arm}: top {k} (top-1 correct for {hits} of {n})", ha="center",
+                 va="bottom", fontsize=TITLE_SIZE - 2, fontweight="bold")
+    top = axes[0][0].get_position()
+    fig.text(0.5, top.y1 + 0.75 * top.height,
+             f"{comparison.dataset}, seed {comparison.seed}: {n} seeded test queries",
+             ha="center", va="bottom", fontsize=TITLE_SIZE)
+    return fig
+
+
+def class_changes(
+    comparison: Any, n: int = 5, per_class: int = 4, inches: float = 0.8, name_width: int = 30
+) -> Figure:
+    """The classes whose test R@1 the treatment raises most and lowers most, with images.
+
+    Two columns of up to ``n`` rows: gains (left) and losses (right); each row names the
+    class (display name), its R@1 in both arms, the change and its number of test images,
+    then ``per_class`` of its test images. Classes whose R@1 does not change are in neither.
+    """
+    gains, losses = comparison.extremes(n)
+    base, treat = comparison.arms[0], comparison.arms[-1]
+    panels = [("gains most", "rises", gains), ("loses most", "falls", losses)]
+    labels = [f"{short_name(r['class'], name_width)}\n{base} {r['baseline_R@1']:.0f} % → "
+              f"{treat} {r['treatment_R@1']:.0f} %\n({r['change']:+.0f} pp, "
+              f"{int(r['images'])} images)"
+              for *_, frame in panels for _, r in frame.iterrows()]
+    labels, families = readable_text(labels)
+    rows = max(len(gains), len(losses), 1)
+    ratios = [2.4] + [1.0] * per_class + [0.3] + [2.4] + [1.0] * per_class
+    fig, axes = plt.subplots(rows, len(ratios), squeeze=False,
+                             figsize=(inches * sum(ratios), (inches + 0.1) * rows + 0.7),
+                             gridspec_kw={"width_ratios": ratios, "wspace": 0.06,
+                                          "hspace": 0.25})
+    for ax in axes.flat:
+        ax.axis("off")
+    position = 0
+    for p, (title, verb, frame) in enumerate(panels):
+        col = p * (per_class + 2)
+        axes[0][col].set_title(f"{treat} − {base}: {title}", fontsize=TITLE_SIZE - 2,
+                               loc="left", fontweight="bold")
+        if frame.empty:
+            axes[0][col].text(0.0, 0.5, f"no class's R@1 {verb}", fontsize=8, va="center",
+                              transform=axes[0][col].transAxes)
+        for r, (_, row) in enumerate(frame.iterrows()):
+            axes[r][col].text(0.0, 0.5, labels[position], fontsize=7, va="center",
+                              ha="left", family=families, transform=axes[r][col].transAxes)
+            position += 1
+            for j, image_row in enumerate(comparison.class_rows(int(row["label"]), per_class)):
+                ax = axes[r][col + 1 + j]
+                ax.axis("on")
+                _thumb(ax, comparison.thumbnails[int(comparison.image_index[image_row])])
+    top = axes[0][0].get_position()
+    fig.text(0.5, top.y1 + 0.6 * top.height, f"{comparison.dataset}, seed {comparison.seed}: "
+             f"per-class test R@1, {treat} vs {base}", ha="center", va="bottom",
+             fontsize=TITLE_SIZE)
     return fig

@@ -24,8 +24,9 @@ parameter groups and schedule (:mod:`dml_study.training.optim`) and evaluation
    held-out classes) and logs loss terms, learning rates, proxy orthogonality statistics
    and metrics, then writes a normal run directory (``config.yaml``, ``history.json/csv``,
    ``metrics.json`` with ``"tier": "frozen"`` and ``"split"``, ``proxies*.npy``,
-   ``test_embeddings.npz``; validation runs: ``validation_embeddings.npz`` and
-   ``validation_classes.json``) plus ``train_class_recall.npy`` (R@1 of every training
+   ``test_embeddings.npz`` with each row's test-split image index; validation runs:
+   ``validation_embeddings.npz`` and ``validation_classes.json``) plus
+   ``train_class_recall.npy`` (R@1 of every training
    class on the evaluation view of the training images, for the SO paper's motivation
    analysis) and ``head.safetensors`` (the trained head, which ``python -m
    dml_study.export`` joins to the pretrained backbone), so
@@ -112,6 +113,9 @@ class FrozenFeatures:
     key: str
     split: str = "test"
     validation: dict[str, Any] | None = None
+    #: (M,) index of each test row in the dataset's test split (a per-class subset keeps
+    #: some images only); ``None`` in caches written before it was recorded.
+    test_indices: np.ndarray | None = None
 
     @property
     def feature_dim(self) -> int:
@@ -186,6 +190,12 @@ def check_subset_settings(config: ExperimentConfig, settings: FeatureSettings) -
             )
 
 
+def cached_test_indices(labels: np.ndarray, settings: FeatureSettings) -> np.ndarray:
+    """Indices of the test images whose features :func:`extract_features` caches (every
+    image unless ``max_test_per_class``; the subset is seeded by ``feature_seed + 1``)."""
+    return subset_per_class(labels, settings.max_test_per_class, settings.feature_seed + 1)
+
+
 def extract_features(
     config: ExperimentConfig,
     settings: FeatureSettings | None = None,
@@ -216,10 +226,11 @@ def extract_features(
     _extract_missing(config, settings, cache_dir, progress, FEATURE_PARTS)
     train = _load_train(feature_cache_path(config, settings, cache_dir, "train"))
     test_path = feature_cache_path(config, settings, cache_dir, "test")
-    test, test_labels = _load_test(test_path)
+    test, test_labels, test_indices = _load_test(test_path)
     return FrozenFeatures(
         train_views=train.views, train_eval=train.eval, train_labels=train.labels,
         test=test, test_labels=test_labels, class_names=train.class_names, key=train.key,
+        test_indices=test_indices,
     )
 
 
@@ -326,10 +337,11 @@ def _extract_missing(
                 "class_names": np.asarray(list(ds.class_names)),
             }
         else:
-            idx = subset_per_class(ds.labels, settings.max_test_per_class, seed + 1)
+            idx = cached_test_indices(np.asarray(ds.labels), settings)
             features = {
                 "test": run(_Transformed(ds, idx, eval_tf)),
                 "test_labels": np.asarray(ds.labels, dtype=np.int64)[idx],
+                "test_indices": np.asarray(idx, dtype=np.int64),
             }
         path = paths[part]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -357,11 +369,13 @@ def _load_train(path: Path) -> TrainFeatures:
         )
 
 
-def _load_test(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(test, test_labels)`` of a test feature file (refused under the test-split guard)."""
+def _load_test(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(test, test_labels, test_indices)`` of a test feature file (refused under the
+    test-split guard); ``test_indices`` is ``None`` in files written before it was kept."""
     check_test_split_allowed(f"the frozen tier's test features {path}")
     with np.load(path) as data:
-        return data["test"], data["test_labels"]
+        indices = data["test_indices"] if "test_indices" in data.files else None
+        return data["test"], data["test_labels"], indices
 
 
 # --------------------------------------------------------------------------- training
@@ -561,8 +575,13 @@ def write_frozen_run(
         atomic_write_with(run_dir.head_weights, lambda fh: fh.write(head_bytes))
     if features.validation is not None:
         atomic_write_json(run_dir.validation_classes, features.validation)
-    atomic_write_with(run_dir.eval_embeddings(features.split), lambda fh: np.savez(
-        fh, embeddings=test_emb, labels=features.test_labels))
+    # ``indices``: which image of the test split each row is (the retrieval gallery's
+    # thumbnails, :mod:`dml_study.study.analysis.retrieval`); validation runs have none.
+    eval_arrays = {"embeddings": test_emb, "labels": features.test_labels}
+    if features.test_indices is not None:
+        eval_arrays["indices"] = np.asarray(features.test_indices, dtype=np.int64)
+    atomic_write_with(run_dir.eval_embeddings(features.split),
+                      lambda fh: np.savez(fh, **eval_arrays))
     atomic_write_json(run_dir.metrics, metrics)  # last: its presence marks the run finished
     return metrics
 
