@@ -7,10 +7,14 @@ name tests can import unambiguously (every test directory has one).
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import math
 from pathlib import Path
 from typing import Any
 
 import nbformat
+import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
@@ -107,3 +111,62 @@ def write_study(root: Path, **overrides: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
+
+
+#: True when contract A of issue #19 (the validation split, ``dml_study.data.splits``) is in
+#: this checkout: tests that build runs with its keys (``split``, ``data.max_*_per_class``)
+#: skip without it.
+HAS_SPLITS = importlib.util.find_spec("dml_study.data.splits") is not None
+needs_splits = pytest.mark.skipif(
+    not HAS_SPLITS, reason="contract A of issue #19 (dml_study.data.splits) is not in this "
+    "checkout: the study files' glyph fine-tuned group uses its data.max_*_per_class keys")
+
+
+def centre(param: Any) -> Any:
+    """A search-space entry's centre (geometric for log ranges; the middle choice)."""
+    if param.choices is not None:
+        return param.choices[len(param.choices) // 2]
+    if param.log:
+        value = math.sqrt(param.low * param.high)
+    else:
+        value = (param.low + param.high) / 2
+    return round(value) if param.integer else float(value)
+
+
+def write_fake_chosen(config: Any, *, budget_check: bool = False, epochs: int | None = None,
+                      values: Any = None, complete: bool = True,
+                      only: Any = None) -> list[Path]:
+    """A ``chosen.json`` for every search of ``config`` as the tuner writes it (contract B:
+    ``params`` = the arm's fixed and searched values, ``epochs``, ``train_parameters`` =
+    the plan's base with the values applied); searched values are the centre of each range
+    unless ``values(plan)`` returns others. ``only(plan)`` selects searches. Paths written."""
+    from dml_study.study.plan.tuned import apply_values
+    from dml_study.study.tune import plan_searches
+
+    paths = []
+    for plan in plan_searches(config, budget_check=budget_check):
+        if only is not None and not only(plan):
+            continue
+        searched = {k: centre(p) for k, p in plan.space.items()}
+        if values is not None:
+            searched.update(values(plan) or {})
+        n = epochs if epochs is not None else max(1, plan.epochs - 1)
+        train = apply_values(plan.base, searched)
+        train["epochs"] = n
+        record = {
+            "dataset": plan.dataset, "group": plan.group, "variant": plan.variant,
+            "tier": plan.tier, "params": {**plan.fixed, **searched}, "epochs": n,
+            "value": 0.25, "metric": plan.objective, "r_at_1": 0.5, "trial": 3,
+            "n_trials": plan.budget if complete else plan.budget - 1, "budget": plan.budget,
+            "complete": complete,
+            "validation": {"folds": plan.validation.folds,
+                           "fold_ids": list(plan.validation.fold_ids),
+                           "seed": plan.validation.seed},
+            "trained_epochs": plan.epochs, "train_seed": plan.train_seed,
+            "train_parameters": train,
+        }
+        plan.directory.mkdir(parents=True, exist_ok=True)
+        path = plan.directory / "chosen.json"
+        path.write_text(json.dumps(record, default=str))
+        paths.append(path)
+    return paths

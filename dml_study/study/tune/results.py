@@ -43,6 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 from dml_study.atomic_io import atomic_write_csv, atomic_write_json
 from dml_study.errors import EXIT_FAILED, EXIT_USAGE, UserFacingError
 from dml_study.study.plan.config import StudyConfig
+from dml_study.study.plan.tuned import CHOSEN_FILE, TUNING_DIRNAME
 from dml_study.study.tune.plans import SearchPlan, tuning_dir
 from dml_study.study.tune.space import apply_values
 from dml_study.study.tune.storage import RETRY_ATTR, SLOT_ATTR
@@ -50,7 +51,6 @@ from dml_study.training.run_dir import RunDirectory
 
 SPACE_FILE = "space.json"
 TRIALS_FILE = "trials.csv"
-CHOSEN_FILE = "chosen.json"
 VALIDATION_FILE = "validation_classes.json"
 SUMMARY_FILE = "summary.json"
 
@@ -242,9 +242,10 @@ def read_chosen(directory: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def summary_record(config: StudyConfig) -> dict[str, Any]:
-    """``tuning/summary.json``: every search directory of the study, in path order."""
-    root = tuning_dir(config)
+def summary_record(config: StudyConfig, dirname: str = TUNING_DIRNAME) -> dict[str, Any]:
+    """``tuning/summary.json``: every search directory of the study, in path order
+    (``dirname``: another directory of searches, e.g. the budget check's ``tuning-2x``)."""
+    root = tuning_dir(config, dirname)
     searches = []
     for space_file in sorted(root.glob(f"*/*/{SPACE_FILE}")):
         space = json.loads(space_file.read_text(encoding="utf-8"))
@@ -270,8 +271,8 @@ def summary_record(config: StudyConfig) -> dict[str, Any]:
     return {"study": config.name, "searches": searches}
 
 
-def write_summary(config: StudyConfig) -> Path:
-    """Rewrite ``results/<study>/tuning/summary.json``; its path."""
-    path = tuning_dir(config) / SUMMARY_FILE
-    atomic_write_json(path, summary_record(config))
+def write_summary(config: StudyConfig, dirname: str = TUNING_DIRNAME) -> Path:
+    """Rewrite ``results/<study>/<dirname>/summary.json`` (default ``tuning``); its path."""
+    path = tuning_dir(config, dirname) / SUMMARY_FILE
+    atomic_write_json(path, summary_record(config, dirname))
     return path
