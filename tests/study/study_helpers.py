@@ -7,6 +7,7 @@ name tests can import unambiguously (every test directory has one).
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import math
@@ -170,3 +171,63 @@ def write_fake_chosen(config: Any, *, budget_check: bool = False, epochs: int | 
         path.write_text(json.dumps(record, default=str))
         paths.append(path)
     return paths
+
+
+# --------------------------------------------------------------------------- a tuned study
+
+#: The search space of the tuned study's arms (lr, proxy and head multipliers).
+TUNED_SPACE = {"lr": {"low": 1e-3, "high": 1e-1, "log": True},
+               "proxy_lr_mult": {"low": 1.0, "high": 100.0, "log": True},
+               "head_lr_mult": {"low": 1.0, "high": 10.0, "log": True}}
+TUNED_VARIANTS = {"no_so": {"so_lambda": 0.0}, "so": {"so_lambda": 0.1}}
+
+
+def tuned_study_raw(tmp_path: Path) -> dict[str, Any]:
+    """Frozen groups on icons and glyphs: g (preset + tuned), m (margins, tuned), grid (an lr
+    grid around g's tuned values); g's arms budget-checked at 2x."""
+    return copy.deepcopy({
+        "name": "syn",
+        "results_dir": str(tmp_path / "results"),
+        "train": {"dataset": "icons", "loss": "proxy_anchor", "device": "cpu"},
+        "frozen": {"train": {"epochs": 6, "embedding_dim": 8}},
+        "groups": [
+            {"name": "g", "tier": "frozen", "datasets": ["icons", "glyphs"], "seeds": [0, 1],
+             "protocols": ["preset", "tuned"], "tuned_seeds": [0, 1, 2],
+             "variants": TUNED_VARIANTS},
+            {"name": "m", "tier": "frozen", "datasets": ["icons"], "seeds": [0],
+             "protocols": ["tuned"], "base": {"loss": "adaptive_margin"},
+             "variants": {"constant": {"overrides": {"loss.params": {
+                 "mapping": "matched_constant", "scale": 16.0}}}}},
+            {"name": "grid", "tier": "frozen", "datasets": ["icons"], "seeds": [0, 1],
+             "protocols": ["tuned"], "tuned_from": "g", "lr_factors": [0.1, 1.0, 10.0],
+             "variants": TUNED_VARIANTS},
+        ],
+        "headline": {"group": "g", "baseline": "no_so", "treatment": "so"},
+        "claims": [
+            {"name": "r1", "group": "g", "baseline": "no_so", "treatment": "so", "metric": "R@1"},
+            {"name": "robust", "group": "grid", "kind": "robustness", "baseline": "no_so",
+             "treatment": "so", "metric": "lrs_within:1:R@1", "scale": 1.0, "unit": "lrs"},
+        ],
+        "tuning": {
+            "trials": {"frozen": 4},
+            "budget_check": {"arms": ["g/no_so", "g/so"], "datasets": ["icons"]},
+            "arms": [
+                {"group": "g", "variant": "no_so", "space": TUNED_SPACE},
+                {"group": "g", "variant": "so",
+                 "space": {**TUNED_SPACE, "so_lambda": {"low": 1e-3, "high": 1.0, "log": True}}},
+                {"group": "m", "variant": "constant",
+                 "fixed": {"loss.params.mapping": "constant", "loss.params.m_min": 0.0},
+                 "space": {**TUNED_SPACE, "loss.params.m_max": {"low": 0.0, "high": 0.5}}},
+            ],
+        },
+    })
+
+
+def load_raw_study(raw: dict) -> Any:
+    """The study written to ``<results>/../studies/syn.yaml`` and loaded (root: that parent)."""
+    from dml_study.study.plan.config import load_study_config
+
+    path = Path(raw["results_dir"]).parent / "studies" / "syn.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return load_study_config(path)

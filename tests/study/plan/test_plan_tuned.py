@@ -7,8 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
-from study_helpers import HAS_SPLITS, needs_splits, write_fake_chosen
+from study_helpers import (
+    HAS_SPLITS,
+    TUNED_VARIANTS,
+    load_raw_study,
+    needs_splits,
+    tuned_study_raw,
+    write_fake_chosen,
+)
 
 from dml_study.config import config_from_parameters
 from dml_study.errors import EXIT_USAGE
@@ -33,60 +39,6 @@ from dml_study.study.plan.tuned import (
 
 REPO = Path(__file__).resolve().parents[3]
 
-LRS = {"lr": {"low": 1e-3, "high": 1e-1, "log": True},
-       "proxy_lr_mult": {"low": 1.0, "high": 100.0, "log": True},
-       "head_lr_mult": {"low": 1.0, "high": 10.0, "log": True}}
-VARIANTS = {"no_so": {"so_lambda": 0.0}, "so": {"so_lambda": 0.1}}
-
-
-def _raw(tmp_path: Path) -> dict:
-    """Frozen groups on icons and glyphs: g (preset + tuned), m (margins, tuned), grid (an lr
-    grid around g's tuned values); g's arms budget-checked at 2x."""
-    return {
-        "name": "syn",
-        "results_dir": str(tmp_path / "results"),
-        "train": {"dataset": "icons", "loss": "proxy_anchor", "device": "cpu"},
-        "frozen": {"train": {"epochs": 6, "embedding_dim": 8}},
-        "groups": [
-            {"name": "g", "tier": "frozen", "datasets": ["icons", "glyphs"], "seeds": [0, 1],
-             "protocols": ["preset", "tuned"], "tuned_seeds": [0, 1, 2], "variants": VARIANTS},
-            {"name": "m", "tier": "frozen", "datasets": ["icons"], "seeds": [0],
-             "protocols": ["tuned"], "base": {"loss": "adaptive_margin"},
-             "variants": {"constant": {"overrides": {"loss.params": {
-                 "mapping": "matched_constant", "scale": 16.0}}}}},
-            {"name": "grid", "tier": "frozen", "datasets": ["icons"], "seeds": [0, 1],
-             "protocols": ["tuned"], "tuned_from": "g", "lr_factors": [0.1, 1.0, 10.0],
-             "variants": VARIANTS},
-        ],
-        "headline": {"group": "g", "baseline": "no_so", "treatment": "so"},
-        "claims": [
-            {"name": "r1", "group": "g", "baseline": "no_so", "treatment": "so", "metric": "R@1"},
-            {"name": "robust", "group": "grid", "kind": "robustness", "baseline": "no_so",
-             "treatment": "so", "metric": "lrs_within:1:R@1", "scale": 1.0, "unit": "lrs"},
-        ],
-        "tuning": {
-            "trials": {"frozen": 4},
-            "budget_check": {"arms": ["g/no_so", "g/so"], "datasets": ["icons"]},
-            "arms": [
-                {"group": "g", "variant": "no_so", "space": LRS},
-                {"group": "g", "variant": "so",
-                 "space": {**LRS, "so_lambda": {"low": 1e-3, "high": 1.0, "log": True}}},
-                {"group": "m", "variant": "constant",
-                 "fixed": {"loss.params.mapping": "constant", "loss.params.m_min": 0.0},
-                 "space": {**LRS, "loss.params.m_max": {"low": 0.0, "high": 0.5}}},
-            ],
-        },
-    }
-
-
-def _load(raw: dict):
-    """The study written to ``<results>/../studies/syn.yaml`` and loaded (root: that parent)."""
-    path = Path(raw["results_dir"]).parent / "studies" / "syn.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    return load_study_config(path)
-
-
 def _values(plan):
     # distinct values per arm and dataset, so a mix-up between searches shows
     lr = {"icons": 2e-3, "glyphs": 3e-3}[plan.dataset] * (2 if plan.variant == "so" else 1)
@@ -94,7 +46,7 @@ def _values(plan):
 
 
 def test_tuned_cells_are_the_variant_with_the_chosen_values_epochs_and_the_test_split(tmp_path):
-    config = _load(_raw(tmp_path))
+    config = load_raw_study(tuned_study_raw(tmp_path))
     write_fake_chosen(config, values=_values, epochs=4)
     write_fake_chosen(config, budget_check=True, values=_values, epochs=4)
     specs = expand_grid(config)
@@ -107,7 +59,7 @@ def test_tuned_cells_are_the_variant_with_the_chosen_values_epochs_and_the_test_
     for spec in tuned:
         chosen = json.loads((config.results_dir / "syn" / "tuning" / spec.dataset /
                              f"g.{spec.variant}" / "chosen.json").read_text())
-        cell, tier = cell_parameters(config, group, spec.dataset, VARIANTS[spec.variant],
+        cell, tier = cell_parameters(config, group, spec.dataset, TUNED_VARIANTS[spec.variant],
                                      spec.seed)
         expected = apply_values(cell, chosen["params"])
         expected["epochs"] = 4
@@ -121,7 +73,7 @@ def test_tuned_cells_are_the_variant_with_the_chosen_values_epochs_and_the_test_
         assert spec.label == f"g/{spec.variant} (tuned)"
     # the preset cells are exactly the cells before the tuned protocol existed
     for spec in preset:
-        cell, tier = cell_parameters(config, group, spec.dataset, VARIANTS[spec.variant],
+        cell, tier = cell_parameters(config, group, spec.dataset, TUNED_VARIANTS[spec.variant],
                                      spec.seed)
         assert spec.params == cell and spec.run_name == make_run_name(cell, tier=tier)
         assert spec.label == f"g/{spec.variant}"
@@ -132,7 +84,7 @@ def test_tuned_cells_are_the_variant_with_the_chosen_values_epochs_and_the_test_
 
 
 def test_a_chosen_mapping_entry_merges_into_the_variants_loss_params(tmp_path):
-    config = _load(_raw(tmp_path))
+    config = load_raw_study(tuned_study_raw(tmp_path))
     write_fake_chosen(config)
     write_fake_chosen(config, budget_check=True)
     (spec,) = [s for s in expand_grid(config) if s.group == "m"]
@@ -142,7 +94,7 @@ def test_a_chosen_mapping_entry_merges_into_the_variants_loss_params(tmp_path):
 
 
 def test_missing_chosen_files_are_one_error_naming_each_file_and_the_command(tmp_path):
-    config = _load(_raw(tmp_path))
+    config = load_raw_study(tuned_study_raw(tmp_path))
     with pytest.raises(MissingTunedValuesError) as info:
         expand_grid(config)
     message = str(info.value)
@@ -163,7 +115,7 @@ def test_missing_chosen_files_are_one_error_naming_each_file_and_the_command(tmp
 
 
 def test_an_incomplete_search_or_a_file_of_another_arm_is_refused(tmp_path):
-    config = _load(_raw(tmp_path))
+    config = load_raw_study(tuned_study_raw(tmp_path))
     write_fake_chosen(config)
     write_fake_chosen(config, budget_check=True)
     write_fake_chosen(config, complete=False, only=lambda p: p.arm == "g/so")
@@ -178,23 +130,24 @@ def test_an_incomplete_search_or_a_file_of_another_arm_is_refused(tmp_path):
 
 
 def test_a_choice_tuned_for_another_cell_is_stale(tmp_path):
-    raw = _raw(tmp_path)
-    config = _load(raw)
+    raw = tuned_study_raw(tmp_path)
+    config = load_raw_study(raw)
     write_fake_chosen(config)
     write_fake_chosen(config, budget_check=True)
     assert expand_grid(config)
-    raw["groups"][0]["variants"] = {**VARIANTS, "no_so": {"so_lambda": 0.0, "embedding_dim": 16}}
+    raw["groups"][0]["variants"] = {**TUNED_VARIANTS,
+                                    "no_so": {"so_lambda": 0.0, "embedding_dim": 16}}
     with pytest.raises(StaleTunedValuesError, match=r"g/no_so \(tuned\).*embedding_dim"):
-        expand_grid(_load(raw))
+        expand_grid(load_raw_study(raw))
     # a result-neutral key (the device) is not a change
-    raw = _raw(tmp_path)
+    raw = tuned_study_raw(tmp_path)
     raw["train"]["device"] = "cuda"
     raw["train"]["quiet"] = True
-    assert expand_grid(_load(raw))
+    assert expand_grid(load_raw_study(raw))
 
 
 def test_lr_grid_cells_scale_the_tuned_lr_and_share_factor_1_with_the_tuned_runs(tmp_path):
-    config = _load(_raw(tmp_path))
+    config = load_raw_study(tuned_study_raw(tmp_path))
     write_fake_chosen(config, values=_values)
     write_fake_chosen(config, budget_check=True, values=_values)
     specs = expand_grid(config)
@@ -222,7 +175,7 @@ def test_lr_grid_cells_scale_the_tuned_lr_and_share_factor_1_with_the_tuned_runs
 
 
 def test_lr_grid_cells_leave_out_datasets_with_an_untuned_arm(tmp_path):
-    config = _load(_raw(tmp_path))
+    config = load_raw_study(tuned_study_raw(tmp_path))
     write_fake_chosen(config, only=lambda p: p.arm == "g/no_so")
     assert lr_grid_cells(config) == []
     write_fake_chosen(config)
@@ -230,7 +183,7 @@ def test_lr_grid_cells_leave_out_datasets_with_an_untuned_arm(tmp_path):
 
 
 def test_budget_check_cells_read_the_larger_search(tmp_path):
-    config = _load(_raw(tmp_path))
+    config = load_raw_study(tuned_study_raw(tmp_path))
     write_fake_chosen(config, values=_values)
     write_fake_chosen(config, budget_check=True, values=lambda p: {"lr": 7e-3})
     specs = expand_grid(config)
@@ -250,64 +203,64 @@ def test_budget_check_cells_read_the_larger_search(tmp_path):
 
 
 def test_the_study_file_checks_protocols_and_robustness_claims(tmp_path):
-    raw = _raw(tmp_path)
+    raw = tuned_study_raw(tmp_path)
     bad = copy.deepcopy(raw)
     bad["groups"][0]["protocols"] = ["preset", "tunde"]
     with pytest.raises(StudyConfigError, match=r"protocols: invalid value 'tunde'.*did you mean"):
-        _load(bad)
+        load_raw_study(bad)
     bad = copy.deepcopy(raw)
     bad["tuning"]["arms"] = bad["tuning"]["arms"][1:]
     bad["tuning"]["budget_check"]["arms"] = ["g/so"]
     bad["claims"] = []
     with pytest.raises(StudyConfigError, match=r"variant 'no_so' read the tuned arm g/no_so"):
-        _load(bad)
+        load_raw_study(bad)
     bad = copy.deepcopy(raw)
     bad["tuning"]["arms"][2]["datasets"] = ["glyphs"]
     with pytest.raises(StudyConfigError, match=r"m/constant is not tuned on icons"):
-        _load(bad)
+        load_raw_study(bad)
     bad = copy.deepcopy(raw)
     bad["groups"][2]["tuned_from"] = "gg"
     with pytest.raises(StudyConfigError, match=r"tuned_from: 'gg' is not a group.*'g'"):
-        _load(bad)
+        load_raw_study(bad)
     bad = copy.deepcopy(raw)
     del bad["tuning"]
     with pytest.raises(StudyConfigError, match="'tuned' reads the tuned arms"):
-        _load(bad)
+        load_raw_study(bad)
     bad = copy.deepcopy(raw)
     bad["groups"][2]["lr_factors"] = [1.0]
     with pytest.raises(StudyConfigError, match="needs 'lr_factors' \\(at least 2"):
-        _load(bad)
+        load_raw_study(bad)
     bad = copy.deepcopy(raw)
     bad["groups"][2]["lr_factors"] = [1.0, -1.0]
     with pytest.raises(StudyConfigError, match="distinct positive numbers"):
-        _load(bad)
+        load_raw_study(bad)
     bad = copy.deepcopy(raw)
     bad["claims"][1]["metric"] = "lrs_within:R@1"
     with pytest.raises(StudyConfigError, match="lrs_within:<pp>:<metric>"):
-        _load(bad)
+        load_raw_study(bad)
     bad = copy.deepcopy(raw)
     bad["groups"][1]["tuned_seeds"] = [0]
     bad["groups"][1]["protocols"] = ["preset"]
     with pytest.raises(StudyConfigError, match="tuned_seeds: the group has no tuned protocol"):
-        _load(bad)
+        load_raw_study(bad)
     bad = copy.deepcopy(raw)
     bad["tuning"]["budget_check"]["arms"] = ["g/so"]
     with pytest.raises(StudyConfigError, match=r"claim 'r1' compares g/no_so, g/so; check"):
-        _load(bad)
+        load_raw_study(bad)
 
 
 def test_budget_equality_holds_for_the_arms_an_lr_grid_reads(tmp_path):
-    raw = _raw(tmp_path)
+    raw = tuned_study_raw(tmp_path)
     raw["claims"] = [raw["claims"][1]]  # only the robustness claim on the lr grid
     raw["tuning"]["arms"][1]["trials"] = 6
     raw["tuning"]["budget_check"] = None
     del raw["tuning"]["budget_check"]
     with pytest.raises(StudyConfigError, match=r"claim 'robust' compares g/no_so \(4 trials"):
-        _load(raw)
+        load_raw_study(raw)
 
 
 def test_smoke_keeps_protocols_and_trims_tuned_seeds_and_lr_grids(tmp_path):
-    raw = _raw(tmp_path)
+    raw = tuned_study_raw(tmp_path)
     raw["groups"][2]["lr_factors"] = [0.1, 0.316, 1.0, 3.16, 10.0]
     out = smoke_study_dict(raw, tmp_path / "smoke", REPO)
     groups = {g["name"]: g for g in out["groups"]}
