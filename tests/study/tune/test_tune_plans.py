@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from study_helpers import needs_splits, write_fake_chosen
+from study_helpers import write_fake_chosen
 from tune_helpers import tiny_tuning_study
 
 from dml_study.study.plan.config import StudyConfigError, load_study_config, study_config_from_dict
@@ -26,17 +26,13 @@ def _load(raw: dict):
     return study_config_from_dict(raw)
 
 
-@needs_splits  # the glyphs fine-tuned arms use contract A's data.max_*_per_class keys
 def test_both_study_files_load_with_equal_budgets_and_a_plan_per_dataset_and_arm():
     embedded = load_study_config(REPO / "studies" / "embedded.yaml")
     plans = plan_searches(embedded)
     frozen = [p for p in plans if p.tier == "frozen"]
     assert {p.budget for p in frozen} == {24} and len(frozen) == 10  # 5 arms x 2 datasets
-    assert {p.budget for p in plans if p.tier == "fine-tuned"} == {6}
-    # the fine-tuned tier covers glyphs (issue #19.6): 2 arms x (icons, glyphs)
-    assert {(p.dataset, p.arm) for p in plans if p.tier == "fine-tuned"} == {
-        ("icons", "so_vs_none/no_so"), ("icons", "so_vs_none/so"),
-        ("glyphs", "so_vs_none_glyphs/no_so"), ("glyphs", "so_vs_none_glyphs/so")}
+    # compute scope: no fine-tuned searches on embedded (paper.yaml keeps them)
+    assert [p for p in plans if p.tier == "fine-tuned"] == []
     checks = plan_searches(embedded, budget_check=True)
     assert {(p.dataset, p.arm, p.budget) for p in checks} == {
         (d, f"frozen_so/{v}", 48) for d in ("icons", "glyphs") for v in ("no_so", "so")}
@@ -50,7 +46,6 @@ def test_both_study_files_load_with_equal_budgets_and_a_plan_per_dataset_and_arm
     assert {p.dataset for p in plans} == {"cub200", "cars196", "sop", "inshop"}
 
 
-@needs_splits
 def test_a_plan_trains_the_grids_cell_with_the_arms_fixed_parameters(tmp_path):
     config = load_study_config(REPO / "studies" / "embedded.yaml",
                                results_dir=str(tmp_path / "results"))
@@ -59,9 +54,7 @@ def test_a_plan_trains_the_grids_cell_with_the_arms_fixed_parameters(tmp_path):
     cells = {(s.group, s.variant, s.dataset): s for s in expand_grid(config)
              if s.seed == 0 and s.protocol == "preset"}
     for plan in plan_searches(config):
-        if (plan.group, plan.variant, plan.dataset) not in cells:
-            assert plan.group == "so_vs_none_glyphs"  # tuned cells only: no preset cell
-            continue
+        assert (plan.group, plan.variant, plan.dataset) in cells, plan.label
         cell = dict(cells[(plan.group, plan.variant, plan.dataset)].params)
         cell.pop("seed")
         if not plan.fixed:
