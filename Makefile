@@ -1,6 +1,7 @@
 # One entry point for set-up and the two jobs the README names.
 #   make study  - the whole study on the embedded offline dataset (the main job)
-#   make tune   - the study's equal-budget hyperparameter searches (docs/tuning.md); resumable
+#   make tune   - the study's equal-budget hyperparameter searches (docs/tuning.md), then the
+#                 budget check (the headline arms' searches at twice the trials); resumable
 #   make test   - the full test suite, slow end-to-end tests included (what CI runs)
 #   make check-report - the committed study's pages: files scanned, every page opened in chromium
 # Each target creates .venv and installs the project into it when missing, so either
@@ -27,6 +28,7 @@ study: $(STAMP)
 
 tune: $(STAMP)
 	$(BIN)/python -m dml_study.study tune --config $(STUDY)
+	$(BIN)/python -m dml_study.study tune --config $(STUDY) --budget-check
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "slow or not slow"

@@ -9,10 +9,12 @@ here):
   --launcher slurm --slurm partition=gpu --slurm time_min=720 [--no-wait]
 
 ``--list-runs`` prints every run of the grid as pending / running / finished / failed
-with its job id, without running anything. ``--collect`` trains nothing and renders the
+with its job id and the cells it serves (``group/variant``, `` (tuned)`` for the tuned
+protocol's), without running anything. ``--collect`` trains nothing and renders the
 report from the runs that have finished (e.g. after ``--no-wait``).
 ``--smoke`` runs the whole grid and every notebook with a tiny CPU recipe (minutes; checks
-the data root and the pipeline, see :mod:`dml_study.study.plan.smoke`); ``--results-dir DIR``
+the data root and the pipeline, see :mod:`dml_study.study.plan.smoke`; tiny searches of the
+``tuning`` section first, so the tuned cells have their values); ``--results-dir DIR``
 writes runs and report under DIR instead of the study's ``results_dir``.
 ``tune --config STUDY [...]`` runs the study's equal-budget hyperparameter searches instead
 (:mod:`dml_study.study.tune.cli`; ``make tune``).
@@ -117,7 +119,11 @@ def run(argv: list[str] | None, context: dict[str, StudyConfig] | None = None) -
     if context is not None:
         context["config"] = config
     if args.list_runs:
-        return _list_runs(config)
+        try:
+            return _list_runs(config)
+        except StudyConfigError as exc:  # e.g. a chosen.json tuned for another config
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.smoke:
         from dml_study.study.plan.smoke import check_data
 
@@ -125,6 +131,10 @@ def run(argv: list[str] | None, context: dict[str, StudyConfig] | None = None) -
             check_data(config)
         except (FileNotFoundError, ValueError) as exc:
             raise StudyDataError(f"smoke check of the data root failed: {exc}") from exc
+        if not args.collect:
+            code = _smoke_tune(config, quiet=args.quiet)
+            if code:
+                return code
     unknown = sorted(set(args.only or ()) - set(config.notebooks))
     if unknown:
         raise StudyUsageError(f"--only {' '.join(unknown)}: not a notebook of the study "
@@ -139,6 +149,29 @@ def run(argv: list[str] | None, context: dict[str, StudyConfig] | None = None) -
               f"and the previous report in {config.study_dir} is untouched", file=sys.stderr)
         return 130
     return 0
+
+
+def _smoke_tune(config: StudyConfig, quiet: bool = False) -> int:
+    """``--smoke``: the derived study's tiny searches first (``tune``, then ``tune
+    --budget-check`` when the study has one), so its tuned cells find their ``chosen.json``.
+
+    Returns ``tune``'s exit status when it fails (0 otherwise, or when the study tunes nothing).
+    """
+    tuned = any(p != "preset" for g in config.groups for p in g.protocols)
+    if config.tuning is None or not config.tuning.arms or not tuned:
+        return 0
+    from dml_study.study.tune.cli import cli as tune_cli
+
+    base = ["--config", str(config.source), *(["--quiet"] if quiet else [])]
+    if not quiet:
+        print(f"[study {config.name}] --smoke: the tiny searches first (tune)", flush=True)
+    code = tune_cli(base)
+    if code == 0 and config.tuning.budget_check is not None:
+        code = tune_cli([*base, "--budget-check"])
+    if code:
+        print(f"study {config.name} stopped: the smoke searches failed (exit {code})",
+              file=sys.stderr)
+    return code
 
 
 def apply_execution_overrides(config: StudyConfig, args: argparse.Namespace) -> StudyConfig:
@@ -173,18 +206,26 @@ def apply_execution_overrides(config: StudyConfig, args: argparse.Namespace) -> 
 def _list_runs(config: StudyConfig) -> int:
     from dml_study.study.launch.launcher import run_states
     from dml_study.study.launch.slurm import scheduler_state
-    from dml_study.study.plan.grid import expand_grid
+    from dml_study.study.plan.grid import expand_grid, untuned_searches
+    from dml_study.study.plan.tuned import TUNING_DIRNAME, tune_command
 
     rows = run_states(config, job_state=lambda launcher, job: scheduler_state(config, launcher,
-                                                                              job))
+                                                                              job),
+                      skip_untuned=True)
     for row in rows:
         job = row.job_id or "-"
         detail = f"  ({row.detail})" if row.detail else ""
         print(f"{row.run_name:48s} {row.state:8s} {job:>12s}  {', '.join(row.cells)}{detail}")
     counts = {s: sum(r.state == s for r in rows) for s in ("finished", "running", "pending",
                                                            "failed")}
-    print(f"{len(rows)} runs for {len(expand_grid(config))} grid cells: "
+    print(f"{len(rows)} runs for {len(expand_grid(config, skip_untuned=True))} grid cells: "
           + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    missing = untuned_searches(config)
+    if missing:
+        commands = {tune_command(config, budget_check=p.parents[2].name != TUNING_DIRNAME)
+                    for p in missing}
+        print(f"not listed: the tuned cells of {len(missing)} search(es) without a complete "
+              f"chosen.json (run {' and '.join(sorted(commands))} first)")
     return 0
 
 

@@ -111,14 +111,18 @@ def test_a_full_regeneration_stages_only_the_run_records_and_tuning(tmp_path: Pa
     (final / "runs" / "r.log").write_text("log of the previous regeneration")
     (final / "tuning").mkdir()
     (final / "tuning" / "chosen.json").write_text("{}")
+    (final / "tuning-2x").mkdir()  # the budget check's searches (make tune --budget-check)
+    (final / "tuning-2x" / "chosen.json").write_text("{}")
+    (final / "tuning-old").mkdir()  # not a budget check's name: a previous output
     (final / "figures").mkdir()
     (final / "figures" / "gone.png").write_bytes(b"png")
     (final / "claims.json").write_text("[]")
     staging = stage_study_dir(config, full=True)
-    assert sorted(os.listdir(staging)) == ["runs", "tuning"]
+    assert sorted(os.listdir(staging)) == ["runs", "tuning", "tuning-2x"]
     assert (staging / "runs" / "r.log").is_file()
     staging = stage_study_dir(config)  # a partial re-run (only=) keeps every page
-    assert sorted(os.listdir(staging)) == ["claims.json", "figures", "runs", "tuning"]
+    assert sorted(os.listdir(staging)) == ["claims.json", "figures", "runs", "tuning",
+                                           "tuning-2x", "tuning-old"]
 
 
 def test_a_run_log_is_replaced_by_a_fresh_run_and_continued_by_a_resumed_one(tmp_path: Path):

@@ -7,10 +7,15 @@ name tests can import unambiguously (every test directory has one).
 
 from __future__ import annotations
 
+import copy
+import importlib.util
+import json
+import math
 from pathlib import Path
 from typing import Any
 
 import nbformat
+import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
@@ -107,3 +112,122 @@ def write_study(root: Path, **overrides: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
+
+
+#: True when contract A of issue #19 (the validation split, ``dml_study.data.splits``) is in
+#: this checkout: tests that build runs with its keys (``split``, ``data.max_*_per_class``)
+#: skip without it.
+HAS_SPLITS = importlib.util.find_spec("dml_study.data.splits") is not None
+needs_splits = pytest.mark.skipif(
+    not HAS_SPLITS, reason="contract A of issue #19 (dml_study.data.splits) is not in this "
+    "checkout: the study files' glyph fine-tuned group uses its data.max_*_per_class keys")
+
+
+def centre(param: Any) -> Any:
+    """A search-space entry's centre (geometric for log ranges; the middle choice)."""
+    if param.choices is not None:
+        return param.choices[len(param.choices) // 2]
+    if param.log:
+        value = math.sqrt(param.low * param.high)
+    else:
+        value = (param.low + param.high) / 2
+    return round(value) if param.integer else float(value)
+
+
+def write_fake_chosen(config: Any, *, budget_check: bool = False, epochs: int | None = None,
+                      values: Any = None, complete: bool = True,
+                      only: Any = None) -> list[Path]:
+    """A ``chosen.json`` for every search of ``config`` as the tuner writes it (contract B:
+    ``params`` = the arm's fixed and searched values, ``epochs``, ``train_parameters`` =
+    the plan's base with the values applied); searched values are the centre of each range
+    unless ``values(plan)`` returns others. ``only(plan)`` selects searches. Paths written."""
+    from dml_study.study.plan.tuned import apply_values
+    from dml_study.study.tune import plan_searches
+
+    paths = []
+    for plan in plan_searches(config, budget_check=budget_check):
+        if only is not None and not only(plan):
+            continue
+        searched = {k: centre(p) for k, p in plan.space.items()}
+        if values is not None:
+            searched.update(values(plan) or {})
+        n = epochs if epochs is not None else max(1, plan.epochs - 1)
+        train = apply_values(plan.base, searched)
+        train["epochs"] = n
+        record = {
+            "dataset": plan.dataset, "group": plan.group, "variant": plan.variant,
+            "tier": plan.tier, "params": {**plan.fixed, **searched}, "epochs": n,
+            "value": 0.25, "metric": plan.objective, "r_at_1": 0.5, "trial": 3,
+            "n_trials": plan.budget if complete else plan.budget - 1, "budget": plan.budget,
+            "complete": complete,
+            "validation": {"folds": plan.validation.folds,
+                           "fold_ids": list(plan.validation.fold_ids),
+                           "seed": plan.validation.seed},
+            "trained_epochs": plan.epochs, "train_seed": plan.train_seed,
+            "train_parameters": train,
+        }
+        plan.directory.mkdir(parents=True, exist_ok=True)
+        path = plan.directory / "chosen.json"
+        path.write_text(json.dumps(record, default=str))
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------- a tuned study
+
+#: The search space of the tuned study's arms (lr, proxy and head multipliers).
+TUNED_SPACE = {"lr": {"low": 1e-3, "high": 1e-1, "log": True},
+               "proxy_lr_mult": {"low": 1.0, "high": 100.0, "log": True},
+               "head_lr_mult": {"low": 1.0, "high": 10.0, "log": True}}
+TUNED_VARIANTS = {"no_so": {"so_lambda": 0.0}, "so": {"so_lambda": 0.1}}
+
+
+def tuned_study_raw(tmp_path: Path) -> dict[str, Any]:
+    """Frozen groups on icons and glyphs: g (preset + tuned), m (margins, tuned), grid (an lr
+    grid around g's tuned values); g's arms budget-checked at 2x."""
+    return copy.deepcopy({
+        "name": "syn",
+        "results_dir": str(tmp_path / "results"),
+        "train": {"dataset": "icons", "loss": "proxy_anchor", "device": "cpu"},
+        "frozen": {"train": {"epochs": 6, "embedding_dim": 8}},
+        "groups": [
+            {"name": "g", "tier": "frozen", "datasets": ["icons", "glyphs"], "seeds": [0, 1],
+             "protocols": ["preset", "tuned"], "tuned_seeds": [0, 1, 2],
+             "variants": TUNED_VARIANTS},
+            {"name": "m", "tier": "frozen", "datasets": ["icons"], "seeds": [0],
+             "protocols": ["tuned"], "base": {"loss": "adaptive_margin"},
+             "variants": {"constant": {"overrides": {"loss.params": {
+                 "mapping": "matched_constant", "scale": 16.0}}}}},
+            {"name": "grid", "tier": "frozen", "datasets": ["icons"], "seeds": [0, 1],
+             "protocols": ["tuned"], "tuned_from": "g", "lr_factors": [0.1, 1.0, 10.0],
+             "variants": TUNED_VARIANTS},
+        ],
+        "headline": {"group": "g", "baseline": "no_so", "treatment": "so"},
+        "claims": [
+            {"name": "r1", "group": "g", "baseline": "no_so", "treatment": "so", "metric": "R@1"},
+            {"name": "robust", "group": "grid", "kind": "robustness", "baseline": "no_so",
+             "treatment": "so", "metric": "lrs_within:1:R@1", "scale": 1.0, "unit": "lrs"},
+        ],
+        "tuning": {
+            "trials": {"frozen": 4},
+            "budget_check": {"arms": ["g/no_so", "g/so"], "datasets": ["icons"]},
+            "arms": [
+                {"group": "g", "variant": "no_so", "space": TUNED_SPACE},
+                {"group": "g", "variant": "so",
+                 "space": {**TUNED_SPACE, "so_lambda": {"low": 1e-3, "high": 1.0, "log": True}}},
+                {"group": "m", "variant": "constant",
+                 "fixed": {"loss.params.mapping": "constant", "loss.params.m_min": 0.0},
+                 "space": {**TUNED_SPACE, "loss.params.m_max": {"low": 0.0, "high": 0.5}}},
+            ],
+        },
+    })
+
+
+def load_raw_study(raw: dict) -> Any:
+    """The study written to ``<results>/../studies/syn.yaml`` and loaded (root: that parent)."""
+    from dml_study.study.plan.config import load_study_config
+
+    path = Path(raw["results_dir"]).parent / "studies" / "syn.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return load_study_config(path)

@@ -267,7 +267,7 @@ def test_rows_name_the_seeds_an_arm_lacks_and_a_single_pair_has_no_ci(tmp_path):
     assert row["note"] == ("base: no finished run at seed(s) [2]; treat: no finished run at "
                            "seed(s) [1, 3]; n = 1: no CI")
     table = C.scorecard_table([row])
-    assert table.loc[0, "95% CI"] == "[–, –]"
+    assert table.loc[0, "95% CI"] == "n = 1: no CI"  # stats.format_estimate
 
 
 MOTIVATION_CLAIM = {"name": "mot", "group": "g", "kind": "correlation", "baseline": "base",

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from study_helpers import write_study
+from study_helpers import needs_splits, write_fake_chosen, write_study
 
 from dml_study.config import run_identity
 from dml_study.study.plan.config import load_study_config
@@ -58,14 +58,23 @@ def test_integer_and_float_lambda_name_the_same_run():
     assert make_run_name({**PARAMS, "so_lambda": 0}) == make_run_name({**PARAMS, "so_lambda": 0.0})
 
 
-def test_embedded_grid_shares_cells_and_fits_the_budget(repo_root: Path):
-    config = load_study_config(repo_root / "studies" / "embedded.yaml")
+@needs_splits
+def test_embedded_grid_shares_cells_and_fits_the_budget(repo_root: Path, tmp_path: Path):
+    config = load_study_config(repo_root / "studies" / "embedded.yaml",
+                               results_dir=str(tmp_path / "results"))
+    write_fake_chosen(config)  # the tuned cells read results/embedded/tuning/ (make tune)
+    write_fake_chosen(config, budget_check=True)
     specs = expand_grid(config)
     runs = unique_runs(specs)
     # budget: fine-tuned runs (~1 min each) are few; frozen runs (seconds each) are many
-    assert len([r for r in runs if r.tier == "fine-tuned"]) <= 10
+    preset = unique_runs(s for s in specs if s.protocol == "preset")
+    assert len([r for r in preset if r.tier == "fine-tuned"]) <= 10
+    # tuned: frozen tier only on this machine (the fine-tuned searches are in paper.yaml)
+    assert not [r for r in runs if r.tier == "fine-tuned" and r.protocol == "tuned"]
+    assert len([r for r in runs if r.tier == "frozen" and r.protocol == "tuned"]) >= 100
     assert len(runs) < len(specs)
-    by_cell = {(s.group, s.dataset, s.variant, s.seed): s.run_name for s in specs}
+    by_cell = {(s.group, s.dataset, s.variant, s.seed): s.run_name for s in specs
+               if s.protocol == "preset"}
     # lambda = 0 of the sweep is the no-SO arm at the same seed; lambda = 0.1 is the SO arm.
     for dataset in ("icons", "glyphs"):
         for seed in (0, 1, 2):
@@ -73,7 +82,7 @@ def test_embedded_grid_shares_cells_and_fits_the_budget(repo_root: Path):
                     == by_cell[("frozen_so", dataset, "no_so", seed)])
             assert (by_cell[("frozen_lambda", dataset, "so_lambda=0.1", seed)]
                     == by_cell[("frozen_so", dataset, "so", seed)])
-    headline = [s for s in specs if s.group == "so_vs_none"]
+    headline = [s for s in specs if s.group == "so_vs_none" and s.protocol == "preset"]
     assert sorted({s.seed for s in headline}) == [0, 1, 2, 3, 4]
     assert len({s.run_name for s in headline}) == 10
 

@@ -21,6 +21,7 @@ from fixture_datasets import (
     write_inshop_fixture,
     write_sop_fixture,
 )
+from study_helpers import write_fake_chosen
 
 from dml_study.study.analysis.stats import VERDICTS
 from dml_study.study.plan.config import StudyConfigError, load_study_config
@@ -99,12 +100,18 @@ def test_derived_file_is_a_valid_study_with_every_group(tmp_path):
     assert config.results_dir == (tmp_path / "out").resolve()
     assert config.notebooks_dir == original.notebooks_dir and config.root == original.root
     assert [g.name for g in config.groups] == [g.name for g in original.groups]
+    write_fake_chosen(config)  # the tuned cells' values (--smoke tunes first)
     specs = expand_grid(config)
-    assert {(s.group, s.variant) for s in specs} == {
-        (s.group, s.variant) for s in expand_grid(original)
+    assert {(s.group, s.variant, s.protocol) for s in specs} >= {
+        (s.group, s.variant, s.protocol) for s in expand_grid(original, skip_untuned=True)
     }
     assert all(s.params["backbone"] == "deit_tiny_patch16_224" for s in specs)
-    assert len(unique_runs(specs)) == 40
+    assert len(unique_runs(s for s in specs if s.protocol == "preset")) == 40
+    # tuned: 7 groups' arms (16) x 2 smoke seeds; the CUB lr grid: 2 arms x 3 factors x 2
+    # seeds, its factor-1 cells shared with the tuned cub200_so runs
+    tuned = [s for s in specs if s.protocol == "tuned"]
+    assert len(unique_runs(tuned)) == 16 * 2 + 2 * 2 * 2
+    assert {s.lr_factor for s in tuned if s.group == "cub200_lr_grid"} == {0.1, 1.0, 10.0}
     plain = derived_study_file(PAPER, tmp_path / "plain", smoke=False)
     assert load_study_config(plain).results_dir == (tmp_path / "plain").resolve()
     assert load_study_config(plain).train == original.train
@@ -131,19 +138,27 @@ def test_paper_yaml_has_lambda_sweeps_and_adaptive_arms_on_the_benchmarks():
     claims = {c.name: c for c in config.claims}
     assert claims["so_motivation"].kind == "correlation"
     assert claims["adaptive_text_source"].baseline == "adaptive_glove"
-    assert len(unique_runs(expand_grid(config))) == 56
+    assert len(unique_runs(expand_grid(config, skip_untuned=True))) == 56  # the preset cells
+    # the tuned protocol (issue #19.7) on every group with tuned arms, 5 seeds
+    tuned = {g.name for g in config.groups if "tuned" in g.protocols}
+    assert tuned == {a.group for a in config.tuning.arms} | {"cub200_lr_grid"}
+    assert all(len(config.group(g).protocol_seeds("tuned")) >= 5 for g in tuned
+               if g != "cub200_lr_grid")
+    assert claims["so_lr_robustness"].kind == "robustness"
 
 
 def test_smoke_cli_lists_runs_and_fails_fast_without_data(tmp_path):
     listed = _cli("--config", str(PAPER), "--smoke", "--results-dir", str(tmp_path / "o"),
                   "--list-runs", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
+    # before the smoke searches, the tuned cells cannot be named: listed as not yet known
     assert "40 runs for 48 grid cells" in listed.stdout
+    assert "not listed: the tuned cells of 16 search(es)" in listed.stdout
     empty = tmp_path / "nodata"
     empty.mkdir()
     failed = _cli("--config", str(PAPER), "--smoke", "--results-dir", str(tmp_path / "o"),
                   cwd=tmp_path, DML_DATA_ROOT=str(empty))
-    assert failed.returncode == 2
+    assert failed.returncode == 3  # a data error (dml_study.errors.EXIT_DATA)
     assert "smoke check of the data root failed" in failed.stderr
     assert "CUB_200_2011" in failed.stderr
     assert not (tmp_path / "o" / "runs").exists()  # nothing trained

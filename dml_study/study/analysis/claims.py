@@ -3,7 +3,7 @@ r"""The claims scorecard: every claim of the two papers as a measured effect wit
 The study file's ``claims:`` section (:class:`~dml_study.study.plan.config.ClaimConfig`) names,
 per claim, a group of the grid, its baseline and treatment variants, the quantity compared
 (:func:`run_value`) and the direction the paper claims. :func:`scorecard` turns every claim
-into one row per dataset of its group:
+into one row per dataset and protocol of its group:
 
 - ``kind: paired`` — runs of the two variants are paired by seed (same seed: same data order,
   same initial head and proxies); the effect is the mean over seeds of
@@ -12,11 +12,25 @@ into one row per dataset of its group:
   beside it);
 - ``kind: correlation`` — per baseline run, a per-class Spearman ρ (SO paper's motivation:
   nearest-other-proxy cosine vs that class's train R@1); the effect is the mean ρ over seeds
-  with a t-CI.
+  with a t-CI;
+- ``kind: robustness`` — per seed, a statistic of each arm's whole lr grid (the number of
+  grid lrs within δ pp of the arm's own best, or the mean drop from it,
+  :mod:`dml_study.study.analysis.robustness`), paired by seed like ``paired``.
+
+**Protocols.** A group with ``protocols: [preset, tuned]`` gives one row per protocol
+(``"protocol"``): ``preset`` rows come from the variants as written, ``tuned`` rows from the
+final runs of the tuned arms (:mod:`dml_study.study.plan.tuned`), the only runs evaluated on
+the test split with tuned values. Every row says which epoch its numbers come from
+(:func:`epoch_label`): ``"epoch": "final"`` (the last epoch of the preset schedule) or
+``"final = validation-selected N"`` (the last epoch of the tuned N-epoch schedule, N the
+tuned arm's best validation epoch), with ``"epochs": {variant: N}`` and
+``"epoch_selection": "fixed" | "validation"``; tuned rows add ``"trials": {variant: n}`` (the
+trials behind each arm's values).
 
 The verdict follows the CI (:func:`dml_study.study.analysis.stats.verdict_from_ci`):
 ``inconclusive`` exactly when the CI holds 0. Every row names its dataset, regime (``C<d``:
-the proxies can be orthogonal; ``C>>d``: the SO floor :math:`C^2/d - C` binds) and tier.
+the proxies can be orthogonal; ``C>>d``: the SO floor :math:`C^2/d - C` binds), tier and
+protocol.
 :func:`write_claims` writes ``results/<study>/claims.json`` (a JSON list; the report renders
 it first).
 """
@@ -39,7 +53,7 @@ from dml_study.study.analysis.stats import (
     verdict_from_ci,
 )
 from dml_study.study.plan.config import ClaimConfig, StudyConfig
-from dml_study.study.plan.grid import RunSpec, expand_grid
+from dml_study.study.plan.grid import RunSpec, expand_grid, resolved_config
 from dml_study.training.run_dir import RunDirectory
 
 #: Final metrics reported in percentage points.
@@ -189,54 +203,137 @@ def _number(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
-def claim_rows(config: StudyConfig, claim: ClaimConfig) -> list[dict[str, Any]]:
-    """Scorecard rows of one claim: one per dataset of its group. A row says what it lacks
-    in its ``note``: arms without a finished run at some seeds, ``n = 1: no CI``, or no
-    pair at all (then ``effect`` and the CI are ``None`` and the verdict ``inconclusive``)."""
+#: Protocols of the scorecard (``claims.json``): the tuned protocol and the preset beside it.
+#: The budget check's ``tuned-<k>x`` rows are reported by
+#: :func:`dml_study.study.analysis.tuning.budget_check_table`, not in the scorecard.
+SCORECARD_PROTOCOLS: tuple[str, ...] = ("preset", "tuned")
+
+
+def claim_rows(config: StudyConfig, claim: ClaimConfig,
+               protocols: tuple[str, ...] = SCORECARD_PROTOCOLS,
+               specs: list[RunSpec] | None = None) -> list[dict[str, Any]]:
+    """Scorecard rows of one claim: one per (dataset, protocol) of each of its groups, in
+    file order. A row says what it lacks in its ``note``: arms without a finished run at
+    some seeds, ``n = 1: no CI``, or no pair at all (then ``effect`` and the CI are
+    ``None`` and the verdict ``inconclusive``). ``specs``: the grid (:func:`expand_grid`,
+    computed when not given)."""
+    specs = expand_grid(config) if specs is None else specs
     rows = []
     for group in claim.all_groups:
-        rows += _group_rows(config, claim, [s for s in expand_grid(config) if s.group == group])
+        cells = [s for s in specs if s.group == group and s.protocol in protocols]
+        rows += _group_rows(config, claim, cells)
     return rows
+
+
+def _dataset(config: StudyConfig, spec: RunSpec) -> str | None:
+    return spec.dataset or config.train.get("dataset")
+
+
+def _schedule_epochs(specs: list[RunSpec]) -> int | None:
+    """The epochs the cells train (one resolved config: a variant's cells share them)."""
+    if not specs:
+        return None
+    return int(resolved_config(specs[0].params)["schedule.epochs"])
+
+
+def epoch_label(metric: str, protocol: str, epochs: dict[str, int | None]) -> str:
+    """Which epoch a row's numbers come from, for every table that shows them.
+
+    ``"final"`` (preset: the last epoch of the preset schedule); ``"final = validation-
+    selected N"`` (tuned: the last epoch of a schedule of N epochs, N the tuned arm's best
+    validation epoch; ``"N1 (arm1), N2 (arm2)"`` when the arms chose differently); for
+    ``at_epoch:<e>:...`` metrics ``"epoch e"`` and for ``epochs_to:...`` ``"every epoch"``,
+    followed by the tuned schedule's length.
+    """
+    tuned = protocol != "preset"
+    counts = {k: v for k, v in epochs.items() if v is not None}
+    if len(set(counts.values())) <= 1:
+        n = str(next(iter(counts.values()), "?"))
+    else:
+        n = ", ".join(f"{v} ({k})" for k, v in counts.items())
+    if metric.startswith("at_epoch:"):
+        where = f"epoch {metric.split(':')[1]}"
+    elif metric.startswith("epochs_to:"):
+        where = "every epoch"
+    else:
+        return f"final = validation-selected {n}" if tuned else "final"
+    return f"{where} (of validation-selected {n})" if tuned else where
+
+
+def _claim_values(config: StudyConfig, claim: ClaimConfig, cells: list[RunSpec]
+                  ) -> tuple[dict[int, float], list[int]]:
+    """Values by seed of one arm's cells (robustness: each seed's whole lr grid)."""
+    if claim.kind == "robustness":
+        from dml_study.study.analysis.robustness import arm_values
+
+        return arm_values(config.results_dir, cells, claim.metric)
+    return _values(config.results_dir, cells, claim.metric, claim.kind)
+
+
+def _trials(config: StudyConfig, spec: RunSpec) -> int | None:
+    """Trials behind a tuned cell's values (``chosen.json``'s ``n_trials``)."""
+    from dml_study.study.plan.config import StudyConfigError
+    from dml_study.study.plan.tuned import ChosenValues
+
+    group = config.group(spec.group)
+    try:
+        chosen = ChosenValues(config).get(str(_dataset(config, spec)), group.tuned_group,
+                                          spec.base_variant, spec.protocol)
+    except (StudyConfigError, ValueError):
+        return None
+    return None if chosen is None else chosen.get("n_trials")
 
 
 def _group_rows(
     config: StudyConfig, claim: ClaimConfig, specs: list[RunSpec]
 ) -> list[dict[str, Any]]:
-    """One row per dataset of the group; a dataset whose arms have no finished run at a
-    common seed still gets its row, with no effect and a note naming what is missing."""
-    datasets = list(dict.fromkeys(s.dataset or config.train.get("dataset") for s in specs))
+    present = {(_dataset(config, s), s.protocol) for s in specs}
+    keys = [(d, p) for d in dict.fromkeys(_dataset(config, s) for s in specs)
+            for p in dict.fromkeys(s.protocol for s in specs) if (d, p) in present]
+    roles = ("baseline",) if claim.kind == "correlation" else ("baseline", "treatment")
     rows = []
-    for dataset in datasets:
-        cells = [s for s in specs if (s.dataset or config.train.get("dataset")) == dataset]
-        base = [s for s in cells if s.variant == claim.baseline]
-        base_values, undefined = _values(config.results_dir, base, claim.metric, claim.kind)
-        arms = {claim.baseline: base}
+    for dataset, protocol in keys:
+        cells = [s for s in specs if (_dataset(config, s), s.protocol) == (dataset, protocol)]
+        arms = {role: [s for s in cells if s.base_variant == getattr(claim, role)]
+                for role in roles}
+        epochs = {getattr(claim, role): _schedule_epochs(arms[role]) for role in roles}
+        short = _too_short(claim.metric, epochs)  # then no value can be read
+        base_values: dict[int, float] = {}
         treat_values: dict[int, float] = {}
-        if claim.kind != "correlation":
-            treat = [s for s in cells if s.variant == claim.treatment]
-            arms[claim.treatment] = treat
-            treat_values, treat_undefined = _values(
-                config.results_dir, treat, claim.metric, claim.kind
-            )
+        undefined: list[int] = []
+        if not short:
+            base_values, undefined = _claim_values(config, claim, arms["baseline"])
+        if claim.kind != "correlation" and not short:
+            treat_values, treat_undefined = _claim_values(config, claim, arms["treatment"])
             undefined = sorted(set(undefined) | set(treat_undefined))
-        missing = missing_seeds(config.results_dir, arms)
-        finished = [p for p in (_finished(config.results_dir, s) for s in base + cells) if p]
+        by_variant = {getattr(claim, role): arms[role] for role in roles}
+        missing = missing_seeds(config.results_dir, by_variant)
+        finished = [p for p in (_finished(config.results_dir, s) for s in cells) if p]
         c, d = run_shape(finished[0]) if finished else (None, None)
+        tuned = protocol != "preset"
         row: dict[str, Any] = {
             "claim": claim.claim or claim.name, "paper": claim.paper, "dataset": dataset,
             "regime": regime(c, d) if c is not None else "–", "tier": cells[0].tier,
-            "metric": claim.metric, "unit": claim.unit, "name": claim.name,
-            "group": cells[0].group, "baseline": claim.baseline, "classes": c, "dim": d,
-            "direction": claim.direction,
+            "protocol": protocol, "metric": claim.metric, "unit": claim.unit,
+            "name": claim.name, "group": cells[0].group, "baseline": claim.baseline,
+            "classes": c, "dim": d, "direction": claim.direction, "split": "test",
+            "epoch": epoch_label(claim.metric, protocol, epochs), "epochs": epochs,
+            "epoch_selection": "validation" if tuned else "fixed",
         }
         if claim.kind != "correlation":
             row["treatment"] = claim.treatment
+        if tuned:
+            row["trials"] = {getattr(claim, role): _trials(config, arms[role][0])
+                             for role in roles if arms[role]}
+        if claim.kind == "robustness":
+            row["lr_factors"] = sorted({float(s.lr_factor) for s in cells})
         confidence = config.stats.confidence
         seeds = sorted(base_values) if claim.kind == "correlation" else sorted(
             set(base_values) & set(treat_values))
-        if not seeds:
+        if short or not seeds:
             row.update(effect=None, ci_low=None, ci_high=None, seeds=0,
-                       verdict="inconclusive", ci_method=None)
+                       ci_method=None if not seeds else
+                       f"paired t over seeds ({confidence:.0%})")
         elif claim.kind == "correlation":
             values = [base_values[k] for k in seeds]
             effect, low, high = mean_ci(values, confidence)
@@ -256,15 +353,22 @@ def _group_rows(
                 bootstrap_ci_low=comp.bootstrap_ci_low, bootstrap_ci_high=comp.bootstrap_ci_high,
                 ci_method=f"paired t over seeds ({confidence:.0%})",
             )
-        if seeds:
-            row["verdict"] = verdict_from_ci(row["ci_low"], row["ci_high"], claim.direction)
+        low, high = row["ci_low"], row["ci_high"]
+        row["verdict"] = verdict_from_ci(float("nan") if low is None else low,
+                                         float("nan") if high is None else high,
+                                         claim.direction)
         notes = [claim.note] if claim.note else []
-        notes += missing_notes(arms, missing, seeds)
+        if short:
+            notes.append(short)
+        else:
+            notes += missing_notes(by_variant, missing, seeds)
         if undefined:
-            notes.append(f"undefined on seed(s) {sorted(undefined)} (left out)" + (
-                ": a constant per-class R@1 or nearest-proxy cosine"
-                if claim.kind == "correlation" else ""))
-        if len(seeds) == 1:
+            what = ("an incomplete lr grid" if claim.kind == "robustness"
+                    else "a constant per-class R@1 or nearest-proxy cosine"
+                    if claim.kind == "correlation" else "")
+            notes.append(f"undefined on seed(s) {sorted(undefined)} (left out)"
+                         + (f": {what}" if what else ""))
+        if len(seeds) == 1 and not short:
             notes.append("n = 1: no CI")
         if notes:
             row["note"] = "; ".join(notes)
@@ -294,24 +398,42 @@ def missing_notes(
     return notes
 
 
+def _too_short(metric: str, epochs: dict[str, int | None]) -> str:
+    """Why an ``at_epoch:<e>`` metric cannot be read (an arm trains fewer than e epochs)."""
+    if not metric.startswith("at_epoch:"):
+        return ""
+    epoch = int(metric.split(":")[1])
+    short = {k: v for k, v in epochs.items() if v is not None and v < epoch}
+    if not short:
+        return ""
+    arms = ", ".join(f"{k} trains {v}" for k, v in short.items())
+    return f"not measured: epoch {epoch} does not exist ({arms} epochs)"
+
+
 def scorecard(config: StudyConfig) -> list[dict[str, Any]]:
-    """Every claim of the study, one row per (claim, dataset), in file order."""
-    return [row for claim in config.claims for row in claim_rows(config, claim)]
+    """Every claim of the study, one row per (claim, dataset, tier, protocol), in file
+    order; protocols :data:`SCORECARD_PROTOCOLS`."""
+    specs = expand_grid(config)
+    return [row for claim in config.claims for row in claim_rows(config, claim, specs=specs)]
 
 
 def scorecard_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The scorecard for display, one line per row: effect and CI with the decimals their
-    CI width needs (:func:`~dml_study.study.analysis.stats.format_estimate`)."""
+    """The scorecard for display, one line per row, with the protocol and the epoch its
+    numbers come from: effect and CI with the decimals their CI width needs
+    (:func:`~dml_study.study.analysis.stats.format_estimate`)."""
+    columns = ["paper", "claim", "dataset", "regime", "tier", "protocol", "epoch", "metric",
+               "effect", "95% CI", "seeds", "verdict"]
     if not rows:
-        return pd.DataFrame(columns=["paper", "claim", "dataset", "regime", "tier", "metric",
-                                     "effect", "95% CI", "seeds", "verdict"])
+        return pd.DataFrame(columns=columns)
     frame = pd.DataFrame(rows)
+    for key, default in (("protocol", "preset"), ("epoch", "final")):
+        if key not in frame.columns:
+            frame[key] = default
     shown = [format_estimate(r.get("effect"), r.get("ci_low"), r.get("ci_high"), r.get("seeds"))
              for r in rows]
     frame["effect"] = [f"{e} {u}" for (e, _), u in zip(shown, frame["unit"], strict=True)]
     frame["95% CI"] = [ci for _, ci in shown]
-    return frame[["paper", "claim", "dataset", "regime", "tier", "metric", "effect", "95% CI",
-                  "seeds", "verdict"]]
+    return frame[columns]
 
 
 def claims_path(config: StudyConfig) -> Path:
@@ -326,23 +448,24 @@ def write_claims(config: StudyConfig) -> Path:
     return path
 
 
-def paired_values(config: StudyConfig, claim: ClaimConfig) -> pd.DataFrame:
-    """Per-seed values behind a paired claim: ``dataset, tier, seed, baseline, treatment,
-    effect`` (effect = scale · (treatment − baseline)), seeds of both arms only."""
+def paired_values(config: StudyConfig, claim: ClaimConfig,
+                  protocols: tuple[str, ...] = SCORECARD_PROTOCOLS) -> pd.DataFrame:
+    """Per-seed values behind a paired (or robustness) claim: ``dataset, tier, protocol,
+    seed, baseline, treatment, effect`` (effect = scale · (treatment − baseline)), seeds of
+    both arms only."""
     frames = []
-    specs = [s for s in expand_grid(config) if s.group in claim.all_groups]
-    for key in dict.fromkeys((s.group, s.dataset) for s in specs):
-        cells = [s for s in specs if (s.group, s.dataset) == key]
-        base, _ = _values(config.results_dir,
-                          [s for s in cells if s.variant == claim.baseline], claim.metric,
-                          claim.kind)
-        treat, _ = _values(config.results_dir,
-                           [s for s in cells if s.variant == claim.treatment], claim.metric,
-                           claim.kind)
+    specs = [s for s in expand_grid(config) if s.group in claim.all_groups
+             and s.protocol in protocols]
+    for key in dict.fromkeys((s.group, s.dataset, s.protocol) for s in specs):
+        cells = [s for s in specs if (s.group, s.dataset, s.protocol) == key]
+        base, _ = _claim_values(config, claim,
+                                [s for s in cells if s.base_variant == claim.baseline])
+        treat, _ = _claim_values(config, claim,
+                                 [s for s in cells if s.base_variant == claim.treatment])
         seeds = sorted(set(base) & set(treat))
         frames.append(pd.DataFrame({
             "dataset": key[1] or config.train.get("dataset"), "tier": cells[0].tier,
-            "seed": seeds, "baseline": [base[k] for k in seeds],
+            "protocol": key[2], "seed": seeds, "baseline": [base[k] for k in seeds],
             "treatment": [treat[k] for k in seeds],
             "effect": [claim.scale * (treat[k] - base[k]) for k in seeds],
         }))
@@ -360,18 +483,20 @@ def claim(config: StudyConfig, name: str) -> ClaimConfig:
 def effects_frame(config: StudyConfig, selected: list[ClaimConfig]) -> pd.DataFrame:
     """Per-seed effects of paired claims with their row's CI, for :func:`plots.paired_effects`.
 
-    Columns of :func:`paired_values` plus ``claim``, ``panel`` ("<dataset> · <tier>"),
-    ``ci_low`` and ``ci_high``; empty when no claim has finished runs.
+    Columns of :func:`paired_values` plus ``claim``, ``panel`` ("<dataset> · <tier>", with
+    " · tuned" for the tuned protocol's), ``ci_low`` and ``ci_high``; empty when no claim has
+    finished runs.
     """
     frames = []
     for item in selected:
         values = paired_values(config, item)
         if values.empty:
             continue
-        rows = {(r["dataset"], r["tier"]): r for r in claim_rows(config, item)}
-        keys = list(zip(values["dataset"], values["tier"], strict=True))
+        rows = {(r["dataset"], r["tier"], r["protocol"]): r for r in claim_rows(config, item)}
+        keys = list(zip(values["dataset"], values["tier"], values["protocol"], strict=True))
+        suffix = values["protocol"].map(lambda p: "" if p == "preset" else f" · {p}")
         frames.append(values.assign(
-            claim=item.name, panel=values["dataset"] + " · " + values["tier"],
+            claim=item.name, panel=values["dataset"] + " · " + values["tier"] + suffix,
             ci_low=[rows[k]["ci_low"] if k in rows else np.nan for k in keys],
             ci_high=[rows[k]["ci_high"] if k in rows else np.nan for k in keys],
         ))

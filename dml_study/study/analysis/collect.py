@@ -162,31 +162,38 @@ def _add_metrics(row: dict[str, Any], metrics: dict[str, float]) -> None:
         row[f"metrics/{key}" if key in row else key] = value
 
 
+#: Columns of a grid cell besides its parameters: which cell, and how its values were set
+#: (``protocol``: preset / tuned; ``lr_factor``: an lr-grid cell's factor, else NaN).
+CELL_COLUMNS: tuple[str, ...] = ("group", "variant", "seed", "tier", "protocol", "lr_factor",
+                                 "base_variant", "run_name")
+
+
+def _cell(spec: RunSpec) -> dict[str, Any]:
+    return {"group": spec.group, "variant": spec.variant, "seed": spec.seed,
+            "tier": spec.tier, "protocol": spec.protocol,
+            "lr_factor": float("nan") if spec.lr_factor is None else float(spec.lr_factor),
+            "base_variant": spec.base_variant, "run_name": spec.run_name}
+
+
 def grid_results(specs: Iterable[RunSpec], results_dir: str | Path) -> pd.DataFrame:
-    """One row per grid cell (group, variant, seed) with its parameters and metrics.
+    """One row per grid cell (group, variant, seed, protocol) with its parameters and
+    metrics.
 
     Cells whose run has not finished are left out; the ``finished`` count of
-    :func:`grid_status` says how many.
+    :func:`grid_status` says how many. A group with ``protocols: [preset, tuned]`` has a row
+    per protocol of each (variant, seed): group or filter by ``protocol`` before comparing.
     """
     rows = []
     for spec in specs:
         run = RunDirectory.for_run(results_dir, spec.run_name)
         if not run.is_finished():
             continue
-        row: dict[str, Any] = {
-            "group": spec.group,
-            "variant": spec.variant,
-            "seed": spec.seed,
-            "tier": spec.tier,
-            "run_name": spec.run_name,
-        }
+        row: dict[str, Any] = _cell(spec)
         row.update({k: spec.params.get(k) for k in PARAM_COLUMNS if k != "seed"})
         _add_metrics(row, load_metrics(run.path))
         rows.append(row)
     if not rows:  # keep the columns so that filtering an empty table still works
-        return pd.DataFrame(
-            columns=["group", "variant", "seed", "tier", "run_name", *PARAM_COLUMNS[:-1]]
-        )
+        return pd.DataFrame(columns=[*CELL_COLUMNS, *PARAM_COLUMNS[:-1]])
     return pd.DataFrame(rows)
 
 
@@ -269,8 +276,9 @@ def load_run(results_dir: str | Path, run_name: str) -> RunArtifacts:
 def grid_histories(specs: Iterable[RunSpec], results_dir: str | Path) -> pd.DataFrame:
     """Per-epoch histories of the finished cells of ``specs``, stacked (one row per epoch).
 
-    Columns: ``group, variant, seed, tier, dataset, run_name`` and the history's columns
-    (``epoch``, loss terms, ``R@1``, ``MAP@R``, ``orth_*``...).
+    Columns: :data:`CELL_COLUMNS` (``group, variant, seed, tier, protocol, lr_factor,
+    base_variant, run_name``), ``dataset`` and the history's columns (``epoch``, loss terms,
+    ``R@1``, ``MAP@R``, ``orth_*``...).
     """
     frames = []
     for spec in specs:
@@ -280,7 +288,5 @@ def grid_histories(specs: Iterable[RunSpec], results_dir: str | Path) -> pd.Data
         history = load_history(run.path)
         if history.empty:
             continue
-        frames.append(history.assign(group=spec.group, variant=spec.variant, seed=spec.seed,
-                                     tier=spec.tier, dataset=spec.dataset,
-                                     run_name=spec.run_name))
+        frames.append(history.assign(**_cell(spec), dataset=spec.dataset))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

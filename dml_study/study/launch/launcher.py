@@ -301,20 +301,21 @@ class RunStatus:
     detail: str = ""
 
 
-def run_states(config: StudyConfig, job_state: Callable[[str, str], str | None] | None = None
-               ) -> list[RunStatus]:
+def run_states(config: StudyConfig, job_state: Callable[[str, str], str | None] | None = None,
+               *, skip_untuned: bool = False) -> list[RunStatus]:
     """State of every run of the grid, from the run directories, claims and ``launch.json``.
 
     ``finished``: ``metrics.json`` exists. ``running``: a live claim holds it (or its SLURM
     job runs). ``failed``: its last attempt failed. ``pending``: not started (or a SLURM job
     waiting in the queue). ``job_state(launcher, job_id)`` asks the scheduler (optional).
+    ``skip_untuned``: leave out tuned cells whose search has no ``chosen.json`` yet (their
+    run names are not known before it).
     """
-    specs = expand_grid(config)
+    specs = expand_grid(config, skip_untuned=skip_untuned)
     state = read_launch_state(config)
     rows: list[RunStatus] = []
     for spec in unique_runs(specs):
-        cells = tuple(sorted({f"{s.group}/{s.variant}" for s in specs
-                              if s.run_name == spec.run_name}))
+        cells = tuple(sorted({s.label for s in specs if s.run_name == spec.run_name}))
         last = state.get(spec.run_name, {})
         job_id = last.get("job_id")
         holder = live_claim(config.results_dir, spec.run_name)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sys
 import time
@@ -249,8 +250,16 @@ def staging_env(config: StudyConfig) -> Iterator[Path]:
 #: What a full regeneration keeps of the previous study directory: the records of the
 #: grid's runs (executed ``02_train`` notebooks and logs, written while the grid trains),
 #: the launch records and the tuning searches (inputs of the study, not outputs of its
-#: notebooks). Everything else (pages, figures, claims, index) is rewritten whole.
+#: notebooks), the budget check's larger searches included (``tuning-<k>x``, see
+#: :func:`kept_on_regeneration`). Everything else (pages, figures, claims, index) is
+#: rewritten whole.
 KEPT_ON_REGENERATION: tuple[str, ...] = ("runs", "launch.json", "tuning", "slurm")
+
+
+def kept_on_regeneration(name: str) -> bool:
+    """Whether a full regeneration keeps the study directory's entry ``name``: one of
+    :data:`KEPT_ON_REGENERATION` or a budget check's searches (``tuning-2x``, ...)."""
+    return name in KEPT_ON_REGENERATION or re.fullmatch(r"tuning-\d+x", name) is not None
 
 
 def stage_study_dir(config: StudyConfig, full: bool = False) -> Path:
@@ -268,7 +277,7 @@ def stage_study_dir(config: StudyConfig, full: bool = False) -> Path:
     staging.mkdir(parents=True)
     if final_dir.is_dir():
         for entry in sorted(final_dir.iterdir()):
-            if full and entry.name not in KEPT_ON_REGENERATION:
+            if full and not kept_on_regeneration(entry.name):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.copytree(entry, staging / entry.name, symlinks=True)

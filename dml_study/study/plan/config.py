@@ -164,6 +164,28 @@ class GroupConfig:
     tier: str = "fine-tuned"
     #: Run every variant on each of these datasets (empty: the dataset of ``train``/``base``).
     datasets: tuple[str, ...] = ()
+    #: How the cells' hyperparameters are set (:data:`PROTOCOLS`): ``preset`` (the
+    #: variant as written, on the dataset preset) and/or ``tuned`` (the variant with its
+    #: tuned arm's ``chosen.json`` applied: :mod:`dml_study.study.plan.tuned`).
+    protocols: tuple[str, ...] = ("preset",)
+    #: Seeds of the tuned cells (empty: ``seeds``); issue #19 asks >= 10 frozen, >= 5
+    #: fine-tuned.
+    tuned_seeds: tuple[int, ...] = ()
+    #: The group whose tuned arms (``<tuned_from>/<variant>``) give the tuned cells their
+    #: values (empty: this group); e.g. an lr grid around another group's tuned values.
+    tuned_from: str = ""
+    #: Factors the cells' learning rate is multiplied by, one cell per factor (empty: one
+    #: cell at the lr as it is): the lr grid of the robustness claim (``kind: robustness``).
+    lr_factors: tuple[float, ...] = ()
+
+    @property
+    def tuned_group(self) -> str:
+        """The group whose tuned arms this group's tuned cells read (``tuned_from`` or itself)."""
+        return self.tuned_from or self.name
+
+    def protocol_seeds(self, protocol: str) -> tuple[int, ...]:
+        """Seeds of the cells of ``protocol``: ``tuned_seeds`` (else ``seeds``) when tuned."""
+        return (self.tuned_seeds or self.seeds) if protocol != "preset" else self.seeds
 
     def variant_overrides(self) -> list[tuple[str, dict[str, Any]]]:
         """``(variant name, parameter overrides)`` of every variant, in file order:
@@ -229,9 +251,12 @@ class ClaimConfig:
     a final metric (``R@1``, ``MAP@R``), a proxy statistic (``proxies/mean_abs_cos``,
     ``proxies/close_classes@0.5``), convergence (``epochs_to:0.9:R@1``, ``at_epoch:2:R@1``)
     or, with ``kind: correlation``, a per-class rank correlation of the baseline runs
-    (``spearman:nearest_proxy_cos:train_R@1``). ``direction`` is what the paper claims:
-    ``increase`` / ``decrease`` of treatment − baseline (or of the correlation), or ``any``
-    (a difference in either direction). One scorecard row per dataset of each group.
+    (``spearman:nearest_proxy_cos:train_R@1``), or, with ``kind: robustness`` on a group
+    with ``lr_factors``, a statistic of each arm's whole lr grid per seed
+    (``lrs_within:1:R@1``, ``mean_drop:R@1``: :mod:`dml_study.study.analysis.robustness`).
+    ``direction`` is what the paper claims: ``increase`` / ``decrease`` of treatment −
+    baseline (or of the correlation), or ``any`` (a difference in either direction). One
+    scorecard row per dataset and protocol of each group.
     """
 
     @property
@@ -257,7 +282,11 @@ class ClaimConfig:
 
 
 CLAIM_PAPERS: tuple[str, ...] = ("SO", "adaptive")
-CLAIM_KINDS: tuple[str, ...] = ("paired", "correlation")
+CLAIM_KINDS: tuple[str, ...] = ("paired", "correlation", "robustness")
+
+#: How a group's cells get their hyperparameters (``protocols:`` of a group): ``preset``
+#: (as written) and ``tuned`` (from the group's tuned arms, issue #19).
+PROTOCOLS: tuple[str, ...] = ("preset", "tuned")
 CLAIM_DIRECTIONS: tuple[str, ...] = ("increase", "decrease", "any")
 
 
@@ -400,6 +429,33 @@ class ValidationConfig:
 
 
 @dataclass(frozen=True)
+class BudgetCheckConfig:
+    """``tuning.budget_check``: does the budget suffice? (issue #19, "Budget")
+
+    The searches of ``arms`` (``group/variant``; on ``datasets``, default each arm's own)
+    are run again with ``factor`` times their trials into ``results/<study>/tuning-<factor>x/``
+    (``python -m dml_study.study tune --budget-check``), leaving the committed choice in
+    ``tuning/`` as it is; the final runs of the larger budget's choice are the grid's
+    ``tuned-<factor>x`` cells, so the report can say whether the chosen values and the
+    verdicts move (docs/tuning.md).
+    """
+
+    arms: tuple[str, ...] = ()
+    datasets: tuple[str, ...] = ()
+    factor: int = 2
+
+    @property
+    def dirname(self) -> str:
+        """``"tuning-<factor>x"``: the directory under ``results/<study>/``."""
+        return f"tuning-{self.factor}x"
+
+    @property
+    def protocol(self) -> str:
+        """``"tuned-<factor>x"``: the protocol of its final runs."""
+        return f"tuned-{self.factor}x"
+
+
+@dataclass(frozen=True)
 class TuningConfig:
     """The ``tuning`` section: equal-budget searches on validation classes (docs/tuning.md)."""
 
@@ -415,6 +471,8 @@ class TuningConfig:
     train_seed: int = 0
     #: Frozen-tier trials asked and trained as one batch (``--batch``).
     batch_trials: int = 1
+    #: Searches run again with more trials, to check the budget (:class:`BudgetCheckConfig`).
+    budget_check: BudgetCheckConfig | None = None
 
     def arm(self, name: str) -> TuningArmConfig:
         """The arm ``"<group>/<variant>"``."""
@@ -594,6 +652,24 @@ def _build_group(raw: Any, where: str) -> GroupConfig:
         _check_train_params({param: values[0] if values else None}, f"{where}.sweep")
         if not values:
             raise StudyConfigError(f"{where} ({group.name}).sweep.{param}: empty list")
+    at = f"{where} ({group.name})"
+    if not group.protocols or len(set(group.protocols)) != len(group.protocols):
+        raise StudyConfigError(f"{at}.protocols: a non-empty list of distinct protocols "
+                               f"({', '.join(PROTOCOLS)}), got {list(group.protocols)}")
+    for protocol in group.protocols:
+        _check_choice(protocol, PROTOCOLS, f"{at}.protocols")
+    if group.tuned_seeds and "tuned" not in group.protocols:
+        raise StudyConfigError(f"{at}.tuned_seeds: the group has no tuned protocol; add "
+                               "'tuned' to its protocols or remove tuned_seeds")
+    if group.tuned_from and "tuned" not in group.protocols:
+        raise StudyConfigError(f"{at}.tuned_from: the group has no tuned protocol; add "
+                               "'tuned' to its protocols or remove tuned_from")
+    factors = group.lr_factors
+    if "lr" in group.sweep and factors:
+        raise StudyConfigError(f"{at}: lr_factors multiply the cells' lr; a group that sweeps "
+                               "lr cannot also have lr_factors")
+    if any(not f > 0 for f in factors) or len(set(factors)) != len(factors):
+        raise StudyConfigError(f"{at}.lr_factors: distinct positive numbers, got {list(factors)}")
     return group
 
 
@@ -632,7 +708,7 @@ def _build_tuning(raw: Any, where: str) -> TuningConfig:
     raw = dict(raw)
     nested: dict[str, Any] = {}
     for key, cls in (("sampler", SamplerConfig), ("pruner", PrunerConfig),
-                     ("validation", ValidationConfig)):
+                     ("validation", ValidationConfig), ("budget_check", BudgetCheckConfig)):
         if key in raw:
             nested[key] = _build_section(cls, raw.pop(key), f"{where}.{key}")
     if "trials" in raw:
@@ -844,7 +920,9 @@ def _validate_tuning(config: StudyConfig, where: str) -> None:
     for claim in config.claims:
         roles = ("baseline",) if claim.kind == "correlation" else ("baseline", "treatment")
         for group in claim.all_groups:
-            names = [f"{group}/{getattr(claim, role)}" for role in roles]
+            # a group tuned from another (an lr grid around its values) compares those arms
+            source = config.group(group).tuned_group
+            names = [f"{source}/{getattr(claim, role)}" for role in roles]
             budgets = {n: ((arm_budget(config, tuned[n]), arm_datasets(config, tuned[n]))
                            if n in tuned else None) for n in names}
             if len(set(budgets.values())) > 1:
@@ -857,6 +935,73 @@ def _validate_tuning(config: StudyConfig, where: str) -> None:
                     "budgets, MLRC); give these arms the same 'trials' and 'datasets', or tune "
                     "none of them"
                 )
+    if config.tuning.budget_check is not None:
+        _validate_budget_check(config, config.tuning.budget_check, f"{at}.budget_check")
+
+
+def _validate_budget_check(config: StudyConfig, check: BudgetCheckConfig, at: str) -> None:
+    """Arms are tuned arms on their datasets; a claim's compared arms are checked together."""
+    assert config.tuning is not None
+    names = [a.name for a in config.tuning.arms]
+    if not check.arms:
+        raise StudyConfigError(f"{at}.arms: name the arms whose budget is checked, e.g. "
+                               f"[{', '.join(names[:2])}]")
+    if check.factor < 2:
+        raise StudyConfigError(f"{at}.factor: must be >= 2 (times the trials), got {check.factor}")
+    for name in check.arms:
+        if name not in names:
+            raise StudyConfigError(f"{at}.arms: {name!r} is not a tuned arm; arms: "
+                                   f"{', '.join(names)}{did_you_mean(name, names)}")
+        datasets = arm_datasets(config, config.tuning.arm(name))
+        for dataset in check.datasets:
+            if dataset not in datasets:
+                raise StudyConfigError(f"{at}.datasets: arm {name} is not tuned on {dataset!r} "
+                                       f"(it is on {', '.join(datasets)})")
+    checked = set(check.arms)
+    for claim in config.claims:
+        roles = ("baseline",) if claim.kind == "correlation" else ("baseline", "treatment")
+        for group in claim.all_groups:
+            arms = {f"{group}/{getattr(claim, role)}" for role in roles}
+            if arms & checked and not arms <= checked:
+                raise StudyConfigError(
+                    f"{at}.arms: claim {claim.name!r} compares {', '.join(sorted(arms))}; check "
+                    "the budget of all of them or of none (a verdict needs both arms)")
+
+
+def _validate_protocols(config: StudyConfig, where: str) -> None:
+    """Every tuned cell has a tuned arm: ``<tuned group>/<variant>`` on each of its datasets."""
+    for group in config.groups:
+        if "tuned" not in group.protocols:
+            continue
+        at = f"{where}: groups ({group.name})"
+        if group.tuned_from:
+            names = [g.name for g in config.groups]
+            if group.tuned_from not in names:
+                raise StudyConfigError(f"{at}.tuned_from: {group.tuned_from!r} is not a group; "
+                                       f"groups: {', '.join(names)}"
+                                       f"{did_you_mean(group.tuned_from, names)}")
+            source = config.group(group.tuned_from)
+            if source.tier != group.tier:
+                raise StudyConfigError(f"{at}.tuned_from: {source.name} is a {source.tier} "
+                                       f"group, {group.name} a {group.tier} one")
+        if config.tuning is None:
+            raise StudyConfigError(f"{at}.protocols: 'tuned' reads the tuned arms of the study's "
+                                   "'tuning' section, which this study has none of "
+                                   "(docs/tuning.md)")
+        arms = {a.name: a for a in config.tuning.arms}
+        datasets = group.datasets or (group.base.get("dataset") or config.train.get("dataset"),)
+        for variant in _variant_names(group):
+            name = f"{group.tuned_group}/{variant}"
+            if name not in arms:
+                raise StudyConfigError(
+                    f"{at}: its tuned cells of variant {variant!r} read the tuned arm {name}, "
+                    f"which is not in tuning.arms; add it (group: {group.tuned_group}, variant: "
+                    f"{variant}) or drop 'tuned' from the group's protocols")
+            missing = [d for d in datasets if d not in arm_datasets(config, arms[name])]
+            if missing:
+                raise StudyConfigError(
+                    f"{at}: tuned arm {name} is not tuned on {', '.join(map(str, missing))}, "
+                    "where the group has tuned cells; add the datasets to the arm")
 
 
 def _build_section(cls: type, raw: Any, where: str) -> Any:
@@ -962,6 +1107,7 @@ def _validate(config: StudyConfig, where: str) -> None:
         raise StudyConfigError(f"{where}: stats.confidence must lie in (0, 1)")
     if config.tuning is not None:
         _validate_tuning(config, where)
+    _validate_protocols(config, where)
 
 
 #: Launchers of the grid (see :mod:`dml_study.study.launch.launcher`).
@@ -1012,6 +1158,27 @@ def _validate_claim(
                     f"{at}.{role}: {value!r} is not a variant of group {group!r}; "
                     f"variants: {', '.join(variants)}{did_you_mean(value, variants)}"
                 )
+        if claim.kind == "robustness" and len(config.group(group).lr_factors) < 2:
+            raise StudyConfigError(
+                f"{at}: a robustness claim compares each arm over an lr grid; group {group!r} "
+                "needs 'lr_factors' (at least 2, e.g. [0.1, 0.316, 1.0, 3.16, 10.0])")
+    if claim.kind == "robustness":
+        parts = claim.metric.split(":")
+        ok = (len(parts) == 3 and parts[0] == "lrs_within" and _is_number(parts[1])
+              and float(parts[1]) >= 0) or (len(parts) == 2 and parts[0] == "mean_drop")
+        if not ok:
+            raise StudyConfigError(
+                f"{at}.metric: {claim.metric!r}; a robustness metric is lrs_within:<pp>:<metric> "
+                "(lrs of the grid within <pp> percentage points of the arm's best, e.g. "
+                "lrs_within:1:R@1) or mean_drop:<metric> (e.g. mean_drop:R@1)")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _variant_names(group: GroupConfig) -> list[str]:

@@ -16,13 +16,14 @@ location) are left out of the hash, so moving a study to another machine reuses 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dml_study.config import ExperimentConfig, config_from_parameters, run_name
-from dml_study.study.plan.config import GroupConfig, StudyConfig
+from dml_study.study.plan.config import GroupConfig, StudyConfig, format_value
 from dml_study.training.run_dir import RunDirectory
 from dml_study.typed_fields import flatten
 
@@ -50,7 +51,14 @@ class FeatureSettings:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One cell of the grid at one seed."""
+    """One cell of the grid at one seed.
+
+    ``protocol`` says where its hyperparameters come from: ``"preset"`` (the variant as the
+    study file writes it), ``"tuned"`` (the tuned arm's ``chosen.json`` applied,
+    :mod:`dml_study.study.plan.tuned`) or the budget check's ``"tuned-<k>x"``. A cell of an
+    lr grid (a group's ``lr_factors``) has its ``lr_factor`` and is named
+    ``<variant>@lr×<factor>``; ``base_variant`` is the variant it was built from.
+    """
 
     group: str
     variant: str
@@ -59,10 +67,30 @@ class RunSpec:
     run_name: str = ""
     #: ``"fine-tuned"`` (``02_train``) or ``"frozen"`` (:mod:`dml_study.study.tiers.frozen`).
     tier: str = "fine-tuned"
+    protocol: str = "preset"
+    #: The factor the cell's lr was multiplied by (``None``: not an lr-grid cell).
+    lr_factor: float | None = None
+    #: The group's variant the cell was built from (default: ``variant``).
+    base_variant: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.base_variant:
+            object.__setattr__(self, "base_variant", self.variant)
 
     @property
     def dataset(self) -> str | None:
         return self.params.get("dataset")
+
+    @property
+    def split(self) -> str:
+        """What the run evaluates: ``"test"`` (every grid cell) or ``"validation"``."""
+        return str(self.params.get("split") or "test")
+
+    @property
+    def label(self) -> str:
+        """``group/variant``, with `` (<protocol>)`` for cells that are not preset."""
+        tail = "" if self.protocol == "preset" else f" ({self.protocol})"
+        return f"{self.group}/{self.variant}{tail}"
 
     def notebook_parameters(self, results_dir: Path) -> dict[str, Any]:
         """The parameters ``02_train`` is executed with (fine-tuned runs only)."""
@@ -137,24 +165,147 @@ def cell_parameters(
     return params, tier
 
 
-def expand_grid(config: StudyConfig) -> list[RunSpec]:
-    """Every (group, dataset, variant, seed) cell of the study, in file order.
+def lr_variant_name(variant: str, factor: float) -> str:
+    """Name of an lr-grid cell's variant, e.g. ``so@lr×0.316``."""
+    return f"{variant}@lr×{format_value(float(factor))}"
+
+
+def group_protocols(config: StudyConfig, group: GroupConfig) -> tuple[str, ...]:
+    """The protocols of ``group``'s cells: its ``protocols``, then the budget check's
+    ``tuned-<k>x`` when the group is tuned and holds an arm the check covers."""
+    protocols = tuple(group.protocols)
+    check = config.tuning.budget_check if config.tuning is not None else None
+    if check is not None and "tuned" in protocols and group.lr_factors == () and any(
+            a.split("/", 1)[0] == group.tuned_group for a in check.arms):
+        protocols += (check.protocol,)
+    return protocols
+
+
+def expand_grid(config: StudyConfig, *, skip_untuned: bool = False) -> list[RunSpec]:
+    """Every (group, protocol, dataset, variant, lr factor, seed) cell of the study, in
+    file order.
 
     Parameters: :func:`cell_parameters` (the study's ``train``, then (frozen tier)
     ``frozen.train`` and ``frozen.datasets[<dataset>]``, then the group's ``base``, the
     variant's overrides and the seed). A group with ``datasets`` repeats every cell once per
-    dataset.
+    dataset. A tuned cell (``protocols: [..., tuned]``) then gets its arm's chosen values,
+    epochs and ``split: test`` (:mod:`dml_study.study.plan.tuned`; seeds: ``tuned_seeds``);
+    a group's ``lr_factors`` repeat each cell with its lr multiplied by each factor. The
+    budget check's cells (``tuning.budget_check``) are the checked arms' tuned cells with
+    the larger search's choice.
+
+    Raises :class:`~dml_study.study.plan.tuned.MissingTunedValuesError` naming every
+    ``chosen.json`` the tuned cells need that is missing or incomplete (and the command
+    that writes them), and :class:`~dml_study.study.plan.tuned.StaleTunedValuesError` for
+    one tuned for other parameters than its cell's. With ``skip_untuned`` the cells of such
+    searches are left out instead (``--list-runs`` before ``tune``; see
+    :func:`untuned_searches`).
     """
+    from dml_study.study.plan.tuned import ChosenValues
+
+    chosen = ChosenValues(config)
     specs: list[RunSpec] = []
     for group in config.groups:
-        variants = group.variant_overrides()
-        for dataset in group.datasets or (None,):
-            for variant, overrides in variants:
-                for seed in group.seeds:
-                    params, tier = cell_parameters(config, group, dataset, overrides, seed)
-                    specs.append(RunSpec(group.name, variant, int(seed), params,
-                                         make_run_name(params, tier=tier), group.tier))
+        for protocol in group_protocols(config, group):
+            specs += _group_cells(config, group, protocol, chosen)
+    if not skip_untuned:
+        chosen.raise_missing()
     return specs
+
+
+def untuned_searches(config: StudyConfig) -> dict[Path, str]:
+    """The ``chosen.json`` files the grid's tuned cells need that are missing or unusable,
+    with why (empty: :func:`expand_grid` can build every cell)."""
+    from dml_study.study.plan.tuned import ChosenValues
+
+    chosen = ChosenValues(config)
+    for group in config.groups:
+        for protocol in group_protocols(config, group):
+            _group_cells(config, group, protocol, chosen)
+    return dict(chosen.problems)
+
+
+def _group_cells(config: StudyConfig, group: GroupConfig, protocol: str,
+                 chosen: Any) -> list[RunSpec]:
+    from dml_study.study.plan.tuned import (
+        apply_values,
+        check_chosen_matches,
+        final_split_parameters,
+        scale_lr,
+    )
+
+    check = config.tuning.budget_check if config.tuning is not None else None
+    budget_check = check is not None and protocol == check.protocol
+    specs: list[RunSpec] = []
+    for dataset in group.datasets or (None,):
+        name = dataset or group.base.get("dataset") or config.train.get("dataset")
+        if budget_check and check.datasets and name not in check.datasets:
+            continue
+        for variant, overrides in group.variant_overrides():
+            values = None
+            if protocol != "preset":
+                arm = f"{group.tuned_group}/{variant}"
+                if budget_check and arm not in check.arms:
+                    continue
+                values = chosen.get(str(name), group.tuned_group, variant, protocol)
+                if values is None:
+                    continue  # reported once for all cells by ChosenValues.raise_missing
+            for factor in group.lr_factors or (None,):
+                cell_variant = variant if factor is None else lr_variant_name(variant, factor)
+                for seed in group.protocol_seeds(protocol):
+                    params, tier = cell_parameters(config, group, dataset, overrides, seed)
+                    if values is not None:
+                        params = apply_values(params, values.get("params") or {})
+                        params["epochs"] = int(values["epochs"])
+                        check_chosen_matches(params, values, tier,
+                                             f"{group.name}/{variant} ({protocol}) on {name}")
+                        params.update(final_split_parameters())
+                    if factor is not None:
+                        params = scale_lr(params, factor)
+                    specs.append(RunSpec(group.name, cell_variant, int(seed), params,
+                                         make_run_name(params, tier=tier), group.tier,
+                                         protocol=protocol, lr_factor=factor,
+                                         base_variant=variant))
+    return specs
+
+
+def lr_grid_groups(config: StudyConfig) -> list[GroupConfig]:
+    """Groups whose tuned cells form an lr grid (``lr_factors`` and a tuned protocol): the
+    robustness claims' groups."""
+    return [g for g in config.groups if g.lr_factors and "tuned" in g.protocols]
+
+
+def lr_grid_cells(config: StudyConfig, split: str = "test") -> list[RunSpec]:
+    """The lr-grid cells whose every arm has its ``chosen.json`` (missing ones are left out,
+    per group and dataset, never raised): ``split="test"`` the grid's cells (as
+    :func:`expand_grid` has them), ``split="validation"`` the same cells as validation runs,
+    one per fold of ``tuning.validation.fold_ids``, which ``tune`` trains (under the
+    test-split guard) and the robustness heatmap shows beside the test panel.
+    """
+    from dml_study.study.plan.tuned import ChosenValues, validation_split_parameters
+
+    if split not in ("test", "validation"):
+        raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+    specs: list[RunSpec] = []
+    for group in lr_grid_groups(config):
+        chosen = ChosenValues(config)
+        cells = _group_cells(config, group, "tuned", chosen)
+        variants = {v for v, _ in group.variant_overrides()}
+        complete = {d for d in {s.dataset for s in cells}
+                    if {s.base_variant for s in cells if s.dataset == d} == variants}
+        specs += [s for s in cells if s.dataset in complete]
+    if split == "test":
+        return specs
+    assert config.tuning is not None  # a tuned group has a tuning section (checked on load)
+    out = []
+    for spec in specs:
+        tier = frozen_tier_identity(config, spec.dataset) if spec.tier == "frozen" else None
+        for fold in config.tuning.validation.fold_ids:
+            params = {**spec.params, **validation_split_parameters(config.tuning.validation,
+                                                                   fold)}
+            out.append(dataclasses.replace(spec, params=params,
+                                           run_name=make_run_name(params, tier=tier)))
+    return out
 
 
 def unique_runs(specs: Iterable[RunSpec]) -> list[RunSpec]:
@@ -180,14 +331,17 @@ class RunOutcome:
     executed_notebook: Path | None
 
 
-def headline_runs(config: StudyConfig, seed: int | None = None) -> tuple[RunSpec, RunSpec]:
+def headline_runs(config: StudyConfig, seed: int | None = None,
+                  protocol: str = "preset") -> tuple[RunSpec, RunSpec]:
     """The (baseline, treatment) runs of the headline comparison at ``seed``.
 
-    ``seed`` defaults to ``config.analysis.seed``; it must be one of the group's seeds.
+    ``seed`` defaults to ``config.analysis.seed``; it must be one of the group's seeds (of
+    ``protocol``'s cells: ``preset``, or ``tuned``).
     """
     head = config.headline
     seed = config.analysis.seed if seed is None else seed
-    cells = {(s.variant, s.seed): s for s in expand_grid(config) if s.group == head.group}
+    cells = {(s.variant, s.seed): s for s in expand_grid(config)
+             if s.group == head.group and s.protocol == protocol}
     try:
         return cells[(head.baseline, seed)], cells[(head.treatment, seed)]
     except KeyError:

@@ -1,9 +1,10 @@
 """Smoke mode: a study's whole grid and every notebook with a tiny CPU recipe, in minutes.
 
 ``python -m dml_study.study --config studies/paper.yaml --smoke --results-dir DIR`` runs
-the same groups, variants and notebooks as the real study (seeds trimmed to the first two
-of each group, the least a paired comparison with a confidence interval needs; searches of
-the ``tuning`` section trimmed to two trials per arm on one fold), but every
+the same groups, variants and notebooks as the real study (seeds and tuned seeds trimmed to
+the first two of each group, the least a paired comparison with a confidence interval
+needs; lr grids to three factors; searches of the ``tuning`` section trimmed to two trials
+per arm on one fold, and run first, so the tuned cells have their ``chosen.json``), but every
 run trains a randomly initialised two-block DeiT-Tiny on 32-px images for one epoch with
 batches of 8 (4 classes x 2 images) on the CPU. Its numbers mean nothing; what it checks is
 that
@@ -64,6 +65,9 @@ SMOKE_OVERRIDES: dict[str, Any] = {
 #: Seeds kept per group: two, the least a paired comparison with a CI needs.
 SMOKE_MAX_SEEDS = 2
 
+#: Factors kept of an lr grid (``lr_factors``): the smallest, the middle and the largest.
+SMOKE_MAX_LR_FACTORS = 3
+
 #: Trials per arm of a smoke study's searches (``tune --smoke``): the least that exercises
 #: asking, telling and choosing; one validation fold, no pruning, random start.
 SMOKE_TUNING_TRIALS = 2
@@ -96,6 +100,11 @@ def smoke_study_dict(raw: dict[str, Any], results_dir: Path, root: Path) -> dict
                 "smoke mode cannot run that sweep as written"
             )
         group["seeds"] = list(group.get("seeds") or [0])[:SMOKE_MAX_SEEDS]
+        if group.get("tuned_seeds"):
+            group["tuned_seeds"] = list(group["tuned_seeds"])[:SMOKE_MAX_SEEDS]
+        if len(group.get("lr_factors") or []) > SMOKE_MAX_LR_FACTORS:
+            factors = sorted(group["lr_factors"])
+            group["lr_factors"] = [factors[0], factors[len(factors) // 2], factors[-1]]
         group["base"] = _merge_run_params(group.get("base"), forced_only=True)
         group["variants"] = {
             name: _merge_run_params(params, forced_only=True)

@@ -14,6 +14,10 @@ same study joins as a parallel worker (the budget still holds exactly).
   --launcher local --max-parallel 2       fine-tuned trials: 2 worker processes at once
   --launcher slurm --slurm partition=gpu  fine-tuned trials: a SLURM job array per batch
   --status                                print every search's state, train nothing
+  --budget-check                          the searches of tuning.budget_check with k times
+                                          the trials, into results/<study>/tuning-<k>x/
+                                          (continued from tuning/: the committed choice
+                                          stays as it is)
   --smoke                                 tiny searches on the tiny CPU recipe (see --smoke
                                           of python -m dml_study.study)
 
@@ -23,6 +27,10 @@ disk (free space, re-run: it resumes); 5 for a damaged journal; 7 for a results 
 that cannot be written; 130 (SIGINT) / 143 (SIGTERM) when interrupted (the trials in flight
 are enqueued again). Each is one ``error:`` line (--debug adds the traceback). A journal in
 use by another ``tune`` is not an error (no exit 6): the second process joins as a worker.
+
+When every search a group's lr grid reads is complete (a group with ``lr_factors`` and
+``tuned_from``, the robustness claim), the grid's validation runs are trained too
+(:mod:`dml_study.study.tune.robustness`, under the test-split guard).
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ from dml_study.study.plan.config import (
     build_slurm_config,
     load_study_config,
 )
+from dml_study.study.plan.tuned import TUNING_DIRNAME
 from dml_study.study.tune.plans import SearchPlan, plan_searches, tuning_dir
 from dml_study.study.tune.storage import RESUME_NOTE
 
@@ -84,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a key of execution.slurm (repeatable)")
     parser.add_argument("--status", action="store_true",
                         help="print every search's state (trials done, best) and exit")
+    parser.add_argument("--budget-check", action="store_true",
+                        help="run tuning.budget_check's searches with k times the trials "
+                             "into results/<study>/tuning-<k>x/ (docs/tuning.md)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny searches with the tiny CPU recipe (checks data + pipeline)")
     parser.add_argument("--results-dir", metavar="DIR",
@@ -214,12 +226,20 @@ def main(argv: list[str] | None = None, *, make_trainer: TrainerFactory | None =
     config = load_config(args)
     if context is not None:
         context["results_dir"] = config.results_dir
-    plans = plan_searches(config, arms=args.arms, datasets=args.datasets, trials=args.trials)
+    check = config.tuning.budget_check if config.tuning is not None else None
+    if args.budget_check and check is None:
+        print(f"{config.source or config.name}: no tuning.budget_check section; nothing to do")
+        return 0
+    plans = plan_searches(config, arms=args.arms, datasets=args.datasets, trials=args.trials,
+                          budget_check=args.budget_check)
+    dirname = check.dirname if args.budget_check else TUNING_DIRNAME
     if args.status:
-        return _status(config, plans)
+        return _status(config, plans, dirname)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from dml_study.study.launch.launcher import launcher_from_config
+    from dml_study.study.tune.budget_check import continue_from_committed
     from dml_study.study.tune.results import write_summary
+    from dml_study.study.tune.robustness import train_validation_grids
     from dml_study.study.tune.search import Search
 
     make_trainer = make_trainer or default_trainer
@@ -237,14 +257,18 @@ def main(argv: list[str] | None = None, *, make_trainer: TrainerFactory | None =
             else:
                 trainer = make_trainer(config, plan, launcher)
             trainer.check(plan)
+            if args.budget_check:
+                continue_from_committed(config, plan)
             with _Bar(plan, enabled=not args.quiet) as bar:
                 search = Search(plan, trainer, batch=batch_size(config, plan, args),
                                 progress=bar.update)
                 outcomes.append(search.run())
-            write_summary(config)
+            write_summary(config, dirname)
+        grids = [] if args.budget_check else train_validation_grids(
+            config, launcher, stream=None if args.quiet else sys.stderr)
     except KeyboardInterrupt as exc:
         print(f"\ninterrupted: the trials in flight were enqueued again; re-run the same "
-              f"command to resume ({tuning_dir(config)})", file=sys.stderr)
+              f"command to resume ({tuning_dir(config, dirname)})", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
     except DiskFullError as err:  # raised by atomic writes, which cannot know how we resume
         if err.resume is None:
@@ -253,7 +277,9 @@ def main(argv: list[str] | None = None, *, make_trainer: TrainerFactory | None =
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(summary_table(outcomes))
-    print(f"tuning results: {tuning_dir(config)}")
+    for line in grids:
+        print(line)
+    print(f"tuning results: {tuning_dir(config, dirname)}")
     return 0
 
 
@@ -319,7 +345,7 @@ def summary_table(outcomes: list[Any]) -> str:
     return "\n".join(lines)
 
 
-def _status(config: StudyConfig, plans: list[SearchPlan]) -> int:
+def _status(config: StudyConfig, plans: list[SearchPlan], dirname: str = TUNING_DIRNAME) -> int:
     from dml_study.study.tune.results import read_chosen
 
     for plan in plans:
@@ -338,7 +364,7 @@ def _status(config: StudyConfig, plans: list[SearchPlan]) -> int:
         best = "-" if chosen is None else f"{chosen['value']:.4f} (trial {chosen['trial']})"
         print(f"{plan.label:44s} {done}/{plan.budget} counted, {states['RUNNING']} running, "
               f"{states['WAITING']} waiting, {states['FAIL']} failed; best {best}")
-    print(f"tuning results: {tuning_dir(config)}")
+    print(f"tuning results: {tuning_dir(config, dirname)}")
     return 0
 
 

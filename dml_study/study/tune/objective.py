@@ -35,16 +35,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dml_study.study.plan.config import ValidationConfig
+from dml_study.study.plan.tuned import VALIDATION_PARAMETERS, validation_split_parameters
 from dml_study.study.tune.space import apply_values
 
-#: Training parameters of contract A that make a run a validation run (flat names).
-VALIDATION_PARAMETERS: tuple[str, ...] = ("split", "val_folds", "val_fold", "val_seed")
-
+__all__ = ["VALIDATION_PARAMETERS", "RunOutcome", "Score", "TrialRun", "report_step", "score",
+           "trial_runs", "validation_parameters"]
 
 def validation_parameters(validation: ValidationConfig, fold: int) -> dict[str, Any]:
-    """The ``02_train`` parameters of validation fold ``fold`` (contract A of issue #19)."""
-    return {"split": "validation", "val_folds": int(validation.folds), "val_fold": int(fold),
-            "val_seed": int(validation.seed)}
+    """The ``02_train`` parameters of validation fold ``fold`` (contract A of issue #19;
+    :func:`dml_study.study.plan.tuned.validation_split_parameters`)."""
+    return validation_split_parameters(validation, fold)
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,15 @@ from dml_study.study.plan.config import (
     arm_datasets,
 )
 from dml_study.study.plan.grid import cell_parameters, resolved_config
-from dml_study.study.tune.space import apply_values, space_json
+from dml_study.study.plan.tuned import TUNING_DIRNAME, apply_values, tuning_root
+from dml_study.study.tune.space import space_json
 from dml_study.typed_fields import did_you_mean
 
 
-def tuning_dir(config: StudyConfig) -> Path:
-    """``results/<study>/tuning``: the study's searches (outside the report's staging)."""
-    return config.results_dir / config.name / "tuning"
+def tuning_dir(config: StudyConfig, dirname: str = TUNING_DIRNAME) -> Path:
+    """``results/<study>/tuning``: the study's searches (outside the report's staging);
+    ``dirname`` another directory of searches (the budget check's ``tuning-<k>x``)."""
+    return tuning_root(config, dirname)
 
 
 @dataclass(frozen=True)
@@ -112,12 +114,16 @@ def plan_searches(
     arms: Sequence[str] | None = None,
     datasets: Sequence[str] | None = None,
     trials: int | None = None,
+    budget_check: bool = False,
 ) -> list[SearchPlan]:
     """One :class:`SearchPlan` per (dataset, arm) of the study's ``tuning`` section.
 
     ``arms`` (``group/variant``) and ``datasets`` keep only those searches; ``trials``
-    replaces every arm's budget (the same for all: budgets stay equal). Raises
-    :class:`StudyConfigError` for an unknown arm or dataset, or a study without ``tuning``.
+    replaces every arm's budget (the same for all: budgets stay equal). ``budget_check``:
+    the searches of ``tuning.budget_check`` instead, with ``factor`` times each arm's budget
+    (or ``trials``), in ``results/<study>/tuning-<factor>x/``. Raises
+    :class:`StudyConfigError` for an unknown arm or dataset, or a study without ``tuning``
+    (or without ``tuning.budget_check``).
     """
     tuning = config.tuning
     if tuning is None or not tuning.arms:
@@ -135,19 +141,32 @@ def plan_searches(
                                    f"{', '.join(every)}{did_you_mean(dataset, every)}")
     if trials is not None and trials < 1:
         raise StudyConfigError(f"--trials must be >= 1, got {trials}")
+    check = tuning.budget_check
+    if budget_check and check is None:
+        where = config.source or config.name
+        raise StudyConfigError(f"{where}: no 'tuning.budget_check' section; see docs/tuning.md")
     plans = []
     for arm in tuning.arms:
         if arms and arm.name not in arms:
             continue
+        if budget_check and arm.name not in check.arms:
+            continue
         for dataset in arm_datasets(config, arm):
             if datasets and dataset not in datasets:
                 continue
-            plans.append(_plan(config, tuning, arm, dataset, trials))
+            if budget_check and check.datasets and dataset not in check.datasets:
+                continue
+            if budget_check:
+                budget = check.factor * (trials if trials is not None
+                                         else arm_budget(config, arm))
+                plans.append(_plan(config, tuning, arm, dataset, budget, check.dirname))
+            else:
+                plans.append(_plan(config, tuning, arm, dataset, trials))
     return plans
 
 
 def _plan(config: StudyConfig, tuning: TuningConfig, arm: Any, dataset: str,
-          trials: int | None) -> SearchPlan:
+          trials: int | None, dirname: str = TUNING_DIRNAME) -> SearchPlan:
     group = config.group(arm.group)
     overrides = dict(group.variant_overrides())[arm.variant]
     cell_dataset = dataset if (group.datasets or arm.datasets) else None
@@ -160,7 +179,7 @@ def _plan(config: StudyConfig, tuning: TuningConfig, arm: Any, dataset: str,
         study=config.name, dataset=dataset, group=arm.group, variant=arm.variant,
         tier=group.tier, base=base, space=dict(arm.space), fixed=dict(arm.fixed),
         epochs=epochs, budget=trials if trials is not None else arm_budget(config, arm),
-        directory=tuning_dir(config) / dataset / f"{arm.group}.{arm.variant}",
+        directory=tuning_dir(config, dirname) / dataset / f"{arm.group}.{arm.variant}",
         sampler=tuning.sampler, pruner=tuning.pruner, objective=tuning.objective,
         validation=tuning.validation, train_seed=tuning.train_seed,
         results_dir=config.results_dir,

@@ -46,6 +46,7 @@ from optuna.trial import FrozenTrial, TrialState
 from dml_study.atomic_io import atomic_write_csv, atomic_write_json
 from dml_study.errors import UsageError
 from dml_study.study.plan.config import StudyConfig
+from dml_study.study.plan.tuned import CHOSEN_FILE, TUNING_DIRNAME
 from dml_study.study.tune.guard import ValidationLeakError as ValidationLeakError  # re-export
 from dml_study.study.tune.guard import check_validation_record
 from dml_study.study.tune.plans import SearchPlan, tuning_dir
@@ -55,7 +56,6 @@ from dml_study.training.run_dir import RunDirectory
 
 SPACE_FILE = "space.json"
 TRIALS_FILE = "trials.csv"
-CHOSEN_FILE = "chosen.json"
 VALIDATION_FILE = "validation_classes.json"
 SUMMARY_FILE = "summary.json"
 
@@ -239,9 +239,10 @@ def read_chosen(directory: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def summary_record(config: StudyConfig) -> dict[str, Any]:
-    """``tuning/summary.json``: every search directory of the study, in path order."""
-    root = tuning_dir(config)
+def summary_record(config: StudyConfig, dirname: str = TUNING_DIRNAME) -> dict[str, Any]:
+    """``tuning/summary.json``: every search directory of the study, in path order
+    (``dirname``: another directory of searches, e.g. the budget check's ``tuning-2x``)."""
+    root = tuning_dir(config, dirname)
     searches = []
     for space_file in sorted(root.glob(f"*/*/{SPACE_FILE}")):
         space = json.loads(space_file.read_text(encoding="utf-8"))
@@ -267,8 +268,8 @@ def summary_record(config: StudyConfig) -> dict[str, Any]:
     return {"study": config.name, "searches": searches}
 
 
-def write_summary(config: StudyConfig) -> Path:
-    """Rewrite ``results/<study>/tuning/summary.json``; its path."""
-    path = tuning_dir(config) / SUMMARY_FILE
-    atomic_write_json(path, summary_record(config))
+def write_summary(config: StudyConfig, dirname: str = TUNING_DIRNAME) -> Path:
+    """Rewrite ``results/<study>/<dirname>/summary.json`` (default ``tuning``); its path."""
+    path = tuning_dir(config, dirname) / SUMMARY_FILE
+    atomic_write_json(path, summary_record(config, dirname))
     return path

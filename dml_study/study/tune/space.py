@@ -19,12 +19,13 @@ turns the suggested values into ``02_train`` parameters on top of an arm's own: 
 (``proxy_lr_mult``, ``optim.weight_decay``) goes into ``overrides``, and an entry of a mapping
 (``loss.params.m_max``) is merged into that mapping in ``overrides``, so every other entry
 of the variant's ``loss.params`` (its ``mapping``, its ``text_source``) is kept. The tuned
-protocol applies a ``chosen.json``'s ``params`` with the same function.
+protocol applies a ``chosen.json``'s ``params`` with the same function; it lives in
+:mod:`dml_study.study.plan.tuned` (the grid applies chosen values, and the plan imports
+nothing after it) and is re-exported here.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,8 +37,10 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from dml_study.config import TRAIN_PARAMETERS, resolve_key
-from dml_study.study.plan.config import DICT_CONFIG_FIELDS, SearchParam, search_key
+from dml_study.study.plan.config import SearchParam, search_key
+from dml_study.study.plan.tuned import apply_values
+
+__all__ = ["apply_values", "distribution", "distributions", "space_json", "suggest"]
 
 
 def distribution(param: SearchParam) -> BaseDistribution:
@@ -78,46 +81,3 @@ def space_json(space: Mapping[str, SearchParam]) -> dict[str, Any]:
     """The space as written to ``space.json``: ``{key: {type, low, high, log[, step]}}`` or
     ``{key: {type: categorical, choices}}``, with the dotted key each name resolves to."""
     return {key: {**param.to_json(), "key": search_key(key)} for key, param in space.items()}
-
-
-def apply_values(params: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
-    """``02_train`` parameters ``params`` with the searched (or chosen) ``values`` applied.
-
-    A key that is a ``02_train`` parameter is set directly; a key of a mapping field
-    (``loss.params.<name>``, ``model.timm_kwargs.<name>``) is merged into that mapping in
-    ``overrides``; any other config key goes into ``overrides`` under its own spelling. A
-    value replaces every other spelling of the same key (``lr`` / ``optim.lr``), so the
-    result has each key once. ``params`` is not modified.
-    """
-    out = copy.deepcopy(dict(params))
-    overrides = dict(out.get("overrides") or {})
-    for key, value in values.items():
-        dotted = search_key(key)
-        field = next((f for f in DICT_CONFIG_FIELDS if dotted.startswith(f + ".")), None)
-        if field is not None:
-            entry = dotted[len(field) + 1:]
-            merged: dict[str, Any] = {}
-            for other in [k for k in overrides if _dotted(k) == field]:
-                merged.update(overrides.pop(other) or {})
-            overrides[field] = {**merged, entry: value}
-            continue
-        for other in [k for k in overrides if _dotted(k) == dotted]:
-            del overrides[other]
-        for other in [k for k in out if k in TRAIN_PARAMETERS and k != "overrides"
-                      and _dotted(k) == dotted]:
-            del out[other]
-        if key in TRAIN_PARAMETERS:
-            out[key] = value
-        else:
-            overrides[key] = value
-    if overrides:
-        out["overrides"] = overrides
-    return out
-
-
-def _dotted(key: str) -> str | None:
-    """The dotted form of a parameter / override key (``None`` for one that is not a key)."""
-    try:
-        return resolve_key(key)
-    except ValueError:
-        return None

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from study_helpers import write_fake_chosen
 from tune_helpers import tiny_tuning_study
 
 from dml_study.study.plan.config import StudyConfigError, load_study_config, study_config_from_dict
@@ -30,7 +31,12 @@ def test_both_study_files_load_with_equal_budgets_and_a_plan_per_dataset_and_arm
     plans = plan_searches(embedded)
     frozen = [p for p in plans if p.tier == "frozen"]
     assert {p.budget for p in frozen} == {24} and len(frozen) == 10  # 5 arms x 2 datasets
-    assert {p.budget for p in plans if p.tier == "fine-tuned"} == {6}
+    # compute scope: no fine-tuned searches on embedded (paper.yaml keeps them)
+    assert [p for p in plans if p.tier == "fine-tuned"] == []
+    checks = plan_searches(embedded, budget_check=True)
+    assert {(p.dataset, p.arm, p.budget) for p in checks} == {
+        (d, f"frozen_so/{v}", 48) for d in ("icons", "glyphs") for v in ("no_so", "so")}
+    assert all(p.directory.parts[-3] == "tuning-2x" for p in checks)
     assert {p.dataset for p in frozen} == {"icons", "glyphs"}
     assert all(p.epochs == 15 for p in frozen)
     paper = load_study_config(REPO / "studies" / "paper.yaml")
@@ -41,9 +47,14 @@ def test_both_study_files_load_with_equal_budgets_and_a_plan_per_dataset_and_arm
 
 
 def test_a_plan_trains_the_grids_cell_with_the_arms_fixed_parameters(tmp_path):
-    config = load_study_config(REPO / "studies" / "embedded.yaml")
-    cells = {(s.group, s.variant, s.dataset): s for s in expand_grid(config) if s.seed == 0}
+    config = load_study_config(REPO / "studies" / "embedded.yaml",
+                               results_dir=str(tmp_path / "results"))
+    write_fake_chosen(config)
+    write_fake_chosen(config, budget_check=True)
+    cells = {(s.group, s.variant, s.dataset): s for s in expand_grid(config)
+             if s.seed == 0 and s.protocol == "preset"}
     for plan in plan_searches(config):
+        assert (plan.group, plan.variant, plan.dataset) in cells, plan.label
         cell = dict(cells[(plan.group, plan.variant, plan.dataset)].params)
         cell.pop("seed")
         if not plan.fixed:
