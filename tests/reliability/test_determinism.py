@@ -178,3 +178,17 @@ def test_finetuned_run_is_bit_identical_across_machines_and_threads(tmp_path: Pa
     b = _probe("finetuned", tmp_path / "b", MACHINE_B, str(data))
     assert a["determinism"]["unpinned"] == b["determinism"]["unpinned"] == []
     assert _results(a) == _results(b)
+
+
+def test_the_study_records_the_profile_threads_whatever_this_process_uses():
+    """The index footer says how many threads the runs computed with; a study process whose
+    frozen tier had not yet applied the profile used to report its own torch threads."""
+    from dml_study.study.pipeline.runner import _environment
+
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert _environment()["threads"] == determinism.threads()
+    finally:
+        torch.set_num_threads(before)

@@ -166,6 +166,12 @@ def test_kill_9_during_the_grid_and_the_report_then_rerun(tmp_path):
             headline={"group": "so_vs_none", "baseline": "no_so", "treatment": "so"},
             execution={"figure_dpi": 50, "stream_output": False, "max_parallel": 2,
                        "html": True},
+            # one run after another, each announced: kill point 1 falls inside the tier
+            # (the batched mode trains these 16 tiny runs in one step of 0.3 s)
+            frozen={"views": 2, "train": {"epochs": 2, "batch_size": 8, "m_per_class": 2},
+                    "datasets": {"cub200": {"embedding_dim": 8}},
+                    "features": {"cub200": {"max_test_per_class": 5}},
+                    "batch_mode": "sequential"},
         )
         config = load_study_config(path)
         write_synthetic_features(config)

@@ -100,26 +100,28 @@ def write_synthetic_features(config: Any, feature_dim: int = 16, noise: float = 
 
     Each class has a random centre; an image's features are its class centre plus noise,
     so heads learn something in two epochs. Per-class subsets and ``test_indices`` follow
-    :func:`dml_study.study.tiers.frozen.per_class_subset` exactly as extraction does.
+    :func:`dml_study.data.splits.subset_per_class` exactly as extraction does, into the
+    feature cache's two files (``-train.npz``, ``-test.npz``).
     """
     from dml_study.atomic_io import atomic_write_with
     from dml_study.data import get_dataset
+    from dml_study.data.splits import subset_per_class
     from dml_study.study.plan.grid import expand_grid, frozen_feature_settings
     from dml_study.study.tiers.frozen import (
-        _frozen_run_config,
         cached_test_indices,
         feature_cache_path,
-        per_class_subset,
+        frozen_run_config,
     )
 
     written = []
     for spec in expand_grid(config):
         if spec.tier != "frozen":
             continue
-        run_config = _frozen_run_config(config, spec)
+        run_config = frozen_run_config(config, spec)
         settings = frozen_feature_settings(config, spec.dataset)
-        path = feature_cache_path(run_config, settings)
-        if path.is_file():
+        paths = {part: feature_cache_path(run_config, settings, part=part)
+                 for part in ("train", "test")}
+        if all(p.is_file() for p in paths.values()):
             continue
         splits = {split: get_dataset(spec.dataset, split, data_root=config.data_root,
                                      progress=False)
@@ -127,23 +129,28 @@ def write_synthetic_features(config: Any, feature_dim: int = 16, noise: float = 
         rng = np.random.default_rng(0)
         seed = settings.feature_seed
         train, test = splits["train"], splits["test"]
-        train_idx = per_class_subset(train.labels, settings.max_train_per_class, seed)
+        train_idx = subset_per_class(train.labels, settings.max_train_per_class, seed)
         test_idx = cached_test_indices(test.labels, settings)
         centres = rng.normal(size=(train.num_classes + test.num_classes, feature_dim))
 
         train_labels, test_labels = train.labels[train_idx], test.labels[test_idx]
-        features = {
-            "train_views": _sample(rng, centres, noise, train_labels, 0, settings.views),
-            "train_eval": _sample(rng, centres, noise, train_labels, 0),
-            "train_labels": train_labels.astype(np.int64),
-            "test": _sample(rng, centres, noise, test_labels, train.num_classes),
-            "test_labels": test_labels.astype(np.int64),
-            "test_indices": test_idx.astype(np.int64),
-            "class_names": np.asarray(list(train.class_names)),
+        parts = {
+            "train": {
+                "train_views": _sample(rng, centres, noise, train_labels, 0, settings.views),
+                "train_eval": _sample(rng, centres, noise, train_labels, 0),
+                "train_labels": train_labels.astype(np.int64),
+                "class_names": np.asarray(list(train.class_names)),
+            },
+            "test": {
+                "test": _sample(rng, centres, noise, test_labels, train.num_classes),
+                "test_labels": test_labels.astype(np.int64),
+                "test_indices": test_idx.astype(np.int64),
+            },
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_with(path, lambda fh, f=features: np.savez(fh, **f))
-        written.append(path)
+        for part, arrays in parts.items():
+            paths[part].parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_with(paths[part], lambda fh, a=arrays: np.savez(fh, **a))
+            written.append(paths[part])
     return written
 
 

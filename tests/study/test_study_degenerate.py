@@ -77,7 +77,8 @@ def test_claim_rows_say_what_is_missing(degenerate):
     assert rows["empty_r1"]["note"].endswith("no effect: no seed has a finished run in every arm")
     assert rows["single_motivation"]["note"] == "n = 1: no CI"
     index = _text(study / "index.html")
-    for text in ("(n = 1: no CI)", "treat: no finished run at seed(s) [1]",
+    # the scorecard cell of a one-seed row: its estimate, "n = 1: no CI" and the verdict
+    for text in ("n = 1: no CI ○ inconclusive", "treat: no finished run at seed(s) [1]",
                  "no effect: no seed has a finished run in every arm"):
         assert text in index
 

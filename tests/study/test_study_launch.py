@@ -204,8 +204,10 @@ def test_failed_runs_do_not_stop_others_and_a_rerun_retries_only_them(fake_proje
     config = load_study_config(path)
     (config.results_dir).mkdir(parents=True, exist_ok=True)
     (config.results_dir / "fail-seed1").write_text("")
+    # --debug: the grid's whole failure report (every failed run and its traceback)
+    # besides the one error line
     code = main(["--config", str(path), "--launcher", "local", "--max-parallel", "2",
-                 "--no-html", "--quiet"])
+                 "--no-html", "--quiet", "--debug"])
     err = capsys.readouterr().err
     assert code == 1
     specs = unique_runs(expand_grid(config))

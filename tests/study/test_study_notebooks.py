@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -167,3 +168,17 @@ def test_executed_notebook_holds_no_machine_path_and_no_tqdm_warning(tmp_path: P
     executed = nbformat.read(out, as_version=4)
     assert "results_dir = \"results\"" in executed.cells[1].source  # injected, relative
     assert executed.cells[-1].outputs[0]["text"] == "results results\n"
+
+
+def test_two_executions_of_the_same_inputs_are_byte_identical(tmp_path: Path):
+    """papermill gives its injected-parameters cell a random id; the executed notebooks of
+    the same inputs must not differ in it (a regeneration compares them byte for byte)."""
+    source = write_notebook(tmp_path / "nb.ipynb", "x = 1", "y = x + 1")
+    output = tmp_path / "out" / "nb.ipynb"
+    first = execute_notebook(source, output, {"x": 2}).read_text()
+    second = execute_notebook(source, output, {"x": 2}).read_text()
+    mask = re.compile(r'"\d{4}-\d\d-\d\dT[0-9:.]+(Z|\+00:00)"|"duration": [0-9.e-]+')
+    assert mask.sub("", first) == mask.sub("", second)
+    injected = [c for c in nbformat.reads(first, as_version=4).cells
+                if "injected-parameters" in c.metadata.get("tags", [])]
+    assert [c.id for c in injected] == ["injected-parameters"]

@@ -1,8 +1,9 @@
 """Smoke mode of the paper study, and the issue #15 command, on official-layout fixtures.
 
-The fixtures have 4 training classes of 2 images per benchmark, smaller than the presets'
+The fixtures have 8 training classes of 2 images per benchmark, smaller than the presets'
 m-per-class (4 on CUB and Cars): such classes must train (topped up with replacement), and a
-DeiT must follow a 32-px ``image_size``.
+DeiT must follow a 32-px ``image_size``. Eight, because a smoke search holds out one of two
+validation folds and the 4 classes left must fill a smoke batch (8 images, 2 per class).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ PAPER = REPO / "studies" / "paper.yaml"
 
 def _all_fixtures(root: Path) -> Path:
     for write in (write_cub_fixture, write_cars_fixture, write_sop_fixture, write_inshop_fixture):
-        write(root, num_classes=8, images_per_class=2)
+        write(root, num_classes=16, images_per_class=2)
     return root
 
 
@@ -209,3 +210,12 @@ def test_paper_smoke_study_finishes_on_all_four_official_layouts(tmp_path):
     # and the row says so (the real study has a spread).
     assert all(r["seeds"] <= 2 and r["verdict"] in VERDICTS for r in motivation)
     assert all(r["seeds"] == 2 and r["verdict"] in VERDICTS for r in text)
+
+
+def test_smoke_searches_use_at_most_two_validation_folds():
+    """Two folds: the fixtures' 8 training classes leave 4 fit classes, one smoke batch's."""
+    from dml_study.study.plan.smoke import SMOKE_VALIDATION_FOLDS, smoke_tuning_dict
+
+    tiny = smoke_tuning_dict({"validation": {"folds": 4, "fold_ids": [0, 1, 2, 3], "seed": 0}})
+    assert tiny["validation"] == {"folds": SMOKE_VALIDATION_FOLDS, "fold_ids": [0], "seed": 0}
+    assert smoke_tuning_dict({"validation": {"folds": 2}})["validation"]["folds"] == 2

@@ -359,14 +359,20 @@ def _render(executed: Path, html: bool) -> str | None:
 
 
 def _environment() -> dict[str, object]:
+    """What the index and README footer say the study ran on. ``threads`` is the count the
+    runs compute with: the numerical profile's (:func:`dml_study.determinism.threads`, which
+    every run applies) when it is on, else this process's torch threads, which would
+    otherwise depend on whether an in-process frozen tier had already applied the profile."""
+    from dml_study import determinism
     from dml_study.env import environment_report
 
     report = environment_report()
+    threads = determinism.threads() if determinism.enabled() else report.get("torch_threads")
     return {
         "git_commit": report.get("git_commit"),
         "device": report.get("device"),
         "torch": report.get("packages", {}).get("torch"),
-        "threads": report.get("torch_threads"),
+        "threads": threads,
         "platform": report.get("platform"),
         "python": report.get("python"),
     }

@@ -294,7 +294,7 @@ def lr_grid_cells(config: StudyConfig, split: str = "test") -> list[RunSpec]:
         complete = {d for d in {s.dataset for s in cells}
                     if {s.base_variant for s in cells if s.dataset == d} == variants}
         specs += [s for s in cells if s.dataset in complete]
-    if split == "test":
+    if split == "test" or not specs:  # no lr grid (or none complete): no validation cells
         return specs
     assert config.tuning is not None  # a tuned group has a tuning section (checked on load)
     out = []
@@ -349,6 +349,13 @@ def headline_runs(config: StudyConfig, seed: int | None = None,
         raise ValueError(
             f"seed {seed} is not a seed of headline group {head.group!r}; seeds: {seeds}"
         ) from None
+
+
+def headline_protocol(config: StudyConfig) -> str:
+    """The protocol the index's headline compares: ``tuned`` when the headline group has
+    tuned cells (every arm at its equal-budget tuned values), else ``preset``."""
+    group = next((g for g in config.groups if g.name == config.headline.group), None)
+    return "tuned" if group is not None and "tuned" in group.protocols else "preset"
 
 
 #: Resolved config keys shown by :func:`settings_table` (the ones tiers and datasets vary).

@@ -72,6 +72,11 @@ SMOKE_MAX_LR_FACTORS = 3
 #: asking, telling and choosing; one validation fold, no pruning, random start.
 SMOKE_TUNING_TRIALS = 2
 
+#: Validation folds of a smoke study's searches at most: two, so a search holds out half
+#: the training classes and small data still fill a smoke batch from the rest (the test
+#: fixtures: 8 training classes, 4 held out, 4 left = the 4 classes of one batch of 8).
+SMOKE_VALIDATION_FOLDS = 2
+
 #: Title prefix of a smoke study, so no page can be mistaken for results.
 SMOKE_TITLE = "SMOKE TEST (tiny CPU recipe: numbers are meaningless)"
 
@@ -130,13 +135,17 @@ def smoke_study_dict(raw: dict[str, Any], results_dir: Path, root: Path) -> dict
 
 def smoke_tuning_dict(raw: dict[str, Any]) -> dict[str, Any]:
     """The ``tuning`` section in tiny form: :data:`SMOKE_TUNING_TRIALS` trials per arm and
-    tier, the first validation fold only, no pruner; spaces and arms are kept."""
+    tier, at most :data:`SMOKE_VALIDATION_FOLDS` folds of which the first only, no pruner;
+    spaces and arms are kept."""
     out = copy.deepcopy(raw)
     out["trials"] = {tier: SMOKE_TUNING_TRIALS for tier in ("frozen", "fine-tuned")}
     for arm in out.get("arms") or []:
         arm.pop("trials", None)
     validation = dict(out.get("validation") or {})
-    validation["fold_ids"] = list(validation.get("fold_ids") or [0])[:1]
+    validation["folds"] = min(int(validation.get("folds", SMOKE_VALIDATION_FOLDS)),
+                              SMOKE_VALIDATION_FOLDS)
+    ids = [int(f) for f in validation.get("fold_ids") or [0] if int(f) < validation["folds"]]
+    validation["fold_ids"] = ids[:1] or [0]
     out["validation"] = validation
     out["pruner"] = {"name": "none"}
     sampler = dict(out.get("sampler") or {})

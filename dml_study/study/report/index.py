@@ -32,7 +32,7 @@ from dml_study.atomic_io import atomic_write_text
 from dml_study.study.analysis.collect import grid_results
 from dml_study.study.analysis.stats import compare_arms, format_estimate, format_mean_std
 from dml_study.study.plan.config import StudyConfig
-from dml_study.study.plan.grid import expand_grid, unique_runs
+from dml_study.study.plan.grid import expand_grid, headline_protocol, unique_runs
 from dml_study.study.report import scorecard as scorecards
 from dml_study.study.report.markup import (
     CellLike,
@@ -77,9 +77,19 @@ def headline(config: StudyConfig) -> dict[str, Any] | None:
     if not config.groups:
         return None
     spec = config.headline
-    specs = [s for s in expand_grid(config) if s.group == spec.group]
-    frame = grid_results(specs, config.results_dir)
-    if frame.empty or not {spec.baseline, spec.treatment} <= set(frame["variant"]):
+    group = [s for s in expand_grid(config) if s.group == spec.group]
+    if not group:
+        return None
+    # One dataset (the group's first) and one protocol: the group's tuned cells when it has
+    # them (the equal-budget protocol), else its preset ones. Never a mix, which would pair
+    # two runs per seed and arm.
+    dataset = group[0].dataset
+    group = [s for s in group if s.dataset == dataset]
+    for protocol in dict.fromkeys((headline_protocol(config), "preset")):
+        frame = grid_results([s for s in group if s.protocol == protocol], config.results_dir)
+        if not frame.empty and {spec.baseline, spec.treatment} <= set(frame["variant"]):
+            break
+    else:
         return None
     metrics = [m for m in spec.metrics if m in frame.columns]
     comparison = compare_arms(
@@ -96,6 +106,8 @@ def headline(config: StudyConfig) -> dict[str, Any] | None:
         "group": spec.group,
         "baseline": spec.baseline,
         "treatment": spec.treatment,
+        "dataset": dataset,
+        "protocol": protocol,
         "confidence": config.stats.confidence,
         "metrics": {m: _clean(comparison.loc[m].to_dict()) for m in metrics},
     }
@@ -354,7 +366,7 @@ def _sections(config: StudyConfig, record: StudyRecord) -> list[_Section]:
         sections.append(_Section("Figures", figures=figures))
     ran = {nb.notebook: nb for nb in record.notebooks}
     notebooks = [*ran, *(n for n in config.notebooks if n not in ran and (out / n).is_file())]
-    headline_section = _Section("Headline", [_headline_text(config)])
+    headline_section = _Section("Headline", [_headline_text(config, record.headline)])
     if record.headline:
         table = headline_table(record.headline)
         headline_section.header = list(map(str, table.columns))
@@ -410,11 +422,14 @@ def _run_cell(study_dir: Path, run: str) -> CellLike:
     return (run, link) if link else run
 
 
-def _headline_text(config: StudyConfig) -> str:
+def _headline_text(config: StudyConfig, result: dict[str, Any] | None = None) -> str:
     spec = config.headline
+    protocol = (result or {}).get("protocol") or headline_protocol(config)
+    arms = ("each arm at its tuned values" if protocol == "tuned"
+            else "both arms at the preset's values")
     return (
-        f"Group `{spec.group}`, `{spec.treatment}` vs `{spec.baseline}`, paired over seeds "
-        "(values in %, Δ and intervals in percentage points)."
+        f"Group `{spec.group}`, `{spec.treatment}` vs `{spec.baseline}` ({protocol} protocol: "
+        f"{arms}), paired over seeds (values in %, Δ and intervals in percentage points)."
     )
 
 

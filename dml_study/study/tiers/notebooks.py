@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 import nbformat
 
+from dml_study.atomic_io import atomic_write_text
 from dml_study.study.tiers.machine_paths import relative_parameters, relativise_notebook
 
 #: Tags papermill puts on the cells it adds to an executed notebook.
@@ -115,9 +116,27 @@ def execute_notebook(
     return output
 
 
+#: The id of papermill's injected-parameters cell in an executed notebook. papermill gives
+#: that cell a random id, so two executions of the same inputs would differ in it (and in
+#: the rendered page's ``cell-id=`` anchor); a fixed id keeps them byte-identical.
+INJECTED_CELL_ID = "injected-parameters"
+
+
 def _relativise(output: Path, workdir: Path) -> None:
     if output.is_file():
+        _pin_injected_cell_id(output)
         relativise_notebook(output, workdir)
+
+
+def _pin_injected_cell_id(output: Path) -> None:
+    """Give the injected-parameters cell of ``output`` the id :data:`INJECTED_CELL_ID`."""
+    notebook = nbformat.read(output, as_version=nbformat.NO_CONVERT)
+    cells = [c for c in notebook.cells if "injected-parameters" in c.get("metadata", {}).get(
+        "tags", []) and "id" in c and c["id"] != INJECTED_CELL_ID]
+    if cells:
+        for cell in cells:
+            cell["id"] = INJECTED_CELL_ID
+        atomic_write_text(output, nbformat.writes(notebook) + "\n")
 
 
 def _local_kernel_config() -> Any:

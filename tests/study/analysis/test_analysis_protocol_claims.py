@@ -175,3 +175,17 @@ def test_the_validation_grid_is_read_from_its_own_runs(study):
     table = R.robustness_table(study)
     assert set(table["split"]) == {"validation", "test"}
     assert set(table[table["split"] == "validation"]["mean"]) == {3.0}  # a flat grid
+
+
+def test_the_headline_pairs_the_tuned_cells_of_the_first_dataset(study):
+    """Not the preset and tuned runs of a seed together, nor icons' and glyphs' (the paper
+    smoke study crashed on that: two rows per seed and arm)."""
+    from dml_study.study.report.index import _headline_text, headline
+
+    write_runs(study)
+    result = headline(study)
+    assert (result["dataset"], result["protocol"]) == ("icons", "tuned")
+    r1 = result["metrics"]["R@1"]
+    assert r1["n"] == 3  # tuned_seeds
+    assert r1["mean_difference"] == pytest.approx(0.0)  # the preset cells differ by +2 pp
+    assert "tuned protocol: each arm at its tuned values" in _headline_text(study, result)

@@ -292,3 +292,16 @@ def test_embedded_tuned_grid_is_frozen_only_with_the_seeds(tmp_path):
     assert {s.lr_factor for s in shared} == {1.0} and len(shared) == 12
     assert {s.protocol for s in specs if s.group == "frozen_so"} == {"preset", "tuned",
                                                                      "tuned-2x"}
+
+
+def test_a_study_without_an_lr_grid_has_no_lr_grid_cells_on_either_split(tmp_path):
+    """03_ablations asks every study for both splits; one with no tuning section at all
+    (a tiny or degenerate study) must get no cells, not an assertion."""
+    from study_helpers import write_study
+
+    from dml_study.study.plan.config import load_study_config
+    from dml_study.study.plan.grid import lr_grid_cells
+
+    config = load_study_config(write_study(tmp_path))
+    assert config.tuning is None
+    assert lr_grid_cells(config, "test") == [] and lr_grid_cells(config, "validation") == []
