@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from reliability_helpers import subprocess_env, write_notebook, write_study
 
 from dml_study.study.pipeline.runner import publish_study_dir, run_study, stage_study_dir
 from dml_study.study.plan.config import load_study_config
+from dml_study.study.plan.grid import expand_grid
 from dml_study.study.tiers.notebooks import NotebookExecutionError
 
 
@@ -105,10 +107,21 @@ def test_publish_replaces_and_a_crash_between_renames_is_recovered(tmp_path: Pat
 
 
 def test_a_full_regeneration_stages_only_the_run_records_and_tuning(tmp_path: Path):
-    config = load_study_config(_study(tmp_path, fail=False))
+    groups = [{"name": "g", "description": "one cell", "seeds": [0],
+               "variants": {"no_so": {"so_lambda": 0.0}}}]
+    config = load_study_config(_study(tmp_path, fail=False, groups=groups,
+                                      headline={"group": "g", "baseline": "no_so",
+                                                "treatment": "no_so"}))
     final = config.study_dir
     (final / "runs").mkdir(parents=True)
-    (final / "runs" / "r.log").write_text("log of the previous regeneration")
+    current = expand_grid(config)[0].run_name
+    (final / "runs" / f"{current}.log").write_text("log of the previous regeneration")
+    (final / "runs" / f"{current}.ipynb").write_text("{}")
+    # a run renamed since (its settings changed): its records go with the old pages
+    (final / "runs" / "old-run-s0-0123abcd.log").write_text("a run no longer in the grid")
+    (final / "runs" / "old-run-s0-0123abcd.html").write_text("<html>")
+    (final / "launch.json").write_text(json.dumps({"study": config.name, "runs": {
+        current: {"status": "trained"}, "old-run-s0-0123abcd": {"status": "trained"}}}))
     (final / "tuning").mkdir()
     (final / "tuning" / "chosen.json").write_text("{}")
     (final / "tuning-2x").mkdir()  # the budget check's searches (make tune --budget-check)
@@ -118,11 +131,13 @@ def test_a_full_regeneration_stages_only_the_run_records_and_tuning(tmp_path: Pa
     (final / "figures" / "gone.png").write_bytes(b"png")
     (final / "claims.json").write_text("[]")
     staging = stage_study_dir(config, full=True)
-    assert sorted(os.listdir(staging)) == ["runs", "tuning", "tuning-2x"]
-    assert (staging / "runs" / "r.log").is_file()
+    assert sorted(os.listdir(staging)) == ["launch.json", "runs", "tuning", "tuning-2x"]
+    assert sorted(os.listdir(staging / "runs")) == [f"{current}.ipynb", f"{current}.log"]
+    assert list(json.loads((staging / "launch.json").read_text())["runs"]) == [current]
     staging = stage_study_dir(config)  # a partial re-run (only=) keeps every page
-    assert sorted(os.listdir(staging)) == ["claims.json", "figures", "runs", "tuning",
-                                           "tuning-2x", "tuning-old"]
+    assert sorted(os.listdir(staging)) == ["claims.json", "figures", "launch.json", "runs",
+                                           "tuning", "tuning-2x", "tuning-old"]
+    assert len(os.listdir(staging / "runs")) == 4
 
 
 def test_a_run_log_is_replaced_by_a_fresh_run_and_continued_by_a_resumed_one(tmp_path: Path):

@@ -228,20 +228,33 @@ def default_threads(max_parallel: int) -> int | None:
 # --------------------------------------------------------------------------- records
 
 
+#: The launch records' file name in a study directory.
+RUN_STATE_FILE = "launch.json"
+
+
 def launch_state_path(config: StudyConfig) -> Path:
     """``results/<study>/launch.json``: the last known outcome and job id of every run."""
-    return config.study_dir / "launch.json"
+    return config.study_dir / RUN_STATE_FILE
+
+
+def read_state_file(path: Path) -> tuple[str | None, dict[str, dict[str, Any]]]:
+    """The study name and the ``run name -> last recorded outcome`` of a ``launch.json``."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); delete it to start afresh") from None
+    return raw.get("study"), dict(raw.get("runs", {}))
+
+
+def write_state_file(path: Path, study: str | None, runs: dict[str, dict[str, Any]]) -> None:
+    """Write a ``launch.json`` (atomically)."""
+    atomic_write_json(path, {"study": study, "runs": runs})
 
 
 def read_launch_state(config: StudyConfig) -> dict[str, dict[str, Any]]:
     """Run name -> its last recorded :class:`RunResult` fields (empty when none)."""
     path = launch_state_path(config)
-    if not path.is_file():
-        return {}
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8")).get("runs", {}))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); delete it to start afresh") from None
+    return read_state_file(path)[1] if path.is_file() else {}
 
 
 def record_results(config: StudyConfig, results: Iterable[RunResult], launcher: str) -> None:
@@ -250,4 +263,4 @@ def record_results(config: StudyConfig, results: Iterable[RunResult], launcher: 
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     for res in results:
         runs[res.run_name] = {**res.to_json(), "launcher": launcher, "updated": now}
-    atomic_write_json(launch_state_path(config), {"study": config.name, "runs": runs})
+    write_state_file(launch_state_path(config), config.name, runs)

@@ -283,7 +283,45 @@ def stage_study_dir(config: StudyConfig, full: bool = False) -> Path:
                 shutil.copytree(entry, staging / entry.name, symlinks=True)
             else:
                 shutil.copy2(entry, staging / entry.name, follow_symlinks=False)
+    if full:
+        prune_stale_run_records(config, staging)
     return staging
+
+
+#: Files of a run's record in ``results/<study>/runs/``: ``<run name><suffix>``.
+RUN_RECORD_SUFFIXES: tuple[str, ...] = (".ipynb", ".html", ".log")
+
+
+def prune_stale_run_records(config: StudyConfig, study_dir: Path) -> list[str]:
+    """Drop from ``study_dir`` the records of runs no longer in the study's grid.
+
+    A run whose settings changed gets a new name (its hash), so the old name's executed
+    notebook, page, log and ``launch.json`` entry would otherwise outlive the regeneration
+    that replaced them. Kept: every cell of the grid and, with a ``tuning`` section, the
+    lr grid's validation cells. Returns the run names dropped.
+    """
+    from dml_study.study.launch.task import RUN_STATE_FILE, read_state_file, write_state_file
+    from dml_study.study.plan.grid import expand_grid, lr_grid_cells
+
+    names = {s.run_name for s in expand_grid(config)}
+    if config.tuning is not None:
+        names |= {s.run_name for s in lr_grid_cells(config, split="validation")}
+    dropped: set[str] = set()
+    runs = study_dir / "runs"
+    if runs.is_dir():
+        for entry in runs.iterdir():
+            stem, suffix = os.path.splitext(entry.name)
+            if entry.is_file() and suffix in RUN_RECORD_SUFFIXES and stem not in names:
+                entry.unlink()
+                dropped.add(stem)
+    state = study_dir / RUN_STATE_FILE
+    if state.is_file():
+        study, records = read_state_file(state)
+        kept = {name: record for name, record in records.items() if name in names}
+        if len(kept) != len(records):
+            dropped |= set(records) - set(kept)
+            write_state_file(state, study, kept)
+    return sorted(dropped)
 
 
 def publish_study_dir(staging: Path, final_dir: Path) -> None:

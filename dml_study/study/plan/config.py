@@ -241,6 +241,10 @@ class FrozenConfig:
     batch_mode: str = "exact"
     #: Runs trained together at most.
     batch_runs: int = 32
+    #: Worker processes training the batches (``exact``/``fast``), one thread each; ``None``:
+    #: ``execution.max_parallel``, the local launcher's concurrent runs. The bits of a run do
+    #: not depend on it (docs/frozen-tier.md).
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -1059,6 +1063,9 @@ def _validate(config: StudyConfig, where: str) -> None:
         _check_choice(dataset, train_choices()["dataset"], f"{where}: datasets")
     _check_train_params(config.train, f"{where}: train")
     _check_choice(config.frozen.batch_mode, FROZEN_BATCH_MODES, f"{where}: frozen.batch_mode")
+    if config.frozen.workers is not None and config.frozen.workers < 1:
+        raise StudyConfigError(f"{where}: frozen.workers must be >= 1 or null, got "
+                               f"{config.frozen.workers}")
     if config.frozen.batch_runs < 1:
         raise StudyConfigError(f"{where}: frozen.batch_runs must be >= 1, got "
                                f"{config.frozen.batch_runs}")

@@ -144,6 +144,9 @@ class BatchedRunsFailed(FrozenTierError):
         names = "; ".join(f"{name}: {msg}" for name, msg in failures.items())
         super().__init__(f"{len(failures)} frozen-tier run(s) failed ({names})")
 
+    def __reduce__(self) -> tuple[Any, ...]:  # raised in a worker process, re-raised here
+        return (type(self), (self.failures, self.metrics))
+
 
 # --------------------------------------------------------------------------- grouping
 
@@ -883,14 +886,21 @@ def train_frozen_runs_batched(
     stream: TextIO | None = None,
     max_runs: int = DEFAULT_MAX_RUNS,
     mode: str = "exact",
+    workers: int = 1,
 ) -> list[tuple[str, float]]:
     """:func:`dml_study.study.tiers.frozen.train_frozen_runs`, batched: the unfinished runs are
     grouped by :func:`batch_key` (at most ``max_runs`` a batch) and each batch is trained by
     :func:`train_frozen_batch`; runs without a batched loss are trained sequentially.
 
-    Features are loaded once per dataset/backbone/settings. Returns ``(run_name, seconds)``
-    of the runs trained now (a batch's time shared equally among its runs). The first
-    failed batch raises (:class:`BatchedRunsFailed`) after its other runs were written.
+    Features are extracted (or found in the cache) once per dataset/backbone/settings, here.
+    With ``workers`` > 1 and more than one batch, the batches are trained by that many
+    worker processes (spawned; each one thread under the numerical profile, as here), so a
+    run's bits do not depend on ``workers``: a run's arithmetic never mixes with another
+    run's, whichever batch or process it is in (``tests/study/test_study_frozen_batched.py``
+    holds that). Returns ``(run_name, seconds)`` of the runs trained now (a batch's time
+    shared equally among its runs), in the order of the batches. The first failed batch
+    raises (:class:`BatchedRunsFailed`) after its other runs were written; with workers,
+    batches not started yet are cancelled, those under way finish.
     """
     from dml_study.env import environment_report
 
@@ -900,32 +910,143 @@ def train_frozen_runs_batched(
     for item in todo:
         by_features.setdefault(features_key(item[1], item[2]), []).append(item)
     provenance: dict[str, Any] | None = None
+    jobs: list[_BatchJob] = []
     done: list[tuple[str, float]] = []
-    for key, members in by_features.items():
-        began = time.perf_counter()
-        features = extract_features(members[0][1], members[0][2])
-        _say(stream, f"frozen features {key}: {time.perf_counter() - began:.0f} s")
-        if provenance is None:
-            provenance = environment_report()
-        keys = [batch_key(config, features) for _, config, _ in members]
-        for batch in group_runs(keys, max_runs):
-            chosen = [members[i] for i in batch]
+    in_process = workers <= 1 or len(todo) <= 1
+    try:
+        for key, members in by_features.items():
             began = time.perf_counter()
-            dirs = [RunDirectory.for_run(results_dir, name) for name, _, _ in chosen]
-            infos = [{"features": settings.identity()} for _, _, settings in chosen]
-            if keys[batch[0]] is None:
-                train_frozen(chosen[0][1], features, dirs[0], provenance=provenance,
-                             tier_info=infos[0])
-            else:
-                train_frozen_batch([c for _, c, _ in chosen], features, dirs,
-                                   tier_info=infos, provenance=provenance, stream=stream,
-                                   mode=mode)
-            seconds = (time.perf_counter() - began) / len(chosen)
-            done.extend((name, seconds) for name, _, _ in chosen)
-            _say(stream, f"{len(chosen)} frozen-tier run(s) trained in one batch in "
-                         f"{seconds * len(chosen):.1f} s ({seconds:.1f} s a run): "
-                         + ", ".join(name for name, _, _ in chosen))
-        del features  # one dataset's features in memory at a time
+            features = extract_features(members[0][1], members[0][2])
+            _say(stream, f"frozen features {key}: {time.perf_counter() - began:.0f} s")
+            if provenance is None:
+                provenance = environment_report()
+            keys = [batch_key(config, features) for _, config, _ in members]
+            batches = [_BatchJob([members[i] for i in batch], keys[batch[0]] is None)
+                       for batch in group_runs(keys, max_runs)]
+            if not in_process:
+                jobs += batches
+                continue
+            _WORKER_FEATURES.clear()  # one dataset's features in memory at a time
+            _WORKER_FEATURES[key] = features
+            for job in batches:
+                names, seconds = _train_job(job, results_dir, provenance, mode, stream)
+                done += [(name, seconds) for name in names]
+                _say_batch(stream, names, seconds)
+            del features
+    finally:
+        _WORKER_FEATURES.clear()
+    if len(jobs) == 1:  # one batch: no process to spawn
+        names, seconds = _train_job(jobs[0], results_dir, provenance or {}, mode, stream)
+        _WORKER_FEATURES.clear()
+        _say_batch(stream, names, seconds)
+        return [(name, seconds) for name in names]
+    if jobs:
+        assert provenance is not None
+        done = _train_jobs_in_workers(jobs, results_dir, provenance, mode, workers, stream)
+    return done
+
+
+@dataclass
+class _BatchJob:
+    """One batch of :func:`train_frozen_runs_batched`: its runs, and whether it is a single
+    run without a batched loss (trained by the sequential trainer)."""
+
+    runs: list[tuple[str, ExperimentConfig, FeatureSettings]]
+    single: bool
+
+
+#: The features a worker process of :func:`_train_jobs_in_workers` holds: the last dataset's
+#: (the batches are handed out dataset by dataset, so a worker mostly reloads nothing).
+_WORKER_FEATURES: dict[str, FrozenFeatures] = {}
+
+
+def _train_job(job: _BatchJob, results_dir: str | Path, provenance: dict[str, Any], mode: str,
+               stream: TextIO | None = None) -> tuple[list[str], float]:
+    """Train one batch (features from the cache); returns its run names and the seconds a run."""
+    _, config0, settings0 = job.runs[0]
+    key = features_key(config0, settings0)
+    if key not in _WORKER_FEATURES:
+        _WORKER_FEATURES.clear()
+        _WORKER_FEATURES[key] = extract_features(config0, settings0)
+    features = _WORKER_FEATURES[key]
+    began = time.perf_counter()
+    dirs = [RunDirectory.for_run(results_dir, name) for name, _, _ in job.runs]
+    infos = [{"features": settings.identity()} for _, _, settings in job.runs]
+    if job.single:
+        train_frozen(config0, features, dirs[0], provenance=provenance, tier_info=infos[0])
+    else:
+        train_frozen_batch([c for _, c, _ in job.runs], features, dirs, tier_info=infos,
+                           provenance=provenance, stream=stream, mode=mode)
+    return [name for name, _, _ in job.runs], (time.perf_counter() - began) / len(job.runs)
+
+
+def _end_with_parent(parent: int, interval: float = 1.0) -> None:
+    """Worker initializer: end this process when its parent, the study, is gone.
+
+    A process pool's worker holds both ends of its call queue, so a parent killed with
+    SIGKILL never gives it end-of-file: it would wait for the next batch forever. A daemon
+    thread polls the parent's pid and exits hard; the batch under way is lost, which loses
+    nothing (a run's ``metrics.json``, its finished marker, is written last, atomically).
+    """
+    import os
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
+def _say_batch(stream: TextIO | None, names: list[str], seconds: float) -> None:
+    _say(stream, f"{len(names)} frozen-tier run(s) trained in one batch in "
+                 f"{seconds * len(names):.1f} s ({seconds:.1f} s a run): " + ", ".join(names))
+
+
+def _train_jobs_in_workers(jobs: list[_BatchJob], results_dir: str | Path,
+                           provenance: dict[str, Any], mode: str, workers: int,
+                           stream: TextIO | None) -> list[tuple[str, float]]:
+    """:func:`_train_job` for every job in ``workers`` spawned processes (see
+    :func:`train_frozen_runs_batched`). Spawned, not forked: a fork of a process whose torch
+    and OpenMP thread pools already started can deadlock."""
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    workers = min(workers, len(jobs))
+    _say(stream, f"frozen tier: {len(jobs)} batches in {workers} worker processes")
+    context = multiprocessing.get_context("spawn")
+    results: dict[int, tuple[list[str], float]] = {}
+    import os
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                             initializer=_end_with_parent, initargs=(os.getpid(),)) as pool:
+        futures = {pool.submit(_train_job, job, results_dir, provenance, mode): i
+                   for i, job in enumerate(jobs)}
+        pending = set(futures)
+        failure: BaseException | None = None
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in finished:
+                if future.exception() is not None:
+                    failure = failure or future.exception()
+                    continue
+                results[futures[future]] = future.result()
+                _say_batch(stream, *results[futures[future]])
+            if failure is not None:
+                for future in pending:
+                    future.cancel()
+                wait(pending)  # batches under way finish and are written
+                for future in pending:
+                    if not future.cancelled() and future.exception() is None:
+                        results[futures[future]] = future.result()
+                break
+    if failure is not None:
+        raise failure
+    done: list[tuple[str, float]] = []
+    for i in sorted(results):
+        names, seconds = results[i]
+        done += [(name, seconds) for name in names]
     return done
 
 
@@ -936,7 +1057,8 @@ def run_frozen_tier(
 
     Finished runs are reused; features are extracted once per dataset and backbone. The
     study file's ``frozen.batch_mode`` says how: ``exact`` / ``fast`` batches of at most
-    ``frozen.batch_runs`` runs (:func:`train_frozen_runs_batched`) or ``sequential``
+    ``frozen.batch_runs`` runs (:func:`train_frozen_runs_batched`, in ``frozen.workers``
+    processes, default ``execution.max_parallel``) or ``sequential``
     (:func:`~dml_study.study.tiers.frozen.train_frozen_runs`, the reference).
     """
     specs = unique_runs(specs)
@@ -952,7 +1074,9 @@ def run_frozen_tier(
     if mode == "sequential":
         trained = dict(train_frozen_runs(items, config.results_dir, stream=stream))
     else:
+        workers = config.frozen.workers or config.execution.max_parallel
         trained = dict(train_frozen_runs_batched(items, config.results_dir, stream=stream,
-                                                 max_runs=config.frozen.batch_runs, mode=mode))
+                                                 max_runs=config.frozen.batch_runs, mode=mode,
+                                                 workers=workers))
     return [RunOutcome(s.run_name, "trained" if s.run_name in trained else "reused",
                        trained.get(s.run_name, 0.0), None) for s in specs]
