@@ -284,7 +284,10 @@ def stage_study_dir(config: StudyConfig, full: bool = False) -> Path:
             else:
                 shutil.copy2(entry, staging / entry.name, follow_symlinks=False)
     if full:
-        prune_stale_run_records(config, staging)
+        try:
+            prune_stale_run_records(config, staging)
+        except ValueError:  # a grid that cannot be expanded: its error is reported later
+            pass
     return staging
 
 
