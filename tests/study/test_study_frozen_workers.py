@@ -58,6 +58,7 @@ def test_two_workers_write_the_bits_of_one_process(tmp_path, monkeypatch, capsys
                 for config, log in zip((one, two), logs, strict=True)]
     assert "worker processes" not in logs[0].getvalue()
     assert "frozen tier: 3 batches in 2 worker processes" in logs[1].getvalue()
+    assert logs[1].getvalue().count("trained in one batch") == 3  # each batch announced
     assert all({o.status for o in runs} == {"trained"} for runs in outcomes)
     assert [o.run_name for o in outcomes[0]] == [o.run_name for o in outcomes[1]]
     for outcome in outcomes[0]:

@@ -1011,7 +1011,7 @@ def _train_jobs_in_workers(jobs: list[_BatchJob], results_dir: str | Path,
     :func:`train_frozen_runs_batched`). Spawned, not forked: a fork of a process whose torch
     and OpenMP thread pools already started can deadlock."""
     import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     workers = min(workers, len(jobs))
     _say(stream, f"frozen tier: {len(jobs)} batches in {workers} worker processes")
@@ -1026,7 +1026,8 @@ def _train_jobs_in_workers(jobs: list[_BatchJob], results_dir: str | Path,
         pending = set(futures)
         failure: BaseException | None = None
         while pending:
-            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            # each batch is announced as it ends (FIRST_EXCEPTION would wait for all)
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 if future.exception() is not None:
                     failure = failure or future.exception()
