@@ -923,23 +923,22 @@ def train_frozen_runs_batched(
             keys = [batch_key(config, features) for _, config, _ in members]
             batches = [_BatchJob([members[i] for i in batch], keys[batch[0]] is None)
                        for batch in group_runs(keys, max_runs)]
+            _WORKER_FEATURES.clear()  # one dataset's features in memory at a time
+            _WORKER_FEATURES[key] = features
             if not in_process:
                 jobs += batches
                 continue
-            _WORKER_FEATURES.clear()  # one dataset's features in memory at a time
-            _WORKER_FEATURES[key] = features
             for job in batches:
                 names, seconds = _train_job(job, results_dir, provenance, mode, stream)
                 done += [(name, seconds) for name in names]
                 _say_batch(stream, names, seconds)
             del features
+        if len(jobs) == 1:  # one batch: no process to spawn, its features are still here
+            names, seconds = _train_job(jobs[0], results_dir, provenance or {}, mode, stream)
+            _say_batch(stream, names, seconds)
+            return [(name, seconds) for name in names]
     finally:
         _WORKER_FEATURES.clear()
-    if len(jobs) == 1:  # one batch: no process to spawn
-        names, seconds = _train_job(jobs[0], results_dir, provenance or {}, mode, stream)
-        _WORKER_FEATURES.clear()
-        _say_batch(stream, names, seconds)
-        return [(name, seconds) for name in names]
     if jobs:
         assert provenance is not None
         done = _train_jobs_in_workers(jobs, results_dir, provenance, mode, workers, stream)
