@@ -403,3 +403,31 @@ def test_slurm_path_preempted_real_training_resumes_from_its_checkpoint(tmp_path
     history = json.loads((run / "history.json").read_text())
     assert sorted(h["epoch"] for h in history) == list(range(epochs + 1))
     assert is_finished(config.results_dir, spec.run_name)
+
+
+def test_the_kernel_shutdown_interrupt_line_is_dropped_from_the_ended_attempt(tmp_path):
+    """jupyter_client interrupts every kernel it shuts down; whether ipykernel logs it is a
+    race, so it is dropped from the attempt that ended (an earlier attempt keeps its text)."""
+    from dml_study.study.launch.worker import (
+        RESUME_MARK,
+        SHUTDOWN_INTERRUPT_LINE,
+        drop_shutdown_interrupt_line,
+    )
+
+    log = tmp_path / "r.log"
+    first = f"launch_worker: run r (x)\ntrained\n{SHUTDOWN_INTERRUPT_LINE}\n"
+    log.write_text(first + "launch_worker: run r ok in 3 s\n", encoding="utf-8")
+    drop_shutdown_interrupt_line(log)
+    assert log.read_text(encoding="utf-8") == (
+        "launch_worker: run r (x)\ntrained\nlaunch_worker: run r ok in 3 s\n")
+
+    mark = f"\n--- t: resuming r {RESUME_MARK}\n"
+    log.write_text(f"{first}{mark}more\n{SHUTDOWN_INTERRUPT_LINE}\nend\n", encoding="utf-8")
+    drop_shutdown_interrupt_line(log)
+    assert log.read_text(encoding="utf-8") == f"{first}{mark}more\nend\n"
+
+    clean = "launch_worker: run r (x)\nok\n"
+    log.write_text(clean, encoding="utf-8")
+    drop_shutdown_interrupt_line(log)
+    assert log.read_text(encoding="utf-8") == clean
+    drop_shutdown_interrupt_line(tmp_path / "missing.log")  # no log: nothing to do

@@ -58,7 +58,7 @@ def run_worker(
         with log.open("a" if resuming else "w", encoding="utf-8") as out:
             if resuming:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-                out.write(f"\n--- {stamp}: resuming {task.run_name} from its checkpoint ---\n")
+                out.write(f"\n--- {stamp}: resuming {task.run_name} {RESUME_MARK}\n")
                 out.flush()
             proc = subprocess.Popen(
                 [sys.executable, "-m", "dml_study.study.launch.worker", str(task_file),
@@ -70,11 +70,39 @@ def run_worker(
                 on_start(proc)
             code = proc.wait()
         if result_file.is_file():
+            drop_shutdown_interrupt_line(log)
             return RunResult.from_json(json.loads(result_file.read_text(encoding="utf-8")))
     tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-30:])
     return RunResult(task.run_name, "failed", executed_notebook=task.executed, log=str(log),
                      job_id=task.job_id, error=f"worker process exited with status {code}",
                      traceback=tail)
+
+
+#: The end of the line that starts a resumed attempt in a run's log.
+RESUME_MARK = "from its checkpoint ---"
+
+#: What ipykernel logs when an interrupt lands while it handles a message. jupyter_client
+#: interrupts every kernel it shuts down (``KernelManager.shutdown_kernel`` sends SIGINT
+#: before the shutdown request), so a run whose notebook finished may log it, or not, by a
+#: race with the kernel's last messages: noise, not an event of the run.
+SHUTDOWN_INTERRUPT_LINE = "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel."
+
+
+def drop_shutdown_interrupt_line(log: Path) -> None:
+    """Rewrite ``log`` (atomically) without :data:`SHUTDOWN_INTERRUPT_LINE` in the attempt
+    that just ended (after the last ``resuming ... from its checkpoint`` line, if any); an
+    earlier attempt's text stays as it was."""
+    from dml_study.atomic_io import atomic_write_text
+
+    if not log.is_file():
+        return
+    text = log.read_text(encoding="utf-8", errors="replace")
+    start = text.rfind(RESUME_MARK)
+    head, tail = (text[:start], text[start:]) if start >= 0 else ("", text)
+    lines = tail.splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() != SHUTDOWN_INTERRUPT_LINE]
+    if len(kept) != len(lines):
+        atomic_write_text(log, head + "".join(kept))
 
 
 def kill_descendants(timeout: float = 10.0) -> None:
