@@ -15,7 +15,13 @@ from study_helpers import FAKE_TRAIN_BODY, write_notebook, write_study
 
 from dml_study.config import TRAIN_PARAMETERS
 from dml_study.study.__main__ import main
-from dml_study.study.launch.launcher import create_launcher, launch_grid, list_launchers, run_states
+from dml_study.study.launch.launcher import (
+    GridFailedError,
+    create_launcher,
+    launch_grid,
+    list_launchers,
+    run_states,
+)
 from dml_study.study.launch.local import LocalLauncher
 from dml_study.study.launch.run_claims import claim_path, live_claim, try_claim
 from dml_study.study.launch.slurm import SlurmLauncher, SlurmRunJob, torchrun_command
@@ -405,29 +411,43 @@ def test_slurm_path_preempted_real_training_resumes_from_its_checkpoint(tmp_path
     assert is_finished(config.results_dir, spec.run_name)
 
 
-def test_the_kernel_shutdown_interrupt_line_is_dropped_from_the_ended_attempt(tmp_path):
-    """jupyter_client interrupts every kernel it shuts down; whether ipykernel logs it is a
-    race, so it is dropped from the attempt that ended (an earlier attempt keeps its text)."""
-    from dml_study.study.launch.worker import (
-        RESUME_MARK,
-        SHUTDOWN_INTERRUPT_LINE,
-        drop_shutdown_interrupt_line,
-    )
+#: A trainer whose kernel process writes to its own stderr at exit (as ipykernel's and zmq's
+#: shut-down lines do, by races) and, for seed 1, writes its last words there and fails.
+NOISY_KERNEL_BODY = '''
+import atexit, os
+atexit.register(os.write, 2, b"kernel noise at exit\\n")
+if seed == 1:
+    os.write(2, b"dying words on fd 2\\n")
+    raise RuntimeError("planned failure of seed 1")
+'''
 
-    log = tmp_path / "r.log"
-    first = f"launch_worker: run r (x)\ntrained\n{SHUTDOWN_INTERRUPT_LINE}\n"
-    log.write_text(first + "launch_worker: run r ok in 3 s\n", encoding="utf-8")
-    drop_shutdown_interrupt_line(log)
-    assert log.read_text(encoding="utf-8") == (
-        "launch_worker: run r (x)\ntrained\nlaunch_worker: run r ok in 3 s\n")
 
-    mark = f"\n--- t: resuming r {RESUME_MARK}\n"
-    log.write_text(f"{first}{mark}more\n{SHUTDOWN_INTERRUPT_LINE}\nend\n", encoding="utf-8")
-    drop_shutdown_interrupt_line(log)
-    assert log.read_text(encoding="utf-8") == f"{first}{mark}more\nend\n"
+def test_the_kernel_process_stderr_stays_out_of_a_run_log_unless_the_run_fails(
+        fake_project: Path):
+    """The kernel's own stderr (shut-down noise, written or not by races) never reaches a
+    finished run's log, so two regenerations write the same log; a failed run's log gets it
+    after a header, since a dying kernel says why there."""
+    from dml_study.study.launch.task import KERNEL_STDERR_HEADER
 
-    clean = "launch_worker: run r (x)\nok\n"
-    log.write_text(clean, encoding="utf-8")
-    drop_shutdown_interrupt_line(log)
-    assert log.read_text(encoding="utf-8") == clean
-    drop_shutdown_interrupt_line(tmp_path / "missing.log")  # no log: nothing to do
+    defaults = {name: None for name in TRAIN_PARAMETERS}
+    defaults.update(dataset="cub200", seed=0, run_name="run", results_dir="results", quiet=True)
+    write_notebook(fake_project / "notebooks" / "fake_train.ipynb",
+                   "\n".join(f"{k} = {v!r}" for k, v in defaults.items()),
+                   NOISY_KERNEL_BODY + FAKE_TRAIN_BODY)
+    groups = [{"name": "so_vs_none", "seeds": [0, 1],
+               "variants": {"no_so": {"so_lambda": 0.0}, "so": {"so_lambda": 0.1}}}]
+    config = load_study_config(write_study(fake_project, groups=groups,
+                                           notebooks=["03_ablations.ipynb"]))
+    with pytest.raises(GridFailedError) as failure:
+        launch_grid(config, LocalLauncher(max_parallel=2), progress=False)
+    specs = unique_runs(expand_grid(config))
+    assert sorted(r.run_name for r in failure.value.failed) == sorted(
+        s.run_name for s in specs if s.seed == 1)
+    assert all(is_finished(config.results_dir, s.run_name) for s in specs if s.seed == 0)
+    for spec in specs:
+        log = (config.executed_runs_dir / f"{spec.run_name}.log").read_text()
+        assert f"run {spec.run_name}" in log
+        if spec.seed == 0:
+            assert "kernel noise" not in log and KERNEL_STDERR_HEADER not in log, log
+        else:
+            assert "dying words on fd 2" in log.split(KERNEL_STDERR_HEADER, 1)[-1], log

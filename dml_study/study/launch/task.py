@@ -16,6 +16,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import time
 import traceback
 from collections.abc import Iterable
@@ -135,6 +136,12 @@ def execute_run(task: RunTask, stdout: TextIO | None = None) -> RunResult:
     Never raises for a failing run: the failure (message, traceback from the executed
     notebook) is in the returned :class:`RunResult`. ``stdout`` receives the kernel's
     output live (the run's log when called by a worker process).
+
+    The kernel process's own stderr (ipykernel's and zmq's start-up and shut-down lines,
+    written by races, see :func:`~dml_study.study.tiers.notebooks.execute_notebook`) goes to
+    a temporary file, not to ``stdout``: a run's log says the same on every regeneration.
+    A run that fails gets that text appended to ``stdout`` after a header, since a
+    kernel that died says why there.
     """
     started = time.perf_counter()
     results_dir = Path(task.results_dir)
@@ -152,20 +159,25 @@ def execute_run(task: RunTask, stdout: TextIO | None = None) -> RunResult:
     with claim.start_heartbeat():
         if run.is_finished():  # finished while we were claiming
             return result("reused", executed_notebook=None)
-        try:
-            if task.pre_command:
-                subprocess.run(list(task.pre_command), cwd=task.cwd, check=True,
-                               stdout=stdout, stderr=subprocess.STDOUT if stdout else None)
-            execute_notebook(
-                task.notebook, task.executed, task.parameters, kernel_name=task.kernel_name,
-                cwd=task.cwd, cell_timeout=task.cell_timeout, stdout=stdout,
-            )
-        except NotebookExecutionError as exc:
-            return result("failed", error=str(exc), traceback=notebook_traceback(task.executed),
-                          exception=exc)
-        except Exception as exc:  # one run's failure must not stop the grid
-            return result("failed", error=f"{type(exc).__name__}: {exc}",
-                          traceback=traceback.format_exc(), exception=exc)
+        with tempfile.TemporaryDirectory(prefix="dml-kernel-") as tmp:
+            kernel_stderr = Path(tmp) / "kernel-stderr.log"
+            try:
+                if task.pre_command:
+                    subprocess.run(list(task.pre_command), cwd=task.cwd, check=True,
+                                   stdout=stdout, stderr=subprocess.STDOUT if stdout else None)
+                execute_notebook(
+                    task.notebook, task.executed, task.parameters, kernel_name=task.kernel_name,
+                    cwd=task.cwd, cell_timeout=task.cell_timeout, stdout=stdout,
+                    kernel_stderr=kernel_stderr,
+                )
+            except NotebookExecutionError as exc:
+                _show_kernel_stderr(kernel_stderr, stdout)
+                return result("failed", error=str(exc),
+                              traceback=notebook_traceback(task.executed), exception=exc)
+            except Exception as exc:  # one run's failure must not stop the grid
+                _show_kernel_stderr(kernel_stderr, stdout)
+                return result("failed", error=f"{type(exc).__name__}: {exc}",
+                              traceback=traceback.format_exc(), exception=exc)
     if not run.is_finished():
         message = (f"{Path(task.notebook).name} finished for run {task.run_name} but wrote no "
                    f"{run.metrics}")
@@ -174,6 +186,18 @@ def execute_run(task: RunTask, stdout: TextIO | None = None) -> RunResult:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+#: The header above a failed run's kernel stderr in its log.
+KERNEL_STDERR_HEADER = "--- the kernel process's stderr ---"
+
+
+def _show_kernel_stderr(path: Path, stdout: TextIO | None) -> None:
+    """Append the kernel's stderr at ``path`` (if any) to ``stdout`` after a header."""
+    text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    if stdout is not None and text.strip():
+        stdout.write(f"{KERNEL_STDERR_HEADER}\n{text.rstrip()}\n")
+        stdout.flush()
 
 
 def notebook_traceback(executed: str | Path) -> str | None:

@@ -4,7 +4,8 @@
 
 Reads a :class:`~dml_study.study.launch.task.RunTask` from the JSON file ``TASK``, trains the
 run with :func:`~dml_study.study.launch.task.execute_run` (its output, the kernel's included,
-goes to this process's stdout: the run's log) and writes the
+goes to this process's stdout: the run's log; the kernel process's own stderr only when the
+run fails) and writes the
 :class:`~dml_study.study.launch.task.RunResult` to ``RESULT`` atomically. Exit status 0 when the
 result was written, whether the run trained or failed.
 
@@ -70,7 +71,6 @@ def run_worker(
                 on_start(proc)
             code = proc.wait()
         if result_file.is_file():
-            drop_shutdown_interrupt_line(log)
             return RunResult.from_json(json.loads(result_file.read_text(encoding="utf-8")))
     tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-30:])
     return RunResult(task.run_name, "failed", executed_notebook=task.executed, log=str(log),
@@ -80,30 +80,6 @@ def run_worker(
 
 #: The end of the line that starts a resumed attempt in a run's log.
 RESUME_MARK = "from its checkpoint ---"
-
-#: What ipykernel logs when an interrupt lands while it handles a message. jupyter_client
-#: interrupts every kernel it shuts down (``KernelManager.shutdown_kernel`` sends SIGINT
-#: before the shutdown request), so a run whose notebook finished may log it, or not, by a
-#: race with the kernel's last messages: noise, not an event of the run.
-SHUTDOWN_INTERRUPT_LINE = "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel."
-
-
-def drop_shutdown_interrupt_line(log: Path) -> None:
-    """Rewrite ``log`` (atomically) without :data:`SHUTDOWN_INTERRUPT_LINE` in the attempt
-    that just ended (after the last ``resuming ... from its checkpoint`` line, if any); an
-    earlier attempt's text stays as it was."""
-    from dml_study.atomic_io import atomic_write_text
-
-    if not log.is_file():
-        return
-    text = log.read_text(encoding="utf-8", errors="replace")
-    start = text.rfind(RESUME_MARK)
-    head, tail = (text[:start], text[start:]) if start >= 0 else ("", text)
-    lines = tail.splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() != SHUTDOWN_INTERRUPT_LINE]
-    if len(kept) != len(lines):
-        atomic_write_text(log, head + "".join(kept))
-
 
 def kill_descendants(timeout: float = 10.0) -> None:
     """Terminate (then kill) every process this one started, recursively."""

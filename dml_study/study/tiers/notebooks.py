@@ -71,12 +71,17 @@ def execute_notebook(
     cell_timeout: int | None = None,
     stdout: TextIO | None = None,
     progress_bar: bool = False,
+    kernel_stderr: str | Path | None = None,
 ) -> Path:
     """Execute ``notebook`` with papermill into ``output``; return ``output``.
 
     ``parameters`` must all be parameters of the notebook (its ``parameters`` cell):
     papermill would otherwise inject them silently and the notebook would ignore them.
     ``stdout`` receives the kernel's printed output live (e.g. ``sys.stdout``).
+    ``kernel_stderr``, if given, is a file that receives the kernel *process's* own stderr
+    (appended): what ipykernel, zmq or a crashing library write outside any cell, at start-up
+    and shut-down. Without it the kernel inherits this process's stderr. A cell's output,
+    C-level writes included, reaches ``stdout`` and the executed copy either way.
     Absolute path parameters under ``cwd`` are passed relative to it, and the executed copy
     is rewritten without the machine's paths (:func:`~dml_study.study.tiers.machine_paths.
     relativise_notebook`), so ``results/`` reads the same on every machine.
@@ -107,7 +112,7 @@ def execute_notebook(
             progress_bar=progress_bar,
             stdout_file=stdout,
             execution_timeout=cell_timeout,
-            config=_local_kernel_config(),
+            config=_local_kernel_config(kernel_stderr),
         )
     except PapermillExecutionError as exc:
         _relativise(output, workdir)
@@ -139,8 +144,9 @@ def _pin_injected_cell_id(output: Path) -> None:
         atomic_write_text(output, nbformat.writes(notebook) + "\n")
 
 
-def _local_kernel_config() -> Any:
-    """Kernel-manager settings: IPC sockets instead of TCP on POSIX systems.
+def _local_kernel_config(kernel_stderr: str | Path | None = None) -> Any:
+    """Kernel-manager settings: IPC sockets instead of TCP on POSIX systems, and where the
+    kernel process's own stderr goes (:class:`_StderrFileKernelManager`).
 
     The kernel always runs on this machine, so nothing needs a network port; with TCP,
     ipykernel warns on every start that code and outputs travel in plain text (one alarming
@@ -155,7 +161,42 @@ def _local_kernel_config() -> Any:
         # the same moment by parallel runs (dml_study.study.launch.launcher) in one directory could
         # pick the same files, so every process gets its own directory.
         config.KernelManager.ip = str(_ipc_dir() / "kernel")
+    if kernel_stderr is not None:
+        config.NotebookClient.kernel_manager_class = _stderr_file_kernel_manager()
+        config.StderrFileKernelManager.stderr_path = str(kernel_stderr)
     return config
+
+
+@functools.cache
+def _stderr_file_kernel_manager() -> type:
+    """The kernel manager that starts the kernel with its stderr on a file (built on first
+    use, so importing this module does not import jupyter_client).
+
+    Why: the kernel process writes to its own stderr outside any cell, and what it writes
+    there depends on races. jupyter_client interrupts every kernel it shuts down, and
+    ipykernel logs ``KeyboardInterrupt caught in kernel`` or not, depending on timing. zmq
+    may abort a socket torn down mid-poll (``Assertion failed: pfd.revents & POLLIN``).
+    Inherited, that noise lands in a run's committed log at random, and two regenerations
+    of one study would differ in it.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import Unicode
+
+    class StderrFileKernelManager(AsyncKernelManager):
+        """An :class:`AsyncKernelManager` whose kernel's stderr is appended to ``stderr_path``."""
+
+        stderr_path = Unicode("", config=True, help="File that receives the kernel's stderr.")
+
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+            # jupyter_client documents ``_launch_kernel`` as the hook to override for
+            # launching differently; ``stderr`` reaches Popen (jupyter_client.launcher).
+            if not self.stderr_path:
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+            Path(self.stderr_path).parent.mkdir(parents=True, exist_ok=True)
+            with open(self.stderr_path, "ab") as err:  # Popen dups it: closing is safe
+                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stderr": err})
+
+    return StderrFileKernelManager
 
 
 @functools.cache
