@@ -196,7 +196,7 @@ def apply(num_threads: int | None = None) -> dict[str, Any]:
     if faiss is not None:
         faiss.omp_set_num_threads(n)
     report = determinism_report()
-    for problem in report["unpinned"]:
+    for problem in report["unpinned"] + report["unsupported"]:
         _warn_once(problem)
     return report
 
@@ -204,8 +204,11 @@ def apply(num_threads: int | None = None) -> dict[str, Any]:
 def determinism_report() -> dict[str, Any]:
     """What decides the bits in this process: profile, threads and each library's branch.
 
-    ``unpinned`` lists every setting of the profile that is not in effect (empty when the
-    run is reproducible on another machine with the same package versions).
+    ``unpinned`` lists every setting of the profile that is not in effect although it could
+    be (a library initialised too early); ``unsupported`` every setting this CPU cannot honour
+    (:func:`_unsupported`). Both are empty when the run is reproducible on another machine
+    with the same package versions; with only ``unsupported`` entries it reproduces on this
+    machine, and on machines of the same CPU, at the same threads.
     """
     import torch
 
@@ -221,10 +224,36 @@ def determinism_report() -> dict[str, Any]:
     faiss = _faiss()
     report["faiss_threads"] = faiss.omp_get_max_threads() if faiss is not None else None
     report["unpinned"] = _unpinned(report) if enabled() else []
+    report["unsupported"] = _unsupported(report) if enabled() else []
     return report
 
 
-def _unpinned(report: dict[str, Any]) -> list[str]:
+def mkl_cnr_unsupported(report: Mapping[str, Any]) -> bool:
+    """True when MKL has no conditional-numerical-reproducibility branch for this CPU.
+
+    MKL's CNR branches (``MKL_CBWR=AVX2``...) are code paths for Intel processors; on others
+    (measured: an AMD EPYC with AVX2 and AVX-512) ``mkl_cbwr_get_auto_branch`` answers
+    ``AUTO`` and ``MKL_CBWR`` is ignored, so ``mkl_cbwr_get`` answers ``AUTO`` too, however
+    early MKL was pinned. On an Intel CPU the automatic branch is a named one (``AVX2``,
+    ``AVX512``...), so a mismatch there is a late initialisation (:func:`_unpinned`).
+    """
+    return report.get("mkl_cbwr_branch") is not None and report.get("mkl_auto_branch") == "AUTO"
+
+
+def _unsupported(report: Mapping[str, Any]) -> list[str]:
+    """The profile's settings this CPU cannot honour, each as a sentence with what follows."""
+    problems = []
+    if mkl_cnr_unsupported(report):
+        cpu = report.get("cpu") or {}
+        name = " ".join(str(v) for v in (cpu.get("vendor"), cpu.get("model_name")) if v)
+        problems.append(
+            f"MKL has no reproducible (CNR) code branch for this CPU ({name or 'not Intel'}), "
+            f"so MKL_CBWR={profile_env()['MKL_CBWR']} cannot pin its sgemm (results still "
+            "repeat on this machine at the same threads; docs/reproducibility.md)")
+    return problems
+
+
+def _unpinned(report: Mapping[str, Any]) -> list[str]:
     """The profile's settings not in effect, each as a sentence naming cause and fix."""
     env, problems = profile_env(), []
     late = "it was initialised before dml_study was imported: import dml_study first"
@@ -233,7 +262,7 @@ def _unpinned(report: dict[str, Any]) -> list[str]:
         problems.append(f"ATen uses {report['aten_cpu_capability']} kernels, not {want} ({late}, "
                         f"or set ATEN_CPU_CAPABILITY={want}; or this CPU lacks {want})")
     branch, want = report.get("mkl_cbwr_branch"), env["MKL_CBWR"].split(",")[0]
-    if branch is not None and branch != want:
+    if branch is not None and branch != want and not mkl_cnr_unsupported(report):
         problems.append(f"MKL runs its {branch} branch, not {want} ({late}, or set "
                         f"MKL_CBWR={env['MKL_CBWR']})")
     core, want = report.get("openblas_core"), env["OPENBLAS_CORETYPE"]

@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m dml_study.regeneration",
-        description="The numerical profile in effect here (report; exit 1 when a setting is "
-                    "not pinned), or the runs of two results directories compared.")
+        description="The numerical profile in effect here (report; exit 1 when a setting that "
+                    "this CPU supports is not pinned), or the runs of two results directories "
+                    "compared.")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("report", help="print the profile in effect as JSON (the default)")
     cmp_ = sub.add_parser("compare", help="compare the finished runs of two results dirs")
