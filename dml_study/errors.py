@@ -2,11 +2,12 @@
 
 Every command (``python -m dml_study.train``, ``.study``, ``.data``, ``.export``, ...) runs its
 ``main`` through :func:`run_cli`. A fault a user can meet and fix (a missing dataset, a
-corrupt image, a full disk, a damaged checkpoint, a locked run, a journal held by another
-search, a bad option value) is raised as a :class:`UserFacingError` subclass, whose message
-names what happened, which file, and what to do; :func:`run_cli` prints it as one line
-(``error: ...``) and exits with the class's documented code. ``--debug`` on the command
-line, or ``DML_STUDY_DEBUG=1`` in the environment, shows the traceback as well.
+corrupt image, a full disk, a damaged checkpoint, a locked run, a tuning journal that was
+started for another search, a bad option value) is raised as a :class:`UserFacingError`
+subclass, whose message names what happened, which file, and what to do; :func:`run_cli`
+prints it as one line (``error: ...``) and exits with the class's documented code.
+``--debug`` on the command line, or ``DML_STUDY_DEBUG=1`` in the environment, shows the
+traceback as well.
 
 Exit codes (the same for every command):
 
@@ -19,7 +20,7 @@ code  meaning
 3     data: a dataset is missing or an image cannot be decoded
 4     disk full (``ENOSPC``): free space and re-run; runs resume
 5     a damaged file that cannot be recovered (checkpoint, journal, archive)
-6     busy: a run or a tuning journal is held by another live process
+6     busy: a run, a study's report or a download is held by another live process
 7     not writable: permission denied or a read-only file system
 130   interrupted by SIGINT (143: SIGTERM) after checkpointing
 ====  =====================================================================
@@ -96,7 +97,12 @@ class DamagedFileError(UserFacingError):
 
 
 class BusyError(UserFacingError):
-    """Another live process holds the run or journal (exit 6)."""
+    """Another live process holds the run, the study's report or a download (exit 6).
+
+    Not a tuning journal: ``tune`` processes that share one journal are parallel workers of
+    its search (:mod:`dml_study.study.tune.storage`), and a journal started for another
+    search (its ``space.json`` differs) is a usage error, exit 2.
+    """
 
     exit_code = EXIT_BUSY
 
