@@ -182,3 +182,25 @@ def test_two_executions_of_the_same_inputs_are_byte_identical(tmp_path: Path):
     injected = [c for c in nbformat.reads(first, as_version=4).cells
                 if "injected-parameters" in c.metadata.get("tags", [])]
     assert [c.id for c in injected] == ["injected-parameters"]
+
+
+def test_relative_links_of_the_source_still_resolve_in_the_executed_copy(tmp_path: Path):
+    """02_train links ``../docs/validation.md`` (from ``notebooks/``); its executed copy and
+    page live in ``results/<study>/runs/``, where that link was broken (the browser check
+    found it on every committed run page). Links are rebased; URLs, anchors and links whose
+    target does not exist from the source are left alone."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "validation.md").write_text("# validation\n")
+    source = write_notebook(tmp_path / "notebooks" / "nb.ipynb", "x = 1", "y = x + 1")
+    book = nbformat.read(source, as_version=4)
+    text = ("See [docs/validation.md](../docs/validation.md), <a href=\"../docs/validation.md\">"
+            "it</a>, [the web](https://example.org/a.md), [up](#top), [gone](../nope.md).")
+    book.cells.insert(0, nbformat.v4.new_markdown_cell(text))
+    nbformat.write(book, source)
+    output = tmp_path / "results" / "tiny" / "runs" / "nb.ipynb"
+    execute_notebook(source, output, {"x": 2}, cwd=tmp_path)
+    markdown = nbformat.read(output, as_version=4).cells[0].source
+    assert markdown == text.replace("../docs/validation.md", "../../../docs/validation.md")
+    assert (output.parent / "../../../docs/validation.md").resolve().is_file()
+    page = render_html(output).read_text(encoding="utf-8")
+    assert 'href="../../../docs/validation.md"' in page and "../nope.md" in page

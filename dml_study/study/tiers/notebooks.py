@@ -15,6 +15,8 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import os
+import re
 import shutil
 import sys
 import tempfile
@@ -115,9 +117,9 @@ def execute_notebook(
             config=_local_kernel_config(kernel_stderr),
         )
     except PapermillExecutionError as exc:
-        _relativise(output, workdir)
+        _relativise(output, workdir, notebook.parent)
         raise _execution_error(notebook, output, exc) from None
-    _relativise(output, workdir)
+    _relativise(output, workdir, notebook.parent)
     return output
 
 
@@ -127,10 +129,48 @@ def execute_notebook(
 INJECTED_CELL_ID = "injected-parameters"
 
 
-def _relativise(output: Path, workdir: Path) -> None:
+def _relativise(output: Path, workdir: Path, source_dir: Path | None = None) -> None:
     if output.is_file():
         _pin_injected_cell_id(output)
         relativise_notebook(output, workdir)
+        if source_dir is not None:
+            rebase_links(output, source_dir)
+
+
+#: A relative link target in a markdown cell: ``[text](target)`` or ``href="target"``.
+_LINK = re.compile(r"(\]\(|href=[\"'])([^)\"'\s#?]+)")
+
+
+def rebase_links(output: str | Path, source_dir: str | Path) -> int:
+    """Rewrite the relative links of ``output``'s markdown cells from ``source_dir`` (where
+    the notebook was written, e.g. ``notebooks/``) to ``output``'s own directory, so that a
+    link such as ``../docs/validation.md`` still resolves in the executed copy under
+    ``results/<study>/runs/`` and in the page rendered beside it. Only links whose target
+    exists from ``source_dir`` are rewritten (URLs, anchors and absolute paths never are).
+    Returns how many were.
+    """
+    output, source_dir = Path(output), Path(source_dir).resolve()
+    out_dir = output.resolve().parent
+    if out_dir == source_dir:
+        return 0
+    notebook = nbformat.read(output, as_version=nbformat.NO_CONVERT)
+    count = 0
+
+    def rebase(match: re.Match[str]) -> str:
+        nonlocal count
+        target = match.group(2)
+        if ":" in target or target.startswith("/") or not (source_dir / target).exists():
+            return match.group(0)
+        count += 1
+        return match.group(1) + os.path.relpath(source_dir / target, out_dir).replace(
+            os.sep, "/")
+
+    for cell in notebook.cells:
+        if cell.get("cell_type") == "markdown":
+            cell["source"] = _LINK.sub(rebase, cell["source"])
+    if count:
+        atomic_write_text(output, nbformat.writes(notebook) + "\n")
+    return count
 
 
 def _pin_injected_cell_id(output: Path) -> None:
