@@ -298,3 +298,21 @@ def test_an_arm_finished_at_no_seed_of_the_other_gives_an_effectless_row(tmp_pat
     (row,) = C.scorecard(config)
     assert row["effect"] is None and row["regime"] == "C<d"
     assert row["note"].endswith("no effect: no seed has a finished run in every arm")
+
+
+def test_headline_panels_name_their_protocol_and_put_tuned_first():
+    """An unlabelled preset panel read as the headline (glyphs: +4.5 pp against a baseline
+    whose lr makes it collapse); every panel names its protocol, tuned before preset."""
+    values = pd.DataFrame({
+        "dataset": ["icons", "icons", "glyphs", "glyphs", "icons", "icons"],
+        "tier": ["frozen", "frozen", "frozen", "frozen", "fine-tuned", "frozen"],
+        "protocol": ["preset", "preset", "preset", "tuned", "preset", "tuned"],
+        "seed": [0, 1, 0, 0, 0, 0],
+        "effect": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+    })
+    out = C.with_panels(values)
+    assert list(dict.fromkeys(out["panel"])) == [
+        "icons · frozen\ntuned", "icons · frozen\npreset", "glyphs · frozen\ntuned",
+        "glyphs · frozen\npreset", "icons · fine-tuned\npreset"]
+    assert list(out["effect"]) == [6.0, 1.0, 2.0, 4.0, 3.0, 5.0]  # rows travel with labels
+    assert C.with_panels(values.iloc[:0]).empty

@@ -483,9 +483,8 @@ def claim(config: StudyConfig, name: str) -> ClaimConfig:
 def effects_frame(config: StudyConfig, selected: list[ClaimConfig]) -> pd.DataFrame:
     """Per-seed effects of paired claims with their row's CI, for :func:`plots.paired_effects`.
 
-    Columns of :func:`paired_values` plus ``claim``, ``panel`` ("<dataset> · <tier>", with
-    " · tuned" for the tuned protocol's), ``ci_low`` and ``ci_high``; empty when no claim has
-    finished runs.
+    Columns of :func:`paired_values` plus ``claim``, ``panel`` (:func:`with_panels`),
+    ``ci_low`` and ``ci_high``; empty when no claim has finished runs.
     """
     frames = []
     for item in selected:
@@ -494,10 +493,34 @@ def effects_frame(config: StudyConfig, selected: list[ClaimConfig]) -> pd.DataFr
             continue
         rows = {(r["dataset"], r["tier"], r["protocol"]): r for r in claim_rows(config, item)}
         keys = list(zip(values["dataset"], values["tier"], values["protocol"], strict=True))
-        suffix = values["protocol"].map(lambda p: "" if p == "preset" else f" · {p}")
-        frames.append(values.assign(
-            claim=item.name, panel=values["dataset"] + " · " + values["tier"] + suffix,
+        frames.append(with_panels(values.assign(
+            claim=item.name,
             ci_low=[rows[k]["ci_low"] if k in rows else np.nan for k in keys],
             ci_high=[rows[k]["ci_high"] if k in rows else np.nan for k in keys],
-        ))
+        )))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+#: Order of the protocols within one dataset and tier: the fair comparison first.
+PROTOCOL_ORDER = ("tuned", "preset")
+
+
+def with_panels(values: pd.DataFrame) -> pd.DataFrame:
+    """``values`` (columns ``dataset``, ``tier``, ``protocol``...) with a ``panel`` label
+    "<dataset> · <tier>\\n<protocol>", ordered by first appearance of dataset and tier and,
+    within them, tuned before preset.
+
+    Every panel names its protocol. An unlabelled preset panel read as the headline, and on
+    glyphs the preset's SO gain (+4.5 pp) comes from a baseline whose learning rate makes it
+    collapse; tuned, the gain is a third of that.
+    """
+    if values.empty:
+        return values.assign(panel=pd.Series(dtype=str))
+    where = {key: i for i, key in enumerate(dict.fromkeys(zip(values["dataset"],
+                                                              values["tier"], strict=True)))}
+    rank = {p: i for i, p in enumerate(PROTOCOL_ORDER)}
+    order = sorted(range(len(values)), key=lambda i: (
+        where[(values["dataset"].iloc[i], values["tier"].iloc[i])],
+        rank.get(values["protocol"].iloc[i], len(rank)), i))
+    out = values.iloc[order].reset_index(drop=True)
+    return out.assign(panel=out["dataset"] + " · " + out["tier"] + "\n" + out["protocol"])

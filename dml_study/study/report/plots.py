@@ -145,7 +145,8 @@ def paired_effects(frame: pd.DataFrame, unit: str = "pp", title: str = "") -> Fi
     ax.set_ylabel(f"effect ({unit})")
     if title:
         ax.set_title(title, fontsize=TITLE_SIZE)
-    ax.legend(fontsize=8, loc="lower left")
+    # Beside the axes, not on them: inside, it covered the first panel's seeds.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
 
