@@ -178,7 +178,10 @@ def apply(num_threads: int | None = None) -> dict[str, Any]:
     Sets torch's and faiss' intra-op threads to ``num_threads`` (default: :func:`threads`)
     and IEEE denormals, and warns
     (once per reason) when a library setting could not take effect because the library was
-    initialised before :mod:`dml_study` was imported. A no-op (besides the report) with
+    initialised before :mod:`dml_study` was imported. What this CPU cannot honour
+    (``unsupported``) is not warned about: it would be one more line on every command's
+    output, for a fact of the machine that the user cannot fix; it is recorded in every
+    run's ``provenance.json`` and in the study index. A no-op (besides the report) with
     ``DML_STUDY_DETERMINISM=off``.
     """
     if not enabled():
@@ -196,8 +199,8 @@ def apply(num_threads: int | None = None) -> dict[str, Any]:
     if faiss is not None:
         faiss.omp_set_num_threads(n)
     report = determinism_report()
-    for problem in report["unpinned"] + report["unsupported"]:
-        _warn_once(problem)
+    for problem in report["unpinned"]:  # what the user can fix; ``unsupported`` is the
+        _warn_once(problem)              # CPU's, recorded (provenance.json), not warned
     return report
 
 

@@ -221,6 +221,30 @@ def test_finetuned_run_is_bit_identical_across_machines_and_threads(tmp_path: Pa
     assert _results(c)["arrays"] != _results(d)["arrays"], "negative control did not differ"
 
 
+def test_an_unsupported_setting_is_recorded_for_the_index_not_warned(monkeypatch, recwarn):
+    """What the CPU cannot honour is a fact of the machine: the study's environment record
+    (the index footer) names the CPU and it, and no process warns (a warning would be one
+    more line before every command's one error line)."""
+    from dml_study.study.pipeline import runner
+
+    problem = "MKL has no reproducible (CNR) code branch for this CPU (X)"
+    real = determinism.determinism_report
+
+    def fake():
+        return {**real(), "unpinned": [], "unsupported": [problem],
+                "cpu": {"vendor": "AuthenticAMD", "model_name": "AMD EPYC"}}
+
+    monkeypatch.setattr(determinism, "determinism_report", fake)
+    before = torch.get_num_threads()
+    try:
+        determinism.apply()
+    finally:
+        torch.set_num_threads(before)
+    assert not [w for w in recwarn if "dml_study.determinism" in str(w.message)]
+    env = runner._environment()
+    assert env["cpu"] == "AuthenticAMD AMD EPYC" and env["unsupported"] == [problem]
+
+
 def test_the_study_records_the_profile_threads_whatever_this_process_uses():
     """The index footer says how many threads the runs computed with; a study process whose
     frozen tier had not yet applied the profile used to report its own torch threads."""

@@ -396,7 +396,10 @@ def _sections(config: StudyConfig, record: StudyRecord) -> list[_Section]:
     sections.append(_Section("Environment", [
         f"Wall time: {record.seconds / 60:.1f} min.",
         f"Commit `{env.get('git_commit')}`, device `{env.get('device')}`, "
-        f"torch {env.get('torch')}, {env.get('threads')} threads.",
+        f"torch {env.get('torch')}, {env.get('threads')} threads"
+        + (f", CPU {env['cpu']}" if env.get("cpu") else "")
+        + (f", numerical profile `{env['profile']}`" if env.get("profile") else "") + ".",
+        *(f"Not pinned on this CPU: {u}." for u in env.get("unsupported") or ()),
         f"Regenerate with `python -m dml_study.study --config {_config_name(config)}`.",
     ]))
     return sections
