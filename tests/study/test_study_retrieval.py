@@ -186,3 +186,25 @@ def test_the_gallery_marks_every_result_by_frame_and_sign():
     assert sum("pp, " in t and "→" in t for t in texts) == len(gains) + len(losses)
     gains, losses = comparison.extremes(2)
     assert pd.concat([gains, losses])["label"].is_unique
+
+
+def test_class_change_labels_end_before_their_images():
+    """A long gloss with its character (glyphs) is drawn whole: the images beside a label
+    used to cover its end, and with it the (字) that tells two classes of one gloss apart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    comparison = _comparison()
+    comparison.names = [f"lucky, fortunate; dote on, fond of, favour {i} (倖)" for i in range(6)]
+    comparison.changes["class"] = [comparison.names[int(c)] for c in comparison.changes["label"]]
+    fig = plots.class_changes(comparison, n=2, per_class=4)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    images = [ax.get_window_extent(renderer) for ax in fig.axes if ax.images]
+    labels = [t for ax in fig.axes for t in ax.texts if "pp, " in t.get_text()]
+    assert labels and images
+    for text in labels:
+        box = text.get_window_extent(renderer)
+        beside = [im.x0 for im in images if im.x0 >= box.x0 and im.y0 < box.y1 and im.y1 > box.y0]
+        assert beside, "no image beside the label"
+        assert box.x1 <= min(beside), (text.get_text(), box.x1, min(beside))

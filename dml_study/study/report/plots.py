@@ -501,7 +501,10 @@ def class_changes(
               for *_, frame in panels for _, r in frame.iterrows()]
     labels, families = readable_text(labels)
     rows = max(len(gains), len(losses), 1)
-    ratios = [2.4] + [1.0] * per_class + [0.3] + [2.4] + [1.0] * per_class
+    # The label column holds ``name_width`` characters at 7 pt and the class's character:
+    # at 2.4 the images covered the end of long glosses, and with it the (字) that tells
+    # two glyph classes of one gloss apart.
+    ratios = [3.2] + [1.0] * per_class + [0.3] + [3.2] + [1.0] * per_class
     fig, axes = plt.subplots(rows, len(ratios), squeeze=False,
                              figsize=(inches * sum(ratios), (inches + 0.1) * rows + 0.7),
                              gridspec_kw={"width_ratios": ratios, "wspace": 0.06,
