@@ -202,6 +202,15 @@ def test_the_one_line_errors_from_the_real_command_line(tmp_path):
 
     code, err = tune(study)
     assert code == 0, err[-2000:]
+    # A journal started for another search: the study file's search changed since.
+    original = study.read_text()
+    assert original.count("    epochs: 1\n") == 1
+    study.write_text(original.replace("    epochs: 1\n", "    epochs: 2\n"))
+    code, err = tune(study)
+    line = _one_line(err)
+    assert code == EXIT_USAGE and "changed in the study file since its journal" in line
+    assert "journal.log" in line and "move" in line and "away" in line
+    study.write_text(original)
     journal = plan_searches(load_study_config(study))[0].journal
     lines = journal.read_bytes().splitlines(keepends=True)
     journal.write_bytes(lines[0] + b"garbage\n" + b"".join(lines[1:]))
