@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -316,3 +317,31 @@ def test_headline_panels_name_their_protocol_and_put_tuned_first():
         "glyphs · frozen\npreset", "icons · fine-tuned\npreset"]
     assert list(out["effect"]) == [6.0, 1.0, 2.0, 4.0, 3.0, 5.0]  # rows travel with labels
     assert C.with_panels(values.iloc[:0]).empty
+
+
+def test_headline_figure_tick_labels_do_not_overlap():
+    """The five panels of the embedded study's headline, as drawn: no two tick labels touch
+    ("glyphs · frozen" ran into "icons · fine-tuned" at a fixed 1.8 in a panel)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from dml_study.study.report import plots
+
+    rows = [{"dataset": d, "tier": t, "protocol": p, "seed": s, "effect": 0.1 * s,
+             "ci_low": -1.0, "ci_high": 1.0}
+            for d, t, p in [("icons", "frozen", "preset"), ("glyphs", "frozen", "preset"),
+                            ("icons", "frozen", "tuned"), ("glyphs", "frozen", "tuned"),
+                            ("icons", "fine-tuned", "preset")] for s in range(5)]
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context():
+        plots.setup()  # the report's theme: 11 pt tick labels
+        fig = plots.paired_effects(C.with_panels(pd.DataFrame(rows)), "pp", "headline")
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        boxes = sorted((t.get_window_extent(renderer) for t in fig.axes[0].get_xticklabels()),
+                       key=lambda b: b.x0)
+    assert len(boxes) == 5
+    gap = 0.1 * fig.dpi  # a reader needs a space between two labels, not just no overlap
+    for a, b in itertools.pairwise(boxes):
+        assert b.x0 - a.x1 >= gap, (a, b)

@@ -195,7 +195,9 @@ def test_class_change_labels_end_before_their_images():
 
     matplotlib.use("Agg")
     comparison = _comparison()
-    comparison.names = [f"lucky, fortunate; dote on, fond of, favour {i} (倖)" for i in range(6)]
+    # Wide letters: at a fixed column width "companion, colleague; off… (僚)" overflowed
+    # where "lucky, fortunate; dote on… (倖)" still fitted.
+    comparison.names = [f"WWWMMM mmwwmm, companion; colleague {i} (僚)" for i in range(6)]
     comparison.changes["class"] = [comparison.names[int(c)] for c in comparison.changes["label"]]
     fig = plots.class_changes(comparison, n=2, per_class=4)
     fig.canvas.draw()

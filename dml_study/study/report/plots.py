@@ -112,7 +112,14 @@ def paired_effects(frame: pd.DataFrame, unit: str = "pp", title: str = "") -> Fi
         # Two claims on one dataset and tier (e.g. two groups): one panel per claim.
         frame = frame.assign(panel=frame["panel"] + "\n" + frame["claim"].astype(str))
     panels = list(dict.fromkeys(frame["panel"]))
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.8 * len(panels) + 1.5), 3.8))
+    # Each panel as wide as its widest tick-label line (at the tick size in effect: 11 pt
+    # under setup()'s theme), and room for the legend beside the axes: at 1.8 in a panel,
+    # "glyphs · frozen" ran into "icons · fine-tuned".
+    from matplotlib.font_manager import FontProperties
+
+    tick = FontProperties(size=plt.rcParams["xtick.labelsize"]).get_size_in_points()
+    panel = max(1.8, _text_width_ratio(panels, None, 1.0, tick, least=0.0) + 0.35)
+    fig, ax = plt.subplots(figsize=(max(4.5, panel * len(panels) + 3.5), 3.8))
     labelled: set[str] = set()
 
     def once(label: str) -> str | None:  # each legend entry once, whichever panel has it
@@ -483,6 +490,24 @@ def retrieval_gallery(comparison: Any, inches: float = 0.8, name_width: int = 24
     return fig
 
 
+#: Font size (pt) of the class labels of :func:`class_changes`.
+LABEL_SIZE = 7
+
+
+def _text_width_ratio(labels: list[str], families: Any, inches: float, size: float,
+                      least: float = 2.4) -> float:
+    """Width of the widest line of ``labels`` at ``size`` pt in the given font, in units of
+    ``inches`` (a grid column's width), plus a small margin; at least ``least``."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextPath
+
+    prop = FontProperties(family=families, size=size) if families else FontProperties(size=size)
+    widest = max((TextPath((0, 0), line, prop=prop).get_extents().width
+                  for label in labels for line in label.splitlines() if line.strip()),
+                 default=0.0)
+    return max(least, widest / 72.0 / inches + 0.15)
+
+
 def class_changes(
     comparison: Any, n: int = 5, per_class: int = 4, inches: float = 0.8, name_width: int = 30
 ) -> Figure:
@@ -501,14 +526,19 @@ def class_changes(
               for *_, frame in panels for _, r in frame.iterrows()]
     labels, families = readable_text(labels)
     rows = max(len(gains), len(losses), 1)
-    # The label column holds ``name_width`` characters at 7 pt and the class's character:
-    # at 2.4 the images covered the end of long glosses, and with it the (字) that tells
-    # two glyph classes of one gloss apart.
-    ratios = [3.2] + [1.0] * per_class + [0.3] + [3.2] + [1.0] * per_class
+    # The label column is as wide as the widest label as drawn: at a fixed width the images
+    # covered the end of long glosses, and with it the (字) that tells two glyph classes of
+    # one gloss apart.
+    columns, left, right, wspace = 2 * per_class + 3, 0.02, 0.98, 0.06
+    # A column of ratio r is r * inches * scale wide (GridSpec: the margins, then wspace
+    # times the mean column width between two columns).
+    scale = (right - left) * columns / (columns + wspace * (columns - 1))
+    name = _text_width_ratio(labels, families, inches * scale, LABEL_SIZE)
+    ratios = [name] + [1.0] * per_class + [0.3] + [name] + [1.0] * per_class
     fig, axes = plt.subplots(rows, len(ratios), squeeze=False,
                              figsize=(inches * sum(ratios), (inches + 0.1) * rows + 0.7),
-                             gridspec_kw={"width_ratios": ratios, "wspace": 0.06,
-                                          "hspace": 0.25})
+                             gridspec_kw={"width_ratios": ratios, "wspace": wspace,
+                                          "hspace": 0.25, "left": left, "right": right})
     for ax in axes.flat:
         ax.axis("off")
     position = 0
@@ -520,7 +550,7 @@ def class_changes(
             axes[0][col].text(0.0, 0.5, f"no class's R@1 {verb}", fontsize=8, va="center",
                               transform=axes[0][col].transAxes)
         for r, (_, row) in enumerate(frame.iterrows()):
-            axes[r][col].text(0.0, 0.5, labels[position], fontsize=7, va="center",
+            axes[r][col].text(0.0, 0.5, labels[position], fontsize=LABEL_SIZE, va="center",
                               ha="left", family=families, transform=axes[r][col].transAxes)
             position += 1
             for j, image_row in enumerate(comparison.class_rows(int(row["label"]), per_class)):
