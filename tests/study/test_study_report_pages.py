@@ -145,3 +145,23 @@ def test_committed_embedded_study_is_clean():
     problems = [str(p) for p in scan_study(study, min_figures=3)]
     assert problems == [], (f"{len(problems)} problem(s) in results/embedded; regenerate it "
                             "with `make study`, then check with `make check-report`")
+
+
+def test_committed_index_shows_the_gallery_heatmap_and_search_traces_of_every_dataset():
+    """The committed index shows, for every dataset of the embedded study, the retrieval
+    gallery and the classes SO helps and hurts most (issue 21), and the lr-robustness
+    heatmap and the search traces of the tuned arms (issue 19); each figure file exists."""
+    study = REPO / "results" / "embedded"
+    if not (study / "index.html").is_file():
+        pytest.skip("results/embedded is not committed in this checkout")
+    from dml_study.study.plan.config import load_study_config
+
+    datasets = load_study_config(REPO / "studies" / "embedded.yaml").datasets
+    assert set(datasets) >= {"icons", "glyphs"}
+    index = (study / "index.html").read_text(encoding="utf-8")
+    wanted = ["figures/lr_robustness.png"] + [
+        f"figures/{kind}_{dataset}{suffix}.png" for dataset in datasets
+        for kind, suffix in (("retrieval", ""), ("class_changes", ""), ("search_trace", "_frozen"))]
+    for figure in wanted:
+        assert f'src="{figure}"' in index or f"src='{figure}'" in index, figure
+        assert (study / figure).is_file(), figure
