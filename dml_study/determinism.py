@@ -247,8 +247,7 @@ def _unsupported(report: Mapping[str, Any]) -> list[str]:
     """The profile's settings this CPU cannot honour, each as a sentence with what follows."""
     problems = []
     if mkl_cnr_unsupported(report):
-        cpu = report.get("cpu") or {}
-        name = " ".join(str(v) for v in (cpu.get("vendor"), cpu.get("model_name")) if v)
+        name = cpu_name(report.get("cpu"))
         problems.append(
             f"MKL has no reproducible (CNR) code branch for this CPU ({name or 'not Intel'}), "
             f"so MKL_CBWR={profile_env()['MKL_CBWR']} cannot pin its sgemm (results still "
@@ -358,6 +357,12 @@ def _openblas_info() -> dict[str, Any]:
 #: CPU flags that decide which kernels the libraries pick (recorded with every run).
 ISA_FLAGS: tuple[str, ...] = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16",
                               "avx512_fp16", "amx_bf16", "amx_tile")
+
+
+def cpu_name(cpu: Mapping[str, Any] | None) -> str | None:
+    """"<vendor> <model name>" of a :func:`cpu_model` record (``None`` when neither is known)."""
+    cpu = cpu or {}
+    return " ".join(str(v) for v in (cpu.get("vendor"), cpu.get("model_name")) if v) or None
 
 
 def cpu_model() -> dict[str, Any]:

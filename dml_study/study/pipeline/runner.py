@@ -410,7 +410,6 @@ def _environment() -> dict[str, object]:
     report = environment_report()
     threads = determinism.threads() if determinism.enabled() else report.get("torch_threads")
     numerics = report.get("determinism") or {}
-    cpu = numerics.get("cpu") or {}
     return {
         "git_commit": report.get("git_commit"),
         "device": report.get("device"),
@@ -418,7 +417,7 @@ def _environment() -> dict[str, object]:
         "threads": threads,
         "platform": report.get("platform"),
         "python": report.get("python"),
-        "cpu": " ".join(str(v) for v in (cpu.get("vendor"), cpu.get("model_name")) if v) or None,
+        "cpu": determinism.cpu_name(numerics.get("cpu")),
         "profile": numerics.get("profile"),
         "unsupported": list(numerics.get("unsupported") or []),
     }

@@ -103,15 +103,20 @@ def _rewrite(node: Any, root: Path, replacements: Sequence[tuple[str, str]],
     return node
 
 
+def relativised(notebook: Any, root: str | Path,
+                replacements: Sequence[tuple[str, str]] = ()) -> Any:
+    """A copy of the notebook node with :func:`relativise_text` applied to every string
+    (outputs and metadata, e.g. papermill's ``input_path``/``output_path``)."""
+    return nbformat.from_dict(_rewrite(dict(notebook), Path(root), replacements))
+
+
 def relativise_notebook(path: str | Path, root: str | Path,
                         replacements: Sequence[tuple[str, str]] = ()) -> bool:
-    """Rewrite an executed notebook in place with :func:`relativise_text` (outputs and
-    metadata, e.g. papermill's ``input_path``/``output_path``); True if changed."""
+    """Rewrite an executed notebook in place with :func:`relativised`; True if changed."""
     path = Path(path)
     notebook = nbformat.read(path, as_version=nbformat.NO_CONVERT)
-    before = json.dumps(notebook, sort_keys=True)
-    cleaned = nbformat.from_dict(_rewrite(dict(notebook), Path(root), replacements))
-    if json.dumps(cleaned, sort_keys=True) == before:
+    cleaned = relativised(notebook, root, replacements)
+    if json.dumps(cleaned, sort_keys=True) == json.dumps(notebook, sort_keys=True):
         return False
     atomic_write_text(path, nbformat.writes(cleaned) + "\n")
     return True

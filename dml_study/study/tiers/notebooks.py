@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
 import logging
 import os
 import re
@@ -27,7 +28,7 @@ from typing import Any, TextIO
 import nbformat
 
 from dml_study.atomic_io import atomic_write_text
-from dml_study.study.tiers.machine_paths import relative_parameters, relativise_notebook
+from dml_study.study.tiers.machine_paths import relative_parameters, relativised
 
 #: Tags papermill puts on the cells it adds to an executed notebook.
 _PAPERMILL_TAGS = ("injected-parameters", "papermill-error-cell-tag")
@@ -86,7 +87,7 @@ def execute_notebook(
     C-level writes included, reaches ``stdout`` and the executed copy either way.
     Absolute path parameters under ``cwd`` are passed relative to it, and the executed copy
     is rewritten without the machine's paths (:func:`~dml_study.study.tiers.machine_paths.
-    relativise_notebook`), so ``results/`` reads the same on every machine.
+    relativised`), so ``results/`` reads the same on every machine.
     On failure the executed copy (with the traceback in the failing cell) stays at
     ``output`` and :class:`NotebookExecutionError` is raised.
     """
@@ -130,30 +131,43 @@ INJECTED_CELL_ID = "injected-parameters"
 
 
 def _relativise(output: Path, workdir: Path, source_dir: Path | None = None) -> None:
-    if output.is_file():
-        _pin_injected_cell_id(output)
-        relativise_notebook(output, workdir)
-        if source_dir is not None:
-            rebase_links(output, source_dir)
+    """The executed copy as ``results/`` keeps it, in one read and one write: the injected
+    cell's fixed id (:data:`INJECTED_CELL_ID`), the source's relative links rebased
+    (:func:`rebase_links`) and no machine paths (:func:`relativised`)."""
+    if not output.is_file():
+        return
+    notebook = nbformat.read(output, as_version=nbformat.NO_CONVERT)
+    before = json.dumps(notebook, sort_keys=True)
+    _pin_injected_cell_id(notebook)
+    if source_dir is not None:
+        rebase_links(notebook, source_dir, output.parent)
+    notebook = relativised(notebook, workdir)
+    if json.dumps(notebook, sort_keys=True) != before:
+        atomic_write_text(output, nbformat.writes(notebook) + "\n")
+
+
+def _pin_injected_cell_id(notebook: Any) -> None:
+    """Give the injected-parameters cell of ``notebook`` the id :data:`INJECTED_CELL_ID`."""
+    for cell in notebook.cells:
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []) and "id" in cell:
+            cell["id"] = INJECTED_CELL_ID
 
 
 #: A relative link target in a markdown cell: ``[text](target)`` or ``href="target"``.
 _LINK = re.compile(r"(\]\(|href=[\"'])([^)\"'\s#?]+)")
 
 
-def rebase_links(output: str | Path, source_dir: str | Path) -> int:
-    """Rewrite the relative links of ``output``'s markdown cells from ``source_dir`` (where
-    the notebook was written, e.g. ``notebooks/``) to ``output``'s own directory, so that a
-    link such as ``../docs/validation.md`` still resolves in the executed copy under
+def rebase_links(notebook: Any, source_dir: str | Path, out_dir: str | Path) -> int:
+    """Rewrite the relative links of ``notebook``'s markdown cells from ``source_dir`` (where
+    the notebook was written, e.g. ``notebooks/``) to ``out_dir`` (where its executed copy
+    lives), so that a link such as ``../docs/validation.md`` still resolves in the copy under
     ``results/<study>/runs/`` and in the page rendered beside it. Only links whose target
     exists from ``source_dir`` are rewritten (URLs, anchors and absolute paths never are).
     Returns how many were.
     """
-    output, source_dir = Path(output), Path(source_dir).resolve()
-    out_dir = output.resolve().parent
+    source_dir, out_dir = Path(source_dir).resolve(), Path(out_dir).resolve()
     if out_dir == source_dir:
         return 0
-    notebook = nbformat.read(output, as_version=nbformat.NO_CONVERT)
     count = 0
 
     def rebase(match: re.Match[str]) -> str:
@@ -168,20 +182,7 @@ def rebase_links(output: str | Path, source_dir: str | Path) -> int:
     for cell in notebook.cells:
         if cell.get("cell_type") == "markdown":
             cell["source"] = _LINK.sub(rebase, cell["source"])
-    if count:
-        atomic_write_text(output, nbformat.writes(notebook) + "\n")
     return count
-
-
-def _pin_injected_cell_id(output: Path) -> None:
-    """Give the injected-parameters cell of ``output`` the id :data:`INJECTED_CELL_ID`."""
-    notebook = nbformat.read(output, as_version=nbformat.NO_CONVERT)
-    cells = [c for c in notebook.cells if "injected-parameters" in c.get("metadata", {}).get(
-        "tags", []) and "id" in c and c["id"] != INJECTED_CELL_ID]
-    if cells:
-        for cell in cells:
-            cell["id"] = INJECTED_CELL_ID
-        atomic_write_text(output, nbformat.writes(notebook) + "\n")
 
 
 def _local_kernel_config(kernel_stderr: str | Path | None = None) -> Any:
