@@ -80,13 +80,14 @@ def write_notebook(path: Path, parameters: str, *cells: str) -> Path:
     return path
 
 
-def write_fake_train_notebook(path: Path) -> Path:
-    """A stand-in for ``02_train.ipynb`` with the same parameters (see module docstring)."""
+def write_fake_train_notebook(path: Path, before: str = "") -> Path:
+    """A stand-in for ``02_train.ipynb`` with the same parameters (see module docstring);
+    ``before`` is code run ahead of the fake trainer (a test's own behaviour)."""
     defaults = {name: None for name in TRAIN_PARAMETERS}
     defaults.update(dataset="cub200", seed=0, run_name="run", results_dir="results",
                     quiet=True)
     parameters = "\n".join(f"{k} = {v!r}" for k, v in defaults.items())
-    return write_notebook(path, parameters, FAKE_TRAIN_BODY)
+    return write_notebook(path, parameters, before + FAKE_TRAIN_BODY)
 
 
 def write_study(root: Path, **overrides: Any) -> Path:

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from study_helpers import FAKE_TRAIN_BODY, write_notebook, write_study
+from study_helpers import write_fake_train_notebook, write_study
 
-from dml_study.config import TRAIN_PARAMETERS
 from dml_study.study.__main__ import main
 from dml_study.study.launch.launcher import (
     GridFailedError,
@@ -67,10 +66,7 @@ while step < steps:
 
 
 def write_resumable_train(path: Path) -> Path:
-    defaults = {name: None for name in TRAIN_PARAMETERS}
-    defaults.update(dataset="cub200", seed=0, run_name="run", results_dir="results", quiet=True)
-    return write_notebook(path, "\n".join(f"{k} = {v!r}" for k, v in defaults.items()),
-                          RESUMABLE_TRAIN_BODY + FAKE_TRAIN_BODY)
+    return write_fake_train_notebook(path, RESUMABLE_TRAIN_BODY)
 
 
 def four_run_study(root: Path, **overrides) -> Path:
@@ -429,11 +425,7 @@ def test_the_kernel_process_stderr_stays_out_of_a_run_log_unless_the_run_fails(
     after a header, since a dying kernel says why there."""
     from dml_study.study.launch.task import KERNEL_STDERR_HEADER
 
-    defaults = {name: None for name in TRAIN_PARAMETERS}
-    defaults.update(dataset="cub200", seed=0, run_name="run", results_dir="results", quiet=True)
-    write_notebook(fake_project / "notebooks" / "fake_train.ipynb",
-                   "\n".join(f"{k} = {v!r}" for k, v in defaults.items()),
-                   NOISY_KERNEL_BODY + FAKE_TRAIN_BODY)
+    write_fake_train_notebook(fake_project / "notebooks" / "fake_train.ipynb", NOISY_KERNEL_BODY)
     groups = [{"name": "so_vs_none", "seeds": [0, 1],
                "variants": {"no_so": {"so_lambda": 0.0}, "so": {"so_lambda": 0.1}}}]
     config = load_study_config(write_study(fake_project, groups=groups,
