@@ -77,7 +77,8 @@ CLAIMS = [
     {"claim": "SO improves R@1", "paper": "SO", "dataset": "sop", "regime": "C>>d",
      "tier": "frozen", "metric": "R@1", "unit": "pp", "name": "so_r1", "effect": 4.52,
      "ci_low": 4.147152630998974, "ci_high": 4.892847369001027, "seeds": 10,
-     "verdict": "supported"},
+     "verdict": "supported", "epochs": {"no_so": 14, "so": 15},
+     "epoch_selection": "validation"},
     {"claim": "SO improves R@1", "paper": "SO", "dataset": "cub200", "regime": "C<d",
      "tier": "frozen", "metric": "R@1", "unit": "pp", "name": "so_r1", "effect": -0.066,
      "ci_low": -0.29, "ci_high": 0.158, "seeds": 10, "verdict": "inconclusive"},
@@ -133,6 +134,11 @@ def test_an_unescaped_regime_in_the_index_is_found_by_parse_and_cell_check(rende
     ("estimate-cell verdict-supported", "estimate-cell verdict-contradicted",
      "not as verdict-supported"),
     ("n = 1: no CI", "[+0.1, +0.9]", "shows an interval but claims.json has none"),
+    ("epoch 14 (no_so), 15 (so)", "epoch 15 (no_so), 15 (so)",
+     "says 'at validation-selected epoch 15 (no_so), 15 (so)' but claims.json's epochs give "
+     "'at validation-selected epoch 14 (no_so), 15 (so)'"),
+    ("<span class='epoch'>at validation-selected epoch 14 (no_so), 15 (so)</span>", "",
+     "says 'no epoch' but claims.json's epochs give"),
     ("<td class='label text'", "<td class='label text' hidden", None),  # attributes: fine
     ("52.0 ± 2.0", "53.0 ± 2.0", "mean 53.0 but summary.json has 0.52"),
     ("<td>+5.0</td>", "<td>+6.0</td>", "+6.0 but summary.json has 0.05"),

@@ -35,7 +35,12 @@ from dml_study.study.report.readme import (
     update_project_readme,
     update_readme,
 )
-from dml_study.study.report.scorecard import Scorecard, claims_csv, flat_table
+from dml_study.study.report.scorecard import (
+    Scorecard,
+    claims_csv,
+    epoch_text,
+    flat_table,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -162,6 +167,34 @@ def test_claims_that_would_share_a_cell_keep_a_row_each_and_n1_renders():
     assert texts[1][3] == "+10.0 n = 1: no CI ○ inconclusive"
     assert texts[2][3] == "– n = 0: no CI ○ inconclusive"
     assert Scorecard.from_claims([]).to_markdown().startswith("| claim | paper | unit |")
+
+
+@pytest.mark.parametrize(("metric", "selection", "epochs", "text"), [
+    ("R@1", "fixed", {"no_so": 15, "so": 15}, "at epoch 15 (final)"),
+    ("R@1", "validation", {"no_so": 14, "so": 14}, "at validation-selected epoch 14"),
+    ("MAP@R", "validation", {"no_so": 14, "so": 15},
+     "at validation-selected epoch 14 (no_so), 15 (so)"),
+    ("at_epoch:3:R@1", "fixed", {"no_so": 15, "so": 15}, "at epoch 3 of 15"),
+    ("at_epoch:3:R@1", "validation", {"no_so": 14, "so": 15},
+     "at epoch 3 of validation-selected 14 (no_so), 15 (so)"),
+    ("epochs_to:0.9:R@1", "fixed", {"constant": 15, "adaptive": 15}, "over epochs 1–15"),
+    ("epochs_to:0.9:R@1", "validation", {"constant": 15, "adaptive": 14},
+     "over epochs 1–15 (constant), 1–14 (adaptive), validation-selected"),
+    ("R@1", "fixed", None, ""),
+])
+def test_every_cell_names_the_epoch_its_number_comes_from(metric, selection, epochs, text):
+    """Issue #19.4: a number from the test split says which epoch made it (final or chosen on
+    validation), in the cell, in the README's Markdown and in the long table."""
+    row = _claim("so_r1", "glyphs", "frozen", 1.37, 1.05, 1.68, metric=metric,
+                 epoch_selection=selection, **({"epochs": epochs} if epochs else {}))
+    assert epoch_text(row) == text
+    card = Scorecard.from_claims([row])
+    cell = card.cell(card.rows[0], card.columns[0])
+    assert cell.plain == f"+1.37 [+1.05, +1.68] ✓ supported {text}".rstrip()
+    assert (("epoch", text) in cell.parts) == bool(text)
+    assert text in card.to_markdown() and text in card.to_html()
+    flat = flat_table([row])
+    assert flat.rows[0][flat.header.index("epoch")] == (text or "–")
 
 
 def test_flat_table_and_csv_keep_every_row():

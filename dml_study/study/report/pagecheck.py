@@ -241,7 +241,8 @@ def _rows(table: Any, part: str) -> list[list[Any]]:
 _NUM = r"[+\-−]?\d+(?:\.\d+)?"
 _ESTIMATE = re.compile(
     rf"^(?P<effect>{_NUM}|–)\s+(?:\[(?P<low>{_NUM}),\s*(?P<high>{_NUM})\]"
-    r"|(?P<noci>n = \d+: no CI|no CI))\s+(?P<symbol>\S)\s+(?P<verdict>[a-z]+)$")
+    r"|(?P<noci>n = \d+: no CI|no CI))\s+(?P<symbol>\S)\s+(?P<verdict>[a-z]+)"
+    r"(?:\s+(?P<epoch>(?:at|over) .+))?$")
 
 
 def _number(token: str) -> tuple[float, float]:
@@ -300,6 +301,10 @@ def estimate_cell_problems(text: str, css: str, claim: dict[str, Any], where: st
         problems.append(f"{where}: symbol {match['symbol']!r} does not match {verdict!r}")
     if f"verdict-{verdict}" not in css.split():
         problems.append(f"{where}: coloured as {css!r}, not as verdict-{verdict}")
+    epoch = scorecards.epoch_text(claim)
+    if (match["epoch"] or "") != epoch:
+        problems.append(f"{where}: says {match['epoch'] or 'no epoch'!r} but claims.json's "
+                        f"epochs give {epoch or 'none'!r}")
     return problems
 
 

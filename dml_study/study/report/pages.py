@@ -252,6 +252,7 @@ table.scorecard td.label { font-family: ui-monospace, "DejaVu Sans Mono", Menlo,
 table.scorecard .estimate { font-weight: 600; }
 table.scorecard .ci { display: block; font-size: 0.85rem; }
 table.scorecard .verdict { display: block; font-weight: 600; font-size: 0.85rem; }
+table.scorecard .epoch { display: block; font-size: 0.75rem; opacity: 0.8; }
 td.estimate-cell.verdict-supported { background: #dafbe1; color: #0f5323; }
 td.estimate-cell.verdict-contradicted { background: #ffebe9; color: #82071e; }
 td.estimate-cell.verdict-inconclusive { background: #eef1f4; color: #32383f; }

@@ -14,8 +14,10 @@ sentence. :class:`Scorecard` pivots it into the table a reader scans:
   ``protocol`` (``preset``: the dataset preset's hyper-parameters; ``tuned``: the tuned
   ones; rows without the field are ``preset``), every dataset × tier gets a column per
   protocol, ``tuned`` first.
-- **cells** — the effect, its confidence interval and the verdict:
-  ``−0.07 [−0.29, +0.16] ○ inconclusive``. Decimals follow the interval's width
+- **cells** — the effect, its confidence interval, the verdict and the epoch the numbers
+  come from (:func:`epoch_text`: the preset's final epoch, or the tuned arm's
+  validation-selected one): ``−0.07 [−0.29, +0.16] ○ inconclusive at epoch 15 (final)``.
+  Decimals follow the interval's width
   (:func:`~dml_study.study.analysis.stats.format_estimate`: the half-width keeps two
   significant digits, so no interval collapses to one number); without an interval the
   cell says why (``n = 1: no CI``). The verdict is a word and a symbol (✓ supported,
@@ -95,10 +97,47 @@ def estimate_texts(claim: dict[str, Any]) -> tuple[str, str]:
     return format_estimate(claim.get("effect"), claim.get("ci_low"), claim.get("ci_high"), n)
 
 
+def _arm_epochs(epochs: dict[str, Any], first: str = "") -> str:
+    """``"14"`` when the arms agree, else ``"14 (no_so), 15 (so)"`` (``first`` before each)."""
+    counts = {str(k): int(v) for k, v in epochs.items() if v is not None}
+    if len(set(counts.values())) <= 1:
+        return f"{first}{next(iter(counts.values()), '?')}"
+    return ", ".join(f"{first}{v} ({k})" for k, v in counts.items())
+
+
+def epoch_text(claim: dict[str, Any]) -> str:
+    """Which epoch of its runs a cell's number comes from (``""`` when the row does not say).
+
+    From the row's ``metric``, ``epochs`` (the arms' schedule lengths) and
+    ``epoch_selection`` (``fixed``: the preset's schedule; ``validation``: each tuned arm
+    trained for its best validation epoch, chosen without the test split):
+    ``"at epoch 15 (final)"``, ``"at epoch 3 of 15"``, ``"over epochs 1–15"``,
+    ``"at validation-selected epoch 14 (no_so), 15 (so)"``,
+    ``"at epoch 3 of validation-selected 14"``, ``"over epochs 1–14, validation-selected"``.
+    """
+    epochs = claim.get("epochs")
+    if not isinstance(epochs, dict) or not epochs:
+        return ""
+    metric = str(claim.get("metric") or "")
+    tuned = claim.get("epoch_selection") == "validation"
+    if metric.startswith("at_epoch:"):
+        at = metric.split(":")[1]
+        return f"at epoch {at} of {'validation-selected ' if tuned else ''}{_arm_epochs(epochs)}"
+    if metric.startswith("epochs_to:"):
+        return f"over epochs {_arm_epochs(epochs, '1–')}" + (", validation-selected"
+                                                            if tuned else "")
+    if tuned:
+        return f"at validation-selected epoch {_arm_epochs(epochs)}"
+    return f"at epoch {_arm_epochs(epochs)} (final)"
+
+
 def cell_text(claim: dict[str, Any]) -> str:
-    """The text of a scorecard cell: ``"−0.07 [−0.29, +0.16] ○ inconclusive"``."""
+    """The text of a scorecard cell: ``"−0.07 [−0.29, +0.16] ○ inconclusive at epoch 15
+    (final)"`` (the epoch part only when the row records its epochs)."""
     effect, interval = estimate_texts(claim)
-    return f"{effect} {interval} {verdict_text(claim['verdict'])}"
+    epoch = epoch_text(claim)
+    return f"{effect} {interval} {verdict_text(claim['verdict'])}" + (f" {epoch}" if epoch
+                                                                       else "")
 
 
 @dataclass(frozen=True)
@@ -241,10 +280,12 @@ class Scorecard:
                  f"{claim.get('seeds')} seed(s), {claim.get('ci_method') or 'CI over seeds'}")
         if claim.get("note"):
             title += f". Note: {claim['note']}"
-        return Cell(f"{effect} {interval} {verdict_text(verdict)}", title=title,
+        epoch = epoch_text(claim)
+        return Cell(cell_text(claim), title=title,
                     css=("estimate-cell", f"verdict-{verdict}"),
                     parts=(("estimate", effect), ("ci", interval),
-                           ("verdict", verdict_text(verdict))))
+                           ("verdict", verdict_text(verdict)),
+                           *((("epoch", epoch),) if epoch else ())))
 
     def table_rows(self) -> list[list[Cell]]:
         """Body cells, one list per row."""
@@ -283,7 +324,9 @@ def legend(csv_link: str | None = "claims.csv", hover: bool = True) -> str:
             "interval over paired seeds, and the verdict the interval implies — ✓ supported "
             "(the interval lies on the side the paper claims), ✗ contradicted (it lies on the "
             "other side), ○ inconclusive (it holds 0). Decimals follow each interval's width "
-            "(its half-width keeps two significant digits). "
+            "(its half-width keeps two significant digits). Each cell ends with the epoch "
+            "its runs' numbers come from: the preset schedule's final epoch, or the epoch each "
+            "tuned arm chose on its validation classes (the test split chose nothing). "
             + ("On the HTML page, hover a claim for its sentence (a cell for its seeds); the "
                "footnotes below list every sentence." if hover else
                "The footnotes below give each claim's sentence."))
@@ -329,14 +372,15 @@ def flat_table(claims: Sequence[dict[str, Any]]) -> HtmlTable:
     """The long table for a notebook: one line per claim row, short columns, escaped."""
     protocols = {protocol_of(c) for c in claims} != {DEFAULT_PROTOCOL}
     header = ["claim", "paper", "dataset", "regime", "tier", *(["protocol"] if protocols else []),
-              "metric", "effect", "CI", "unit", "seeds", "verdict"]
+              "metric", "epoch", "effect", "CI", "unit", "seeds", "verdict"]
     rows = []
     for c in claims:
         effect, interval = estimate_texts(c)
         rows.append([
             Cell(str(c.get("name") or c["claim"]), title=str(c["claim"])), str(c["paper"]),
             str(c["dataset"]), str(c["regime"]), str(c["tier"]),
-            *([protocol_of(c)] if protocols else []), str(c["metric"]), effect, interval,
+            *([protocol_of(c)] if protocols else []), str(c["metric"]),
+            epoch_text(c) or EMPTY, effect, interval,
             str(c.get("unit") or ""), str(c.get("seeds")),
             Cell(verdict_text(str(c["verdict"])), css=(f"verdict-{c['verdict']}",)),
         ])
