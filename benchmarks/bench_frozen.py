@@ -23,6 +23,17 @@ minutes. Two figures per variant, the best (max) of the rounds:
 The ratios batched / sequential are taken within the run. ``uptime`` is printed at the start
 and the end.
 
+**The float32 floor** (printed per dataset, measured in the same run): what a run could cost
+if every one of its floating-point operations ran at the speed of one large float32 matrix
+product on one core. Its operations are counted, not estimated: one training step of the
+batch under :class:`torch.utils.flop_counter.FlopCounterMode` (every ``bmm``/``baddbmm``,
+forward and backward), plus each evaluation's test embedding (``2·M·F·d``) and exact kNN
+search (``2·M²·d``, faiss, outside torch's counter), times the run's steps and evaluations.
+The peak is the best of five ``torch.mm`` calls of a (4096 × F) · (F × d) product on one
+thread, under the same numerical profile. ``floor s/run`` = operations / peak; the largest
+speed-up any float32 trainer could show against a sequential reference is that
+reference's core-seconds per run over the floor.
+
     python benchmarks/bench_frozen.py                          # icons and glyphs, 2 epochs
     python benchmarks/bench_frozen.py --datasets icons --runs 16 --epochs 3 --rounds 3
     python benchmarks/bench_frozen.py --seq-threads 1          # skip the 2-thread reference
@@ -40,8 +51,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import dml_study  # noqa: F401  (first: its numerical profile pins OpenBLAS before faiss loads)
+
+# isort: split
 import faiss
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from dml_study.config import replace
 from dml_study.study.plan.config import load_study_config
@@ -80,7 +95,8 @@ def study_runs(study_file: Path, dataset: str, count: int, epochs: int):
     """The first ``count`` frozen_so runs of ``dataset`` (no_so/so alternating by seed)."""
     study = load_study_config(study_file)
     specs = [s for s in unique_runs(expand_grid(study))
-             if s.tier == "frozen" and s.dataset == dataset and s.group == "frozen_so"]
+             if s.tier == "frozen" and s.dataset == dataset and s.group == "frozen_so"
+             and s.protocol == "preset"]
     specs.sort(key=lambda s: (s.seed, s.variant))
     if len(specs) < count:
         raise SystemExit(f"{dataset}: the study has {len(specs)} frozen_so runs, asked {count}")
@@ -89,6 +105,41 @@ def study_runs(study_file: Path, dataset: str, count: int, epochs: int):
     began = time.perf_counter()
     features = frozen.extract_features(configs[0], frozen_feature_settings(study, dataset))
     return configs, features, time.perf_counter() - began
+
+
+def sgemm_peak(rows: int, inner: int, cols: int, repeats: int = 5) -> float:
+    """Float32 GFLOP/s of the best of ``repeats`` ``torch.mm`` calls of a (rows × inner) ·
+    (inner × cols) product on one thread."""
+    set_threads(1)
+    a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - began)
+    return 2.0 * rows * inner * cols / best / 1e9
+
+
+def float32_floor(configs, features, epochs: int, tmp: str) -> dict[str, float]:
+    """Floating-point operations of one run (mean over ``configs``) and the seconds they take
+    at this core's float32 matrix-product peak (see the module docstring)."""
+    names = [f"flops-{i}" for i in range(len(configs))]
+    trainer = fb.BatchedFrozenTrainer(
+        [replace(c, **{"run.results_dir": tmp, "run.run_name": n}) for n, c in
+         zip(names, configs, strict=True)], features,
+        [RunDirectory.for_run(tmp, n) for n in names], mode="fast")
+    rows, labels = trainer.epoch_batches(0)
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step(rows[0], labels[0])
+    step = counter.get_total_flops() / len(configs)
+    test, dim, width = len(features.test_labels), configs[0].model.embedding_dim, \
+        features.feature_dim
+    head = 0 if dim is None or dim == width else 2 * test * width * dim
+    evaluation = head + 2 * test * test * (dim or width)
+    total = epochs * trainer.steps * step + (epochs + 1) * evaluation
+    peak = sgemm_peak(4096, width, dim or width)
+    return {"step_gflop": step / 1e9, "eval_gflop": evaluation / 1e9,
+            "run_gflop": total / 1e9, "peak_gflops": peak, "floor_s": total / 1e9 / peak}
 
 
 def measure(train, runs: int, threads: int) -> dict[str, float]:
@@ -108,6 +159,12 @@ def bench_dataset(args: argparse.Namespace, dataset: str) -> dict:
           f"d = {configs[0].model.embedding_dim}, {args.epochs} epochs of "
           f"{len(build_batch_sampler(configs[0], features.train_labels, 0, 1))} steps; batch of "
           f"{args.runs} runs, sequential reference {args.seq_runs} runs", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        floor = float32_floor(configs, features, args.epochs, tmp)
+    print(f"  operations per run: {floor['step_gflop'] * 1e3:.0f} MFLOP a training step, "
+          f"{floor['eval_gflop']:.2f} GFLOP an evaluation, {floor['run_gflop']:.1f} GFLOP a run; "
+          f"one core's float32 peak {floor['peak_gflops']:.0f} GFLOP/s (torch.mm): "
+          f"floor {floor['floor_s']:.2f} s/run", flush=True)
     results: dict[str, list[dict[str, float]]] = {}
     for rnd in range(args.rounds):
         with tempfile.TemporaryDirectory() as tmp:
@@ -147,7 +204,12 @@ def bench_dataset(args: argparse.Namespace, dataset: str) -> dict:
             print(f"  {k} / {ref}: {best[k]['runs_per_core_s'] / best[ref]['runs_per_core_s']:.2f}x"
                   f" runs/core-s (wall), "
                   f"{best[k]['runs_per_cpu_s'] / best[ref]['runs_per_cpu_s']:.2f}x runs/CPU-s")
-    return {"rounds": results, "best": best, "epochs": args.epochs, "runs": args.runs}
+    for ref in [k for k in best if k.startswith("sequential")]:
+        core_s = 1.0 / best[ref]["runs_per_core_s"]
+        print(f"  at the float32 floor: {core_s / floor['floor_s']:.2f}x {ref} "
+              f"({core_s:.2f} core-s/run over {floor['floor_s']:.2f} s/run)")
+    return {"rounds": results, "best": best, "epochs": args.epochs, "runs": args.runs,
+            "float32_floor": floor}
 
 
 def main() -> None:
