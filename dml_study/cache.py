@@ -14,6 +14,7 @@ entry               kind             what it is for
 ``frozen_features`` features         backbone features of the frozen tier
 ``text_embeddings`` text embeddings  sentence-encoder embeddings of class names
 ``verified/``       verify records   which image files decoded (``data verify``)
+``label-fonts/``    label fonts      the glyph classes' characters for figure labels
 ``*.lock``          lock             build locks (held only while a build runs)
 anything else       unknown          listed, never removed
 ==================  ===============  ====================================================
@@ -52,6 +53,7 @@ from dml_study.paths import (
     GLYPH_FONTS_DIR,
     ICON_THEMES_DIR,
     INTERMEDIATE_LOCK,
+    LABEL_FONTS_DIR,
     TEXT_EMBEDDINGS_DIR,
     VERIFY_RECORDS_DIR,
     cache_root,
@@ -62,10 +64,11 @@ INTERMEDIATE = "intermediate"
 FEATURES = "features"
 TEXT = "text embeddings"
 RECORDS = "verify records"
+FONTS = "label fonts"
 LOCK = "lock"
 UNKNOWN = "unknown"
 #: Kinds ``clean --all`` removes (``unknown`` entries and locks are never removed).
-REMOVABLE = (DATASET, INTERMEDIATE, FEATURES, TEXT, RECORDS)
+REMOVABLE = (DATASET, INTERMEDIATE, FEATURES, TEXT, RECORDS, FONTS)
 
 _FIXED = {
     DEBS_DIR: (INTERMEDIATE, "Debian packages downloaded by the embedded builders; "
@@ -80,6 +83,9 @@ _FIXED = {
                                 "when missing"),
     VERIFY_RECORDS_DIR: (RECORDS, "which image files decoded (by path, size, mtime); "
                                   "without them the next screening decodes again"),
+    LABEL_FONTS_DIR: (FONTS, "subsets of the glyph dataset's own fonts with every class "
+                             "character, for figure labels; `python -m dml_study.data.glyphs "
+                             "build` makes them again"),
     INTERMEDIATE_LOCK: (LOCK, "shared lock of the intermediate folders (held during builds)"),
 }
 

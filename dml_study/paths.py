@@ -8,8 +8,8 @@ Everything is kept under :func:`cache_root`:
   verified (:data:`DEBS_DIR`, :data:`ICON_THEMES_DIR`, :data:`GLYPH_FONTS_DIR`; removed after
   each verified build unless ``--keep-intermediate``);
 - the sentence-encoder text embeddings (:data:`TEXT_EMBEDDINGS_DIR`), the frozen-tier
-  features (:data:`FROZEN_FEATURES_DIR`) and the image-verification records
-  (:data:`VERIFY_RECORDS_DIR`).
+  features (:data:`FROZEN_FEATURES_DIR`), the image-verification records
+  (:data:`VERIFY_RECORDS_DIR`) and the glyph classes' label fonts (:data:`LABEL_FONTS_DIR`).
 
 ``python -m dml_study.cache list`` shows each entry with its size and purpose
 (:mod:`dml_study.cache`).
@@ -37,6 +37,10 @@ FROZEN_FEATURES_DIR = "frozen_features"
 #: Which image files decoded, by (path, size, mtime): ``<dataset>.json``, see
 #: ``dml_study.data.screening``.
 VERIFY_RECORDS_DIR = "verified"
+#: Subsets of the glyph dataset's own fonts holding every class character (kept after the
+#: build): the figures' labels draw ``loquat (枇)`` with them on machines without a CJK font,
+#: see ``dml_study.data.glyphs.write_label_fonts``.
+LABEL_FONTS_DIR = "label-fonts"
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:

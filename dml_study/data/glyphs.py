@@ -70,7 +70,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from dml_study.paths import DEBS_DIR, GLYPH_FONTS_DIR
+from dml_study.paths import DEBS_DIR, GLYPH_FONTS_DIR, LABEL_FONTS_DIR
 
 from . import embedded
 from .base import EmbeddedBuildError, SplitRecords
@@ -705,6 +705,115 @@ def fetch_sources(
     return sources, unicode_dir, packages
 
 
+# --------------------------------------------------------------------------- label fonts
+
+
+def label_fonts_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where the class characters' label fonts live: ``<cache>/label-fonts``."""
+    return cache_root(cache_dir) / LABEL_FONTS_DIR
+
+
+def _font_suffix(font: Any) -> str:
+    return ".otf" if font.sfntVersion == "OTTO" else ".ttf"
+
+
+def write_label_fonts(sources: Sequence[FaceSource], code_points: Iterable[int],
+                      out_dir: Path) -> list[Path]:
+    """Subsets of the dataset's own faces that draw every character of ``code_points``.
+
+    Figures label glyph classes ``loquat (枇)``; a machine without a CJK font would show the
+    code point instead (``dml_study.study.report.plots.readable_text``), and the build
+    deletes the unpacked fonts. So before it does, the first face of ``sources`` (in
+    :data:`FACES` order: Noto Sans CJK in the default build) that has every character is cut
+    down to those characters with fontTools' subsetter (no layout features, names kept so
+    matplotlib knows its family) and written to ``out_dir/<design>-labels.{otf,ttf}``
+    (atomically; about 1.5 MB for the 2,400 default classes). When no face has them all, as few
+    faces as a greedy cover needs are written, each with the characters it adds. Returns the
+    files written; a character no face has is left to the code-point fallback.
+    """
+    from fontTools import subset
+    from fontTools.ttLib import TTFont
+
+    need = set(code_points)
+    maps = [(src, set(TTFont(src.file, fontNumber=src.face.index, lazy=True).getBestCmap()))
+            for src in sources]
+    complete = [src for src, cmap in maps if need <= cmap]
+    picks: list[tuple[FaceSource, set[int]]] = [(complete[0], set(need))] if complete else []
+    left = set(need) if not complete else set()
+    while left:
+        src, cmap = max(maps, key=lambda item: len(item[1] & left))
+        if not cmap & left:
+            break
+        picks.append((src, cmap & left))
+        left -= cmap
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for src, chars in picks:
+        font = TTFont(src.file, fontNumber=src.face.index)
+        options = subset.Options()
+        options.layout_features = []
+        options.notdef_outline = True
+        subsetter = subset.Subsetter(options)
+        subsetter.populate(unicodes=sorted(chars))
+        subsetter.subset(font)
+        path = out_dir / f"{src.face.design}-labels{_font_suffix(font)}"
+        tmp = path.with_name(f".{path.name}.tmp")
+        font.save(str(tmp))
+        os.replace(tmp, path)
+        written.append(path)
+    return written
+
+
+def label_fonts_missing(out_dir: Path, code_points: Iterable[int]) -> set[int]:
+    """The characters of ``code_points`` that no label font in ``out_dir`` has."""
+    from fontTools.ttLib import TTFont, TTLibError
+
+    need = set(code_points)
+    for path in sorted(out_dir.glob("*-labels.*")) if out_dir.is_dir() else []:
+        try:
+            need -= set(TTFont(path, lazy=True).getBestCmap() or {})
+        except (OSError, TTLibError):  # a damaged file counts as missing
+            continue
+    return need
+
+
+def ensure_label_fonts(cache_dir: str | os.PathLike[str] | None = None,
+                       size: int = DEFAULT_SIZE, progress: bool = True,
+                       keep_intermediate: bool = False) -> list[Path]:
+    """Label fonts for a glyph dataset that was built without them (before they existed).
+
+    Downloads the dataset's font packages one by one, in :data:`FACES` order, until every
+    class character is covered (usually the first, ``fonts-noto-cjk``), writes the subsets
+    (:func:`write_label_fonts`) and removes the downloads again. Returns the files written
+    (none when the fonts were already there).
+    """
+    root = cache_root(cache_dir)
+    manifest = read_manifest(dataset_dir(root, size))
+    if manifest is None:
+        raise EmbeddedBuildError(f"no complete glyph dataset in {dataset_dir(root, size)}: "
+                                 "build it first with `python -m dml_study.data.glyphs build`")
+    chars = {int(c, 16) for c in manifest["classes"]}
+    out_dir = label_fonts_dir(root)
+    if not label_fonts_missing(out_dir, chars):
+        return []
+    designs = {f["design"] for f in manifest["faces"]}
+    faces = [f for f in FACES if f.design in designs]
+    work_dir, deb_dir = root / GLYPH_FONTS_DIR, root / DEBS_DIR
+    written: list[Path] = []
+    with embedded.using_intermediates(root):
+        left = set(chars)
+        for face in faces:
+            sources, _, _ = fetch_sources([face], work_dir, deb_dir, progress, 1)
+            written += write_label_fonts(sources, left, out_dir)
+            left = label_fonts_missing(out_dir, chars)
+            if not left:
+                break
+    if not keep_intermediate:
+        embedded.remove_intermediates(root, [work_dir, *embedded.deb_files(
+            deb_dir, sorted({f.package for f in faces} | {UNIHAN_PACKAGE}))])
+    return written
+
+
 def build_glyphs(
     cache_dir: str | os.PathLike[str] | None = None,
     size: int = DEFAULT_SIZE,
@@ -758,6 +867,8 @@ def build_glyphs(
             manifest = build_from_sources(sources, read_unihan(unicode_dir), out_dir, size,
                                           min_designs, num_classes, max_designs, packages,
                                           num_workers, progress)
+            write_label_fonts(sources, [int(c, 16) for c in manifest["classes"]],
+                              label_fonts_dir(root))
         if not keep_intermediate:
             used = sorted({f.package for f in faces} | {UNIHAN_PACKAGE})
             embedded.clean_after_build(root, out_dir, manifest,
@@ -845,12 +956,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="designs stored per class (a seeded subset per class)")
 
     def build(args: argparse.Namespace) -> tuple[Path, dict]:
-        return build_glyphs(
+        built = build_glyphs(
             args.cache_dir, size=args.size, min_designs=args.min_designs,
             num_classes=args.classes, max_designs=args.max_designs,
             num_workers=args.workers, progress=not args.quiet,
             force=args.force, keep_intermediate=args.keep_intermediate,
         )
+        # A dataset built before the label fonts existed gets them now (a download).
+        ensure_label_fonts(args.cache_dir, size=args.size, progress=not args.quiet,
+                           keep_intermediate=args.keep_intermediate)
+        return built
 
     return embedded.build_main(
         argv, module="dml_study.data.glyphs", description=__doc__, what="glyph",
@@ -877,7 +992,10 @@ __all__ = [
     "dataset_dir",
     "dedupe_faces",
     "display_name",
+    "ensure_label_fonts",
     "iou",
+    "label_fonts_dir",
+    "label_fonts_missing",
     "load_records",
     "main",
     "notdef_glyph",
@@ -891,4 +1009,5 @@ __all__ = [
     "summary",
     "variant_components",
     "verify_manifest",
+    "write_label_fonts",
 ]

@@ -351,6 +351,69 @@ def test_build_from_debs_end_to_end(fake_sources, tmp_path: Path, monkeypatch) -
     assert embedded.manifest_bytes(manifest) == embedded.manifest_bytes(reference)
     # Lean cache: after the verified build the .debs and unpacked fonts are gone.
     assert not (tmp_path / "cache" / "glyph-fonts").exists() and not debs.exists()
+    # ... but the class characters stay drawable for figure labels: one subset of the first
+    # face that has them all (alpha), holding exactly the dataset's classes.
+    fonts = sorted((tmp_path / "cache" / "label-fonts").iterdir())
+    assert [f.name for f in fonts] == ["alpha-labels.ttf"]
+    classes = {int(c, 16) for c in manifest["classes"]}
+    assert set(_cmap(fonts[0])) == classes
+    assert glyphs.label_fonts_missing(tmp_path / "cache" / "label-fonts", classes) == set()
+
+
+def _cmap(path: Path) -> dict[int, str]:
+    from fontTools.ttLib import TTFont
+
+    return TTFont(path).getBestCmap()
+
+
+def test_label_fonts_are_as_few_subsets_as_cover_the_characters(tmp_path: Path) -> None:
+    """Figures need a font for every class character once the build deleted its fonts: the
+    first face with them all, else a greedy cover; a character no face has stays missing."""
+    first = write_font(tmp_path / "a.ttf", "Fake A", {cp: _rects("a", cp) for cp in CHARS[:10]})
+    second = write_font(tmp_path / "b.ttf", "Fake B",
+                        {cp: _rects("b", cp) for cp in CHARS[5:20]})
+    sources = [FaceSource(FontFace(name, f"fonts-{name}", f"usr/{name}.ttf"), "1.0", path)
+               for name, path in (("fake-a", first), ("fake-b", second))]
+    out = tmp_path / "labels"
+    assert glyphs.write_label_fonts(sources, CHARS[2:8], out) == [out / "fake-a-labels.ttf"]
+    assert set(_cmap(out / "fake-a-labels.ttf")) == set(CHARS[2:8])  # only what is needed
+    shutil.rmtree(out)
+    written = glyphs.write_label_fonts(sources, CHARS[:20], out)
+    assert written == [out / "fake-b-labels.ttf", out / "fake-a-labels.ttf"]  # most first
+    assert set(_cmap(written[0])) == set(CHARS[5:20])
+    assert set(_cmap(written[1])) == set(CHARS[:5])
+    assert glyphs.label_fonts_missing(out, CHARS[:20]) == set()
+    assert glyphs.label_fonts_missing(out, CHARS[:21]) == {CHARS[20]}
+    assert not list(out.glob(".*"))  # atomic writes leave no temporary file
+    (out / "fake-a-labels.ttf").write_bytes(b"truncated")  # a damaged font covers nothing
+    assert glyphs.label_fonts_missing(out, CHARS[:20]) == set(CHARS[:5])
+
+
+def test_a_dataset_built_without_label_fonts_gets_them_from_its_packages(
+        tmp_path: Path, fake_sources, monkeypatch) -> None:
+    """``ensure_label_fonts`` (run by ``python -m dml_study.data.glyphs build``) fetches the
+    dataset's font packages in FACES order until the classes are covered, writes the
+    subsets and removes the downloads."""
+    cache = tmp_path / "cache"
+    out = _build(fake_sources, cache / "glyphs-32")
+    faces = [src.face for src in fake_sources]
+    monkeypatch.setattr(glyphs, "FACES", tuple(faces))
+    fetched: list[list[str]] = []
+
+    def fetch(wanted, work_dir, deb_dir, progress, num_workers):  # type: ignore[no-untyped-def]
+        fetched.append([f.design for f in wanted])
+        work_dir.mkdir(parents=True, exist_ok=True)
+        return [src for src in fake_sources if src.face in wanted], work_dir, []
+
+    monkeypatch.setattr(glyphs, "fetch_sources", fetch)
+    written = glyphs.ensure_label_fonts(cache, size=32, progress=False)
+    assert fetched == [["alpha"]] and written == [cache / "label-fonts" / "alpha-labels.ttf"]
+    assert not (cache / "glyph-fonts").exists()
+    assert glyphs.ensure_label_fonts(cache, size=32, progress=False) == []  # already there
+    assert len(fetched) == 1
+    assert set(_cmap(written[0])) == {int(c, 16) for c in out["classes"]}
+    with pytest.raises(EmbeddedBuildError, match="no complete glyph dataset"):
+        glyphs.ensure_label_fonts(tmp_path / "empty", size=32, progress=False)
 
 
 @pytest.mark.slow

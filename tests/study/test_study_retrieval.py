@@ -126,6 +126,41 @@ def test_cjk_text_gets_a_font_that_has_it_or_its_code_points(monkeypatch, tmp_pa
     plots.font_for.cache_clear()
 
 
+def test_the_glyph_datasets_label_fonts_draw_class_characters(monkeypatch, tmp_path):
+    """On a machine without a CJK font, the label fonts the glyph build keeps in the cache
+    (``<cache>/label-fonts``) draw ``loquat (枇)``; without them the code point is shown."""
+    from fontTools.fontBuilder import FontBuilder
+    from fontTools.pens.ttGlyphPen import TTGlyphPen
+
+    from dml_study.data.glyphs import FaceSource, FontFace, write_label_fonts
+
+    pen = TTGlyphPen(None)
+    for x0, y0, x1, y1 in ((100, 0, 900, 100), (450, 0, 550, 800)):
+        pen.moveTo((x0, y0)), pen.lineTo((x0, y1)), pen.lineTo((x1, y1)), pen.lineTo((x1, y0))
+        pen.closePath()
+    builder = FontBuilder(1000, isTTF=True)
+    builder.setupGlyphOrder([".notdef", "uni6787", "uni6777"])
+    builder.setupCharacterMap({0x6787: "uni6787", 0x6777: "uni6777"})
+    builder.setupGlyf({n: pen.glyph() for n in (".notdef", "uni6787", "uni6777")})
+    builder.setupHorizontalMetrics({n: (1000, 0) for n in (".notdef", "uni6787", "uni6777")})
+    builder.setupHorizontalHeader(ascent=880, descent=-120)
+    builder.setupNameTable({"familyName": "Label Test Sans", "styleName": "Regular"})
+    builder.setupOS2(sTypoAscender=880, sTypoDescender=-120, usWinAscent=880, usWinDescent=120)
+    builder.setupPost()
+    builder.save(str(tmp_path / "full.ttf"))
+    monkeypatch.setattr(plots, "FONT_DIRS", (str(tmp_path / "no-system-fonts"),))
+    monkeypatch.setenv("DML_STUDY_CACHE", str(tmp_path / "cache"))
+    plots.font_for.cache_clear()
+    assert plots.readable_text(["loquat (枇)"]) == (["loquat (U+6787)"], None)
+    source = FaceSource(FontFace("label-test", "fonts-test", "usr/full.ttf"), "1", tmp_path /
+                        "full.ttf")
+    write_label_fonts([source], [0x6787], tmp_path / "cache" / "label-fonts")
+    plots.font_for.cache_clear()
+    texts, families = plots.readable_text(["loquat (枇)"])
+    assert texts == ["loquat (枇)"] and families[-1] == "Label Test Sans"
+    plots.font_for.cache_clear()
+
+
 def test_a_font_with_the_characters_is_used_when_one_is_installed():
     plots.font_for.cache_clear()
     family = plots.font_for(frozenset({0x6787}))

@@ -337,15 +337,18 @@ CJK_FAMILIES: tuple[str, ...] = (
     "WenQuanYi Zen Hei", "IPAexGothic", "VL Gothic",
 )
 
-#: Font files are looked for in these directories (system fonts, then the glyph dataset's
-#: unpacked Debian fonts in the cache, ``<cache>/glyph-fonts``, while a build keeps them).
+#: Font files are looked for in these directories (system fonts), then in the glyph dataset's
+#: label fonts (``<cache>/label-fonts``: subsets of its own Debian fonts with every class
+#: character, kept after the build) and its unpacked fonts (``<cache>/glyph-fonts``, while a
+#: build keeps them).
 FONT_DIRS: tuple[str, ...] = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts")
 
 
 def _font_dirs() -> list[Path]:
-    from dml_study.paths import cache_root
+    from dml_study.paths import GLYPH_FONTS_DIR, LABEL_FONTS_DIR, cache_root
 
-    return [Path(d).expanduser() for d in FONT_DIRS] + [cache_root() / "glyph-fonts"]
+    return [Path(d).expanduser() for d in FONT_DIRS] + [cache_root() / LABEL_FONTS_DIR,
+                                                        cache_root() / GLYPH_FONTS_DIR]
 
 
 @functools.lru_cache(maxsize=1)
