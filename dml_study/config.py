@@ -26,9 +26,12 @@ the smallest class, whose images the sampler then repeats) live in
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import hashlib
 import json
+import os
 import types
 import typing
 import warnings
@@ -360,29 +363,46 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@functools.cache
+def _dotted_keys() -> tuple[str, ...]:
+    # The sections' dataclasses do not change at run time: computed once (a study's grid
+    # resolves hundreds of thousands of keys).
+    return tuple(f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls))
+
+
+@functools.cache
+def _flat_keys() -> types.MappingProxyType[str, str]:
+    counts: dict[str, list[str]] = {}
+    for dotted in _dotted_keys():
+        counts.setdefault(dotted.split(".")[1], []).append(dotted)
+    mapping = {name: dots[0] for name, dots in counts.items() if len(dots) == 1}
+    mapping.update(ALIASES)
+    return types.MappingProxyType(mapping)
+
+
+@functools.cache
+def _dotted_set() -> frozenset[str]:
+    return frozenset(_dotted_keys())
+
+
 def dotted_keys() -> list[str]:
     """Every valid dotted key, e.g. ``"optim.lr"``."""
-    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    return list(_dotted_keys())
 
 
 def flat_keys() -> dict[str, str]:
     """Valid flat key → dotted key (unique field names plus :data:`ALIASES`)."""
-    counts: dict[str, list[str]] = {}
-    for dotted in dotted_keys():
-        counts.setdefault(dotted.split(".")[1], []).append(dotted)
-    mapping = {name: dots[0] for name, dots in counts.items() if len(dots) == 1}
-    mapping.update(ALIASES)
-    return mapping
+    return dict(_flat_keys())
 
 
 def resolve_key(key: str) -> str:
     """Map a flat or dotted key to its dotted form or raise a :class:`ConfigError`."""
-    valid_dotted = dotted_keys()
-    if key in valid_dotted:
+    if key in _dotted_set():
         return key
-    flat = flat_keys()
+    flat = _flat_keys()
     if key in flat:
         return flat[key]
+    valid_dotted = dotted_keys()
     close = close_matches(key, sorted(flat) + valid_dotted, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ConfigError(
@@ -443,6 +463,24 @@ def preset_path(dataset: str) -> Path:
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML file, parsed once per version of the file: a study's grid builds
+    thousands of configs from the same preset, and parsing it each time was most of the cost
+    (a copy is returned, keyed by the file's path, size and modification time)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        stat = None
+    if stat is None:
+        return _parse_yaml(str(path))
+    return copy.deepcopy(_parse_yaml_cached(str(path), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_yaml_cached(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
+    return _parse_yaml(path)
+
+
+def _parse_yaml(path: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as fh:
         content = yaml.safe_load(fh) or {}
     if not isinstance(content, dict):

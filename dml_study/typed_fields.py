@@ -10,6 +10,7 @@ callers can catch it.
 from __future__ import annotations
 
 import difflib
+import functools
 import types
 import typing
 from collections.abc import Iterable
@@ -61,7 +62,14 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def field_types(cls: type) -> dict[str, Any]:
     """Resolved annotations of a dataclass (strings from ``from __future__`` evaluated)."""
-    return typing.get_type_hints(cls)
+    return dict(_field_types(cls))
+
+
+@functools.cache
+def _field_types(cls: type) -> types.MappingProxyType[str, Any]:
+    # A class's annotations do not change at run time; resolving them is slow (a study's
+    # grid validates tens of thousands of configs).
+    return types.MappingProxyType(typing.get_type_hints(cls))
 
 
 def type_name(annotation: Any) -> str:

@@ -53,3 +53,22 @@ def test_coerce_rejects_with_callers_error_class(value, annotation, message):
 def test_unsupported_annotation_is_a_programming_error():
     with pytest.raises(TypeError, match="unsupported annotation"):
         coerce(1, complex, "key", Bad)
+
+
+def test_a_yaml_config_is_read_again_when_the_file_changes(tmp_path):
+    """The parsed YAML is cached per file version (a grid reads the presets thousands of
+    times); an edited file is read again and callers get their own copy."""
+    import os
+
+    from dml_study.config import _read_yaml, load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("optim:\n  lr: 0.001\n")
+    assert load_config("icons", yaml_path=path).optim.lr == 0.001
+    first = _read_yaml(path)
+    first["optim"]["lr"] = 7.0  # the caller's copy
+    assert _read_yaml(path)["optim"]["lr"] == 0.001
+    path.write_text("optim:\n  lr: 0.002\n")
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert load_config("icons", yaml_path=path).optim.lr == 0.002

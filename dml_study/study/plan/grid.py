@@ -203,6 +203,10 @@ def expand_grid(config: StudyConfig, *, skip_untuned: bool = False) -> list[RunS
     """
     from dml_study.study.plan.tuned import ChosenValues
 
+    key = (id(config), skip_untuned, _tuning_fingerprint(config))
+    cached = _GRIDS.get(key)
+    if cached is not None and cached[0] is config:
+        return list(cached[1])
     chosen = ChosenValues(config)
     specs: list[RunSpec] = []
     for group in config.groups:
@@ -210,7 +214,34 @@ def expand_grid(config: StudyConfig, *, skip_untuned: bool = False) -> list[RunS
             specs += _group_cells(config, group, protocol, chosen)
     if not skip_untuned:
         chosen.raise_missing()
+    if len(_GRIDS) >= _MAX_GRIDS:
+        _GRIDS.pop(next(iter(_GRIDS)))
+    _GRIDS[key] = (config, tuple(specs))
     return specs
+
+
+#: Grids already expanded in this process, by study config (its identity: a
+#: :class:`StudyConfig` is frozen) and the state of its ``chosen.json`` files. A notebook asks
+#: for the grid once per claim and figure; building it resolves and validates a config per
+#: cell (seconds for the embedded study's 5,000 cells), so it is built once.
+_GRIDS: dict[tuple[Any, ...], tuple[StudyConfig, tuple[RunSpec, ...]]] = {}
+_MAX_GRIDS = 8
+
+
+def _tuning_fingerprint(config: StudyConfig) -> tuple[tuple[str, int, int], ...]:
+    """Path, size and modification time of every ``chosen.json`` the tuned cells may read
+    (``results/<study>/tuning*/``): a search that finishes changes the grid."""
+    study_dir = config.study_dir
+    if not study_dir.is_dir():
+        return ()
+    found = []
+    for path in sorted(study_dir.glob("tuning*/**/chosen.json")):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        found.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return tuple(found)
 
 
 def untuned_searches(config: StudyConfig) -> dict[Path, str]:

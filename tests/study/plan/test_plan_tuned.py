@@ -305,3 +305,36 @@ def test_a_study_without_an_lr_grid_has_no_lr_grid_cells_on_either_split(tmp_pat
     config = load_study_config(write_study(tmp_path))
     assert config.tuning is None
     assert lr_grid_cells(config, "test") == [] and lr_grid_cells(config, "validation") == []
+
+
+def test_the_grid_is_built_once_per_config_until_a_search_writes_its_choice(tmp_path,
+                                                                             monkeypatch):
+    """``expand_grid`` is asked once per claim and figure of a notebook: the grid is cached
+    per config, and a ``chosen.json`` written (a search finished, a value changed) rebuilds
+    it, so no cell carries stale tuned values."""
+    import os
+
+    from dml_study.study.plan import grid
+
+    config = load_raw_study(tuned_study_raw(tmp_path))
+    write_fake_chosen(config, values=_values, epochs=4)
+    write_fake_chosen(config, budget_check=True, values=_values, epochs=4)
+    built = []
+    group_cells = grid._group_cells
+    monkeypatch.setattr(grid, "_group_cells", lambda *a: built.append(1) or group_cells(*a))
+    first = expand_grid(config)
+    count = len(built)
+    second = expand_grid(config)
+    assert second == first and second is not first and len(built) == count  # not rebuilt
+    second.clear()
+    assert expand_grid(config) == first  # a caller's change to its list is its own
+    again = load_raw_study(tuned_study_raw(tmp_path))  # another config object: built anew
+    assert expand_grid(again) == first and len(built) == 2 * count
+    write_fake_chosen(config, values=lambda plan: {"lr": 0.5}, epochs=4)  # a new choice
+    path = config.results_dir / "syn" / "tuning" / "icons" / "g.so" / "chosen.json"
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    rebuilt = expand_grid(config)
+    assert len(built) == 3 * count
+    assert {s.params.get("lr") for s in rebuilt
+            if s.protocol == "tuned" and s.lr_factor in (None, 1.0)} == {0.5}
