@@ -25,6 +25,7 @@ import pytest
 
 from dml_study.study.report.pagecheck import browser_check, find_chromium, scan_study
 from dml_study.study.report.readme import readme_problems
+from dml_study.study.report.scorecard import epoch_text
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(__file__).parent / "artifacts" / "scorecard"
@@ -96,8 +97,10 @@ def test_the_published_study_reads_as_its_data(published: Path):
     # so_r1 and so_r1_small compare the same arms: one row, a column per proxy shape.
     assert ("| claim | paper | unit | cub200 · fine-tuned · C\\<d · C = 6, d = 8 | "
             "cub200 · fine-tuned · C>d · C = 6, d = 4 |") in text
-    assert ("| so_r1 | SO | pp | +10.0 [+10.0, +10.0] ✓ supported | "
-            "+10.0 n = 1: no CI ○ inconclusive |") in text
+    big = next(c for c in claims if c["name"] == "so_r1")
+    assert epoch_text(big) == epoch_text(small) == f"at epoch {big['epochs']['so']} (final)"
+    assert (f"| so_r1 | SO | pp | +10.0 [+10.0, +10.0] ✓ supported {epoch_text(big)} | "
+            f"+10.0 n = 1: no CI ○ inconclusive {epoch_text(small)} |") in text
     assert readme_problems(readme) == []
 
 
