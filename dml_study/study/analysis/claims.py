@@ -236,6 +236,15 @@ def _schedule_epochs(specs: list[RunSpec]) -> int | None:
     return int(resolved_config(specs[0].params)["schedule.epochs"])
 
 
+def arm_epochs(epochs: dict[str, Any], first: str = "") -> str:
+    """The arms' epoch counts as one text: ``"14"`` when they agree, else
+    ``"14 (no_so), 15 (so)"`` (``first`` before each count, e.g. ``"1–"``)."""
+    counts = {str(k): int(v) for k, v in epochs.items() if v is not None}
+    if len(set(counts.values())) <= 1:
+        return f"{first}{next(iter(counts.values()), '?')}"
+    return ", ".join(f"{first}{v} ({k})" for k, v in counts.items())
+
+
 def epoch_label(metric: str, protocol: str, epochs: dict[str, int | None]) -> str:
     """Which epoch a row's numbers come from, for every table that shows them.
 
@@ -246,11 +255,7 @@ def epoch_label(metric: str, protocol: str, epochs: dict[str, int | None]) -> st
     followed by the tuned schedule's length.
     """
     tuned = protocol != "preset"
-    counts = {k: v for k, v in epochs.items() if v is not None}
-    if len(set(counts.values())) <= 1:
-        n = str(next(iter(counts.values()), "?"))
-    else:
-        n = ", ".join(f"{v} ({k})" for k, v in counts.items())
+    n = arm_epochs(epochs)
     if metric.startswith("at_epoch:"):
         where = f"epoch {metric.split(':')[1]}"
     elif metric.startswith("epochs_to:"):

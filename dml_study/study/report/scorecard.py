@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from dml_study.atomic_io import atomic_write_text
+from dml_study.study.analysis.claims import arm_epochs
 from dml_study.study.analysis.stats import format_estimate
 from dml_study.study.report.markup import Cell, HtmlTable
 
@@ -97,14 +98,6 @@ def estimate_texts(claim: dict[str, Any]) -> tuple[str, str]:
     return format_estimate(claim.get("effect"), claim.get("ci_low"), claim.get("ci_high"), n)
 
 
-def _arm_epochs(epochs: dict[str, Any], first: str = "") -> str:
-    """``"14"`` when the arms agree, else ``"14 (no_so), 15 (so)"`` (``first`` before each)."""
-    counts = {str(k): int(v) for k, v in epochs.items() if v is not None}
-    if len(set(counts.values())) <= 1:
-        return f"{first}{next(iter(counts.values()), '?')}"
-    return ", ".join(f"{first}{v} ({k})" for k, v in counts.items())
-
-
 def epoch_text(claim: dict[str, Any]) -> str:
     """Which epoch of its runs a cell's number comes from (``""`` when the row does not say).
 
@@ -122,13 +115,13 @@ def epoch_text(claim: dict[str, Any]) -> str:
     tuned = claim.get("epoch_selection") == "validation"
     if metric.startswith("at_epoch:"):
         at = metric.split(":")[1]
-        return f"at epoch {at} of {'validation-selected ' if tuned else ''}{_arm_epochs(epochs)}"
+        return f"at epoch {at} of {'validation-selected ' if tuned else ''}{arm_epochs(epochs)}"
     if metric.startswith("epochs_to:"):
-        return f"over epochs {_arm_epochs(epochs, '1–')}" + (", validation-selected"
+        return f"over epochs {arm_epochs(epochs, '1–')}" + (", validation-selected"
                                                             if tuned else "")
     if tuned:
-        return f"at validation-selected epoch {_arm_epochs(epochs)}"
-    return f"at epoch {_arm_epochs(epochs)} (final)"
+        return f"at validation-selected epoch {arm_epochs(epochs)}"
+    return f"at epoch {arm_epochs(epochs)} (final)"
 
 
 def cell_text(claim: dict[str, Any]) -> str:
